@@ -1,0 +1,55 @@
+# medmax-cli: install, demo, test, lint, bench, eval.
+# `make demo` and `make test` work on a fresh machine (they install first).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-gpu lint format bench eval clean
+
+install: $(STAMP)
+
+# The CPU torch wheel goes in first where there is no GPU: a plain `torch` requirement
+# would pull a multi-GB CUDA build. With a GPU, pip keeps whatever torch is installed.
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
+	  $(BIN)/pip install --quiet "torch>=2.4"; \
+	else \
+	  $(BIN)/pip install --quiet "torch==$(TORCH_VERSION)" || \
+	  $(BIN)/pip install --quiet "torch==$(TORCH_VERSION)" --index-url https://download.pytorch.org/whl/cpu; \
+	fi
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+demo: install
+	bash examples/demo/run.sh
+
+test: install
+	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q -x --durations=15 tests
+
+test-gpu: install
+	$(BIN)/python -m pytest -q -m gpu tests
+
+lint: install
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
+
+format: install
+	$(BIN)/ruff format src tests bench examples
+	$(BIN)/ruff check --fix src tests bench examples
+
+bench: install
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+MODEL ?=
+ADAPTER ?=
+EVAL ?=
+eval: install
+	MODEL="$(MODEL)" ADAPTER="$(ADAPTER)" EVAL="$(EVAL)" bash examples/eval.sh
+
+clean:
+	rm -rf demo-out eval-out .pytest_cache

@@ -1,0 +1,2 @@
+# A tiny random Chameleon with the real 65,536-token layout (seconds on a laptop).
+medmax init-model --tiny -o "$MEDMAX_MODEL" --seed 0

@@ -1,0 +1,3 @@
+from medmax_cli.cli import main
+
+main()

@@ -1,0 +1,57 @@
+"""The `medmax` command: a thin typer app that wires stages to streams.
+
+Each subcommand lives in its own module under `medmax_cli.commands` and exposes
+`register(app)`. Modules are discovered at start-up so a new stage adds one file
+and touches nothing shared. Heavy libraries (torch, transformers) are imported inside
+the command bodies, so `medmax --help` and the data stages start fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import typer
+
+from medmax_cli import __version__, commands
+
+app = typer.Typer(
+    name="medmax",
+    help=(
+        "Curate, train and evaluate biomedical mixed-modal assistants. Every stage reads records "
+        "on stdin and writes records on stdout:\n\n"
+        "  medmax fetch jats examples/sample | medmax synthesize | medmax pack -o shards/"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"medmax {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+) -> None:
+    """medmax: biomedical mixed-modal instruction tuning, as pipes."""
+
+
+def _register_commands() -> None:
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{commands.__name__}.{info.name}")
+        module.register(app)
+
+
+_register_commands()
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,187 @@
+"""Record schema v1: the one shape every stage reads and writes.
+
+A record is a plain dict (one JSON object per line). This module says what a valid
+record is and builds the error messages; it never changes a record, so unknown fields
+pass through every stage untouched. See docs/records.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+SOURCE_KINDS = ("figure", "qa", "report", "chat", "instance")
+TASKS = (
+    "visual_chat",
+    "vqa",
+    "captioning",
+    "interleaved",
+    "image_generation",
+    "report_understanding",
+)
+ROLES = ("user", "assistant")
+
+# A WebDataset key is everything before the first dot of a member name, so ids may
+# not contain dots; slashes and whitespace would break file names and tar members.
+_ID_OK = re.compile(r"^[A-Za-z0-9_\-:+@=,]+$")
+_ID_BAD_CHARS = re.compile(r"[^A-Za-z0-9_\-:+@=,]")
+
+
+class RecordError(ValueError):
+    """A record that breaks the schema or cannot be processed by a stage.
+
+    `record_id` and `where` (file:line or file:member) are filled in as the error
+    travels up, so the final message names the file, the record and the reason.
+    """
+
+    def __init__(self, reason: str, *, record_id: str | None = None, where: str | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.record_id = record_id
+        self.where = where
+
+    def __str__(self) -> str:
+        parts = []
+        if self.where:
+            parts.append(self.where)
+        if self.record_id:
+            parts.append(f"record {self.record_id!r}")
+        parts.append(self.reason)
+        return ": ".join(parts)
+
+
+def make_id(*parts: Any) -> str:
+    """A stable record id from parts (e.g. "PMC123.1", "F2" -> "PMC123_1-F2").
+
+    Characters a WebDataset key cannot hold become "_"; parts are joined with "-".
+    """
+    cleaned = [_ID_BAD_CHARS.sub("_", str(p)) for p in parts if p is not None and str(p) != ""]
+    if not cleaned:
+        raise ValueError("make_id needs at least one non-empty part")
+    return "-".join(cleaned)
+
+
+def content_id(prefix: str, payload: str | bytes, length: int = 16) -> str:
+    """A deterministic id derived from content, for records that carry no natural id."""
+    data = payload.encode() if isinstance(payload, str) else payload
+    return f"{prefix}-{hashlib.sha256(data).hexdigest()[:length]}"
+
+
+def record_kind(record: Mapping[str, Any]) -> str:
+    """"prediction", "instance" (a task instance) or the source kind."""
+    if "prediction" in record:
+        return "prediction"
+    if "task" in record and "turns" in record:
+        return "instance"
+    return str(record.get("kind", "?"))
+
+
+def _fail(reason: str, record: Mapping[str, Any]) -> RecordError:
+    rid = record.get("id") if isinstance(record.get("id"), str) else None
+    return RecordError(reason, record_id=rid)
+
+
+def _check_images(record: Mapping[str, Any]) -> None:
+    images = record.get("images", [])
+    if not isinstance(images, list):
+        raise _fail("field 'images' must be a list", record)
+    for i, image in enumerate(images):
+        if not isinstance(image, Mapping):
+            raise _fail(f"images[{i}] must be an object", record)
+        if not any(k in image for k in ("sha256", "path", "url")) and "tokens" not in image:
+            raise _fail(f"images[{i}] needs one of 'sha256', 'path', 'url' or 'tokens'", record)
+        sha = image.get("sha256")
+        if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
+            raise _fail(f"images[{i}].sha256 must be 64 lowercase hex digits", record)
+        for dim in ("width", "height"):
+            if dim in image and not (isinstance(image[dim], int) and image[dim] > 0):
+                raise _fail(f"images[{i}].{dim} must be a positive integer", record)
+        tokens = image.get("tokens")
+        if tokens is not None:
+            if not isinstance(tokens, list) or not all(isinstance(t, int) and t >= 0 for t in tokens):
+                raise _fail(f"images[{i}].tokens must be a list of non-negative integers", record)
+            if "vq" not in image:
+                raise _fail(f"images[{i}] has 'tokens' but no 'vq' (which codebook made them)", record)
+
+
+def _check_content(content: Any, n_images: int, path: str, record: Mapping[str, Any]) -> None:
+    if not isinstance(content, list):
+        raise _fail(f"{path} must be a list of parts", record)
+    for j, part in enumerate(content):
+        if not isinstance(part, Mapping) or len(part.keys() & {"text", "image"}) != 1:
+            raise _fail(f"{path}[{j}] must be {{'text': str}} or {{'image': int}}", record)
+        if "text" in part and not isinstance(part["text"], str):
+            raise _fail(f"{path}[{j}].text must be a string", record)
+        if "image" in part:
+            index = part["image"]
+            if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < n_images:
+                raise _fail(f"{path}[{j}].image = {index!r} does not index 'images' (has {n_images})", record)
+
+
+def _check_turns(record: Mapping[str, Any]) -> None:
+    turns = record.get("turns")
+    if not isinstance(turns, list) or not turns:
+        raise _fail("field 'turns' must be a non-empty list", record)
+    n_images = len(record.get("images", []))
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, Mapping):
+            raise _fail(f"turns[{i}] must be an object", record)
+        if turn.get("role") not in ROLES:
+            raise _fail(f"turns[{i}].role must be one of {ROLES}, got {turn.get('role')!r}", record)
+        _check_content(turn.get("content"), n_images, f"turns[{i}].content", record)
+
+
+def validate(record: Any) -> dict[str, Any]:
+    """Check a record against schema v1 and return it unchanged; raise RecordError otherwise."""
+    if not isinstance(record, dict):
+        raise RecordError(f"a record must be a JSON object, got {type(record).__name__}")
+    rid = record.get("id")
+    if not isinstance(rid, str) or not rid:
+        raise RecordError("field 'id' is missing or not a non-empty string")
+    if not _ID_OK.match(rid):
+        raise _fail("field 'id' may only hold letters, digits and _-:+@=, (no dots: it is a WebDataset key)", record)
+    version = record.get("schema", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise _fail(f"schema version {version!r} is not supported (this is v{SCHEMA_VERSION})", record)
+    if "credential" in record and not isinstance(record["credential"], bool):
+        raise _fail("field 'credential' must be true or false", record)
+    if "meta" in record and not isinstance(record["meta"], dict):
+        raise _fail("field 'meta' must be an object", record)
+    _check_images(record)
+
+    if "task" in record or "turns" in record:
+        if record.get("task") not in TASKS:
+            raise _fail(f"field 'task' must be one of {TASKS}, got {record.get('task')!r}", record)
+        _check_turns(record)
+        if "prediction" in record:
+            _check_content(record["prediction"], len(record.get("images", [])), "prediction", record)
+        return record
+
+    kind = record.get("kind")
+    if kind not in SOURCE_KINDS:
+        raise _fail(f"field 'kind' must be one of {SOURCE_KINDS} (or the record needs 'task' and 'turns'), got {kind!r}", record)
+    if kind == "figure" and not isinstance(record.get("caption", ""), str):
+        raise _fail("field 'caption' must be a string", record)
+    if kind == "qa":
+        for field in ("question", "answer"):
+            if not isinstance(record.get(field), str):
+                raise _fail(f"a qa record needs a string '{field}'", record)
+        options = record.get("options")
+        if options is not None and not (isinstance(options, list) and all(isinstance(o, str) for o in options)):
+            raise _fail("field 'options' must be a list of strings", record)
+    if kind == "report" and not isinstance(record.get("report"), str):
+        raise _fail("a report record needs a string 'report'", record)
+    if kind == "instance":
+        tokens = record.get("tokens")
+        if tokens is not None and not (isinstance(tokens, list) and all(isinstance(t, int) for t in tokens)):
+            raise _fail("field 'tokens' must be a list of integers", record)
+    return record
+
+
+def text_of(content: list[Mapping[str, Any]]) -> str:
+    """The text parts of a content list joined, images left out."""
+    return "".join(part["text"] for part in content if "text" in part)
