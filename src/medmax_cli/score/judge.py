@@ -1,0 +1,288 @@
+"""LLM-judge verdicts for open VQA and visual chat, parsed strictly and cached.
+
+MedMax's scorer parsed `Correctness: 1|0` loosely, silently dropped verdicts it could
+not parse and never sent temperature 0. Here: temperature 0 is always sent; a verdict
+that does not parse is asked again (with a reminder of the format) up to `retries`
+times and then reported as `judge_failed` (the item stays in n but is unscored);
+good verdicts are cached on disk keyed by (judge model, prompt version, item id,
+prompt hash), so a rerun is offline and free.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+log = logging.getLogger(__name__)
+
+OPEN_PROMPT_VERSION = "open-v1"
+CHAT_PROMPT_VERSION = "chat-v1"
+
+Messages = list[dict[str, str]]
+ChatFn = Callable[[Messages], str]  # messages -> the assistant's reply text (sent at temperature 0)
+
+
+class JudgeError(RuntimeError):
+    """The judge endpoint cannot be reached or answers with an error (after its own retries)."""
+
+
+class NotCached(JudgeError):
+    """Offline (no endpoint) and the verdict is not in the cache: the item stays unscored."""
+
+
+# --------------------------------------------------------------------------- prompts
+
+_OPEN_SYSTEM = "You are a careful medical expert grading answers to questions about medical images."
+_OPEN_USER = (
+    "Decide whether the model's answer to the question is correct, given the ground-truth answer. "
+    "An answer is correct if it means the same as the ground truth (synonyms, abbreviations and extra "
+    "correct detail are fine); it is incorrect if it is wrong, contradicts the ground truth, or does not "
+    "answer.\n\n"
+    "Question: {question}\n"
+    "Ground-truth answer: {gold}\n"
+    "Model answer: {output}\n\n"
+    "Reply with exactly one line: `Correctness: 1` if the model answer is correct, `Correctness: 0` otherwise."
+)
+_OPEN_REMINDER = "Reply with exactly one line and nothing else: `Correctness: 1` or `Correctness: 0`."
+
+# LLaVA-Med's GPT-4 review prompt (llava/eval/eval_multimodal_chat_gpt_score.py), style kept.
+_CHAT_SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."
+_CHAT_USER = (
+    "[Context]\n{context}\n\n[Question]\n{question}\n\n"
+    "[Assistant 1]\n{reference}\n\n[End of Assistant 1]\n\n"
+    "[Assistant 2]\n{answer}\n\n[End of Assistant 2]\n\n"
+    "[System]\nWe would like to request your feedback on the performance of two AI assistants in response "
+    "to the user question displayed above. The user asks the question on observing an image. For your "
+    "reference, the visual content in the image is represented with the caption and the sentences of the "
+    "article that mention the figure.\n"
+    "Please rate the helpfulness, relevance, accuracy, level of details of their responses. Each assistant "
+    "receives an overall score on a scale of 1 to 10, where a higher score indicates better overall "
+    "performance.\n"
+    "Please first output a single line containing only two values indicating the scores for Assistant 1 and "
+    "2, respectively. The two scores are separated by a space.\n"
+    "In the subsequent line, please provide a comprehensive explanation of your evaluation, avoiding any "
+    "potential bias and ensuring that the order in which the responses were presented does not affect your "
+    "judgment."
+)
+_CHAT_REMINDER = "Your first line must hold only the two scores (1 to 10) separated by a space, e.g. `8 6`."
+
+
+def open_messages(question: str, gold: str, output: str) -> Messages:
+    return [
+        {"role": "system", "content": _OPEN_SYSTEM},
+        {"role": "user", "content": _OPEN_USER.format(question=question, gold=gold, output=output)},
+    ]
+
+
+def chat_messages(context: str, question: str, reference: str, answer: str) -> Messages:
+    user = _CHAT_USER.format(context=context, question=question, reference=reference, answer=answer)
+    return [{"role": "system", "content": _CHAT_SYSTEM}, {"role": "user", "content": user}]
+
+
+# --------------------------------------------------------------------------- strict parsing
+
+_CORRECTNESS = re.compile(r"correctness\s*[:=]\s*\**\s*([01])(?![0-9.])", re.IGNORECASE)
+_PAIR = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[ ,]\s*(\d+(?:\.\d+)?)\s*$")
+
+
+def parse_correctness(text: str) -> int | None:
+    """1 or 0 when the reply states exactly one verdict `Correctness: 1|0`; None otherwise.
+
+    >>> parse_correctness("Correctness: 1"), parse_correctness("Correctness: 1 ... Correctness: 0")
+    (1, None)
+    """
+    verdicts = {int(v) for v in _CORRECTNESS.findall(text or "")}
+    return verdicts.pop() if len(verdicts) == 1 else None
+
+
+def parse_pair(text: str) -> tuple[float, float] | None:
+    """(score 1, score 2) from the reply's first non-empty line, both in 1..10; None otherwise."""
+    lines = [line for line in (text or "").splitlines() if line.strip()]
+    if not lines:
+        return None
+    match = _PAIR.match(lines[0].replace("`", ""))
+    if not match:
+        return None
+    s1, s2 = float(match.group(1)), float(match.group(2))
+    if not (1 <= s1 <= 10 and 1 <= s2 <= 10):
+        return None
+    return s1, s2
+
+
+# --------------------------------------------------------------------------- cache
+
+
+class VerdictCache:
+    """Good verdicts on disk (one JSONL file, append-only), keyed by model, prompt version, item."""
+
+    def __init__(self, directory: str | Path):
+        self.path = Path(directory) / "verdicts.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._entries: dict[str, dict[str, Any]] = {}
+        if self.path.exists():
+            for line in self.path.read_bytes().splitlines():
+                try:
+                    entry = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue  # a line cut by a killed run: that verdict is asked again
+                self._entries[entry["key"]] = entry
+        self._handle = open(self.path, "ab")
+
+    @staticmethod
+    def key(model: str, prompt_version: str, item_id: str, messages: Messages) -> str:
+        prompt_hash = hashlib.sha256(orjson.dumps(messages)).hexdigest()
+        return hashlib.sha256(f"{model}\0{prompt_version}\0{item_id}\0{prompt_hash}".encode()).hexdigest()
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self._entries.get(key)
+
+    def put(self, key: str, entry: dict[str, Any]) -> None:
+        entry = {"key": key, **entry}
+        self._entries[key] = entry
+        self._handle.write(orjson.dumps(entry) + b"\n")
+        self._handle.flush()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+# --------------------------------------------------------------------------- judge
+
+
+@dataclass
+class Verdict:
+    score: float | None  # 1/0 for correctness, s2/s1 for the relative score; None when unparseable
+    status: str  # "ok" | "judge_failed"
+    raw: str  # the last reply
+    attempts: int  # calls made (0 when cached)
+    cached: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"raw": self.raw, "attempts": self.attempts, "cached": self.cached}
+
+
+class Judge:
+    """Asks `chat` for verdicts, retries unparseable ones, caches the good ones."""
+
+    def __init__(
+        self, chat: ChatFn | None, *, model: str, cache: VerdictCache | None = None, retries: int = 2
+    ):
+        self.chat = chat
+        self.model = model
+        self.cache = cache
+        self.retries = retries
+        self.calls = 0
+        self.failed = 0
+
+    def correctness(self, item_id: str, question: str, gold: str, output: str) -> Verdict:
+        messages = open_messages(question, gold, output)
+        return self._ask(
+            item_id,
+            OPEN_PROMPT_VERSION,
+            messages,
+            _OPEN_REMINDER,
+            lambda text: _maybe_float(parse_correctness(text)),
+        )
+
+    def relative(self, item_id: str, context: str, question: str, reference: str, answer: str) -> Verdict:
+        messages = chat_messages(context, question, reference, answer)
+
+        def parse(text: str) -> float | None:
+            pair = parse_pair(text)
+            return None if pair is None else pair[1] / pair[0]
+
+        return self._ask(item_id, CHAT_PROMPT_VERSION, messages, _CHAT_REMINDER, parse)
+
+    def _ask(
+        self,
+        item_id: str,
+        version: str,
+        messages: Messages,
+        reminder: str,
+        parse: Callable[[str], float | None],
+    ) -> Verdict:
+        key = VerdictCache.key(self.model, version, item_id, messages)
+        if self.cache is not None and (hit := self.cache.get(key)) is not None:
+            return Verdict(hit["score"], "ok", hit["raw"], 0, True)
+        if self.chat is None:
+            raise NotCached(f"item {item_id!r}: verdict not in the judge cache and no --judge-url")
+        conversation = list(messages)
+        raw = ""
+        for attempt in range(1, self.retries + 2):
+            self.calls += 1
+            raw = self.chat(conversation)
+            score = parse(raw)
+            if score is not None:
+                if self.cache is not None:
+                    self.cache.put(
+                        key,
+                        {"model": self.model, "prompt": version, "item": item_id, "score": score, "raw": raw},
+                    )
+                return Verdict(score, "ok", raw, attempt, False)
+            log.info("judge reply for %s did not parse (attempt %d): %.80r", item_id, attempt, raw)
+            conversation = [
+                *messages,
+                {"role": "assistant", "content": raw},
+                {"role": "user", "content": reminder},
+            ]
+        self.failed += 1
+        return Verdict(None, "judge_failed", raw, self.retries + 1, False)
+
+
+def _maybe_float(value: int | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def openai_chat(
+    url: str, model: str, *, api_key: str | None = None, timeout: float = 60.0, max_tokens: int = 256
+) -> ChatFn:
+    """A ChatFn for an OpenAI-compatible endpoint (`.../v1` or `.../chat/completions`), temperature 0."""
+    try:
+        from medmax_cli import llm  # the shared client (retries, disk cache) when it exists
+    except ImportError:
+        llm = None  # type: ignore[assignment]
+    if llm is not None and hasattr(llm, "chat_fn"):
+        return llm.chat_fn(
+            url, model, api_key=api_key, timeout=timeout, temperature=0.0, max_tokens=max_tokens
+        )
+    return _httpx_chat(url, model, api_key=api_key, timeout=timeout, max_tokens=max_tokens)
+
+
+def _httpx_chat(url: str, model: str, *, api_key: str | None, timeout: float, max_tokens: int) -> ChatFn:
+    import httpx
+
+    endpoint = url.rstrip("/")
+    if not endpoint.endswith("/chat/completions"):
+        endpoint += "/chat/completions"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    client = httpx.Client(timeout=timeout, headers=headers)
+
+    def chat(messages: Messages) -> str:
+        body = {"model": model, "messages": messages, "temperature": 0, "max_tokens": max_tokens}
+        last: Exception | None = None
+        for _ in range(3):
+            try:
+                response = client.post(endpoint, json=body)
+                if response.status_code >= 500 or response.status_code == 429:
+                    last = JudgeError(f"judge endpoint answered HTTP {response.status_code}")
+                    continue
+                if response.status_code >= 400:
+                    raise JudgeError(
+                        f"judge endpoint answered HTTP {response.status_code}: {response.text[:200]}"
+                    )
+                return str(response.json()["choices"][0]["message"]["content"] or "")
+            except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
+                last = exc
+        raise JudgeError(f"judge endpoint {endpoint} failed: {last}")
+
+    return chat

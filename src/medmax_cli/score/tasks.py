@@ -1,0 +1,55 @@
+"""The MedMax evaluation suite: the 12 VQA tasks, defined once.
+
+REFERENCE.md 7: the headline is the unweighted mean of these 12 accuracies. Every
+other module (rules, summary, report, docs) reads this table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+CLOSED, OPEN, MULTIPLE_CHOICE = "closed", "open", "multiple_choice"
+QUESTION_TYPES = (CLOSED, OPEN, MULTIPLE_CHOICE)
+
+# name -> (question type, display name); order is the order of MedMax's results table.
+VQA_TASKS: dict[str, tuple[str, str]] = {
+    "vqa_rad_closed": (CLOSED, "VQA-RAD closed"),
+    "vqa_rad_open": (OPEN, "VQA-RAD open"),
+    "slake_closed": (CLOSED, "SLAKE closed"),
+    "slake_open": (OPEN, "SLAKE open"),
+    "pathvqa_closed": (CLOSED, "PathVQA closed"),
+    "pathvqa_open": (OPEN, "PathVQA open"),
+    "quiltvqa_closed": (CLOSED, "QuiltVQA closed"),
+    "quiltvqa_open": (OPEN, "QuiltVQA open"),
+    "pmc_vqa": (MULTIPLE_CHOICE, "PMC-VQA"),
+    "omnimedvqa": (MULTIPLE_CHOICE, "OmniMedVQA"),
+    "pathmmu": (MULTIPLE_CHOICE, "PathMMU"),
+    "probmed_closed": (CLOSED, "ProbMed closed"),
+}
+assert len(VQA_TASKS) == 12
+
+# Metric of each non-VQA task family (REFERENCE.md 7).
+METRIC_OF_TASK = {
+    "vqa": "accuracy",
+    "captioning": "clip_cosine",
+    "image_generation": "clip_cosine",
+    "interleaved": "clip_cosine",
+    "visual_chat": "relative_score",
+}
+
+
+def eval_task_of(record: Mapping[str, Any]) -> str:
+    """The summary bucket of a record: meta.eval_task, else its task family."""
+    meta = record.get("meta") or {}
+    name = meta.get("eval_task") if isinstance(meta, Mapping) else None
+    return str(name or record.get("task") or "?")
+
+
+def question_type_of(record: Mapping[str, Any]) -> str | None:
+    """closed / open / multiple_choice: the record's own field, else the task table."""
+    qtype = record.get("question_type")
+    if qtype in QUESTION_TYPES:
+        return str(qtype)
+    known = VQA_TASKS.get(eval_task_of(record))
+    return known[0] if known else None

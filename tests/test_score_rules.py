@@ -1,0 +1,148 @@
+"""Golden tests of the scoring rules: MedMax's exact quirks and the robust parser."""
+
+from __future__ import annotations
+
+import pytest
+
+from medmax_cli.records import RecordError
+from medmax_cli.score import rules_medmax, rules_robust
+from medmax_cli.score.stage import Scorer, score_one, score_records
+from medmax_cli.score.tasks import VQA_TASKS
+from medmax_cli.streams import ErrorPolicy
+from score_helpers import vqa
+
+# (output, gold, medmax, robust)
+CLOSED = [
+    ("yes", "yes", True, True),
+    ("Yes.", "yes", True, True),
+    ("YES", "Yes", True, True),
+    ("no", "no", True, True),
+    # "no" inside "normal": MedMax's substring rule calls this wrong, the first-word rule does not
+    ("yes, the study is normal", "yes", False, True),
+    ("normal", "no", True, False),  # the same quirk the other way: "normal" contains "no"
+    ("yes, no", "yes", False, True),
+    ("yes, no", "no", False, False),
+    ("No. Yes", "no", False, True),
+    ("", "yes", False, False),
+    ("", "no", False, False),
+    ("maybe", "no", False, False),
+    ("eyes", "yes", True, False),  # substring of another word
+    ("I don't know", "no", True, False),  # "know" contains "no"
+]
+
+
+@pytest.mark.parametrize(("output", "gold", "medmax", "robust"), CLOSED)
+def test_closed_rules(output, gold, medmax, robust):
+    assert rules_medmax.closed_correct(output, gold) is medmax
+    assert rules_robust.closed_correct(output, gold) is robust
+
+
+def test_closed_needs_yes_or_no_gold():
+    with pytest.raises(ValueError, match="yes or no"):
+        rules_medmax.closed_correct("yes", "left")
+    with pytest.raises(ValueError, match="yes or no"):
+        rules_robust.closed_correct("yes", "left")
+
+
+OPTIONS = ["CT", "MRI", "X-ray", "Chest X-ray"]
+# (output, gold, medmax, robust parsed letter)
+MC = [
+    ("B", "B", True, "B"),
+    (" b ", "B", True, "B"),
+    ("(B)", "B", False, "B"),
+    ("B.", "B", False, "B"),
+    ("The answer is C", "C", False, "C"),
+    ("The answer is C", "B", False, "C"),
+    ("", "A", False, None),
+    ("B or C", "B", False, None),  # two letters: no answer, never a guess
+    ("MRI", "B", False, "B"),  # unique option text
+    ("It is an mri scan.", "B", False, "B"),
+    ("Chest X-ray", "D", False, "D"),  # "X-ray" inside the longer option: the longer exact match
+    ("CT or MRI", "A", False, None),  # two option texts
+    ("A CT scan", "A", False, "A"),  # "A" as a letter and "CT" as option A agree
+    ("A MRI scan", "B", False, None),  # letter A and text B disagree: no answer
+    ("E", "A", False, None),  # outside the option range
+    ("ctx", "A", False, None),  # whole words only
+]
+
+
+@pytest.mark.parametrize(("output", "gold", "medmax", "parsed"), MC)
+def test_multiple_choice_rules(output, gold, medmax, parsed):
+    assert rules_medmax.mc_correct(output, gold) is medmax
+    assert rules_robust.mc_answer(output, OPTIONS, gold) == parsed
+    assert rules_robust.mc_correct(output, gold, OPTIONS) is (parsed == gold)
+
+
+def test_multiple_choice_without_options_uses_letters_only():
+    assert rules_robust.mc_answer("(c)", None, "C") == "C"
+    assert rules_robust.mc_answer("The answer is D", None, "A") == "D"
+    assert rules_robust.mc_answer("MRI", None, "B") is None
+
+
+def test_open_exact_normalises_case_and_punctuation_only():
+    assert rules_robust.open_exact("Left hemisphere.", "left hemisphere")
+    assert not rules_robust.open_exact("lungs", "lung")
+    assert not rules_robust.open_exact("", "")
+
+
+def test_twelve_tasks_defined_once():
+    assert len(VQA_TASKS) == 12
+    assert sum(qt == "multiple_choice" for qt, _ in VQA_TASKS.values()) == 3
+    assert sum(qt == "open" for qt, _ in VQA_TASKS.values()) == 4
+
+
+@pytest.mark.parametrize("rules", ["medmax", "robust"])
+def test_stage_lines(rules):
+    records = [
+        vqa("a", "vqa_rad_closed", "yes", "yes, normal"),
+        vqa("b", "pmc_vqa", "B", "(B)", options=OPTIONS),
+        vqa("c", "vqa_rad_closed", "no", None),  # missing prediction
+        vqa("d", "slake_open", "liver", "Liver"),
+        vqa("e", "slake_open", "liver", ""),
+    ]
+    lines = {x["id"]: x for x in score_records(records, scorer=Scorer(rules=rules))}
+    robust = rules == "robust"
+    assert lines["a"]["score"] == (1.0 if robust else 0.0)
+    assert lines["b"]["score"] == (1.0 if robust else 0.0)
+    assert lines["c"]["status"] == "missing" and lines["c"]["score"] == 0.0  # stays in n with score 0
+    # open with no judge: unscored (robust: exact match needs no judge)
+    assert lines["d"]["status"] == ("scored" if robust else "unscored")
+    assert lines["d"]["score"] == (1.0 if robust else None)
+    assert lines["e"]["score"] == 0.0  # an empty answer is wrong without asking anyone
+    assert all(x["rules"] == f"{rules}@1" for x in lines.values())
+
+
+def test_duplicate_id_is_an_error():
+    records = [vqa("a", "vqa_rad_closed", "yes", "yes"), vqa("a", "vqa_rad_closed", "yes", "no")]
+    with pytest.raises(RecordError, match="duplicate id"):
+        list(score_records(records, scorer=Scorer()))
+
+
+def test_duplicate_id_skipped_is_counted():
+    policy = ErrorPolicy("skip")
+    records = [vqa("a", "vqa_rad_closed", "yes", "yes"), vqa("a", "vqa_rad_closed", "yes", "no")]
+    lines = list(score_records(records, scorer=Scorer(), policy=policy))
+    assert [x["score"] for x in lines] == [1.0]
+    assert sum(policy.report.dropped.values()) == 1
+
+
+def test_missing_id_is_an_error():
+    record = vqa("a", "vqa_rad_closed", "yes", "yes")
+    del record["id"]
+    with pytest.raises(RecordError, match="no 'id'"):
+        list(score_records([record], scorer=Scorer()))
+
+
+def test_expected_items_without_prediction_score_zero():
+    predictions = [vqa("a", "vqa_rad_closed", "yes", "yes")]
+    expected = [vqa("a", "vqa_rad_closed", "yes", None), vqa("b", "vqa_rad_closed", "no", None)]
+    lines = list(score_records(predictions, scorer=Scorer(), expected=expected))
+    assert [(x["id"], x["score"], x["status"]) for x in lines] == [
+        ("a", 1.0, "scored"),
+        ("b", 0.0, "missing"),
+    ]
+
+
+def test_closed_gold_not_yes_no_is_a_record_error():
+    with pytest.raises(RecordError, match="yes or no"):
+        score_one(vqa("a", "vqa_rad_closed", "left", "left"), Scorer())
