@@ -50,12 +50,24 @@ def media(tmp_path):
     return MediaStore(tmp_path / "media")
 
 
-def run_medmax(*args: str, input: bytes | None = None, env: dict | None = None, cwd: Path | None = None,
-               check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_medmax(
+    *args: str,
+    input: bytes | None = None,
+    env: dict | None = None,
+    cwd: Path | None = None,
+    check: bool = True,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess:
     """Run the real `medmax` command in a subprocess (stdin bytes in, stdout/stderr bytes out)."""
     full_env = {**os.environ, **(env or {})}
-    result = subprocess.run([sys.executable, "-m", "medmax_cli", *args], input=input, capture_output=True,
-                            env=full_env, cwd=cwd, timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, "-m", "medmax_cli", *args],
+        input=input,
+        capture_output=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=timeout,
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"medmax {' '.join(args)} exited {result.returncode}:\n{result.stderr.decode()}")
     return result

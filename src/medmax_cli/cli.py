@@ -20,7 +20,10 @@ app = typer.Typer(
     help=(
         "Curate, train and evaluate biomedical mixed-modal assistants. Every stage reads records "
         "on stdin and writes records on stdout:\n\n"
-        "  medmax fetch jats examples/sample | medmax synthesize | medmax pack -o shards/"
+        "\b\n  medmax fetch jats examples/sample/jats | medmax synthesize \\\n"
+        "    | medmax tokenize-images | medmax pack -o shards/\n"
+        "  medmax finetune shards/ -o runs/lora1\n"
+        "  medmax generate --adapter runs/lora1 < eval.jsonl | medmax score"
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -37,7 +40,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Show the version."
+    ),
 ) -> None:
     """medmax: biomedical mixed-modal instruction tuning, as pipes."""
 

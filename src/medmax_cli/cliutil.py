@@ -42,10 +42,18 @@ from medmax_cli.streams import (
 InputArg = typer.Argument("-", help="Input records: a JSONL or WebDataset tar file, or - for stdin.")
 OutputOpt = typer.Option("-", "--output", "-o", help="Where to write records (- for stdout).")
 FormatOpt = typer.Option("jsonl", "--format", help="Output format: jsonl or tar (images inline).")
-OnErrorOpt = typer.Option("fail", "--on-error", help="fail: stop at the first bad record; skip: reject it and go on.")
-RejectsOpt = typer.Option(None, "--rejects", help="File for rejected records with reasons (with --on-error skip).")
-MediaDirOpt = typer.Option(None, "--media-dir", help="Media store directory [env MEDMAX_MEDIA, default media/].")
-ShardOpt = typer.Option(None, "--shard", help="Process only shard i of n of the input (e.g. 0/8), by record id.")
+OnErrorOpt = typer.Option(
+    "fail", "--on-error", help="fail: stop at the first bad record; skip: reject it and go on."
+)
+RejectsOpt = typer.Option(
+    None, "--rejects", help="File for rejected records with reasons (with --on-error skip)."
+)
+MediaDirOpt = typer.Option(
+    None, "--media-dir", help="Media store directory [env MEDMAX_MEDIA, default media/]."
+)
+ShardOpt = typer.Option(
+    None, "--shard", help="Process only shard i of n of the input (e.g. 0/8), by record id."
+)
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar or summary on stderr.")
 
 
@@ -136,7 +144,9 @@ class StageIO:
             self._summary()
             typer.echo(f"medmax {self.stage}: error: {exc}", err=True)
             if self._on_error == "fail" and issubclass(exc_type, (RecordError, MediaError)):
-                typer.echo("  (use --on-error skip --rejects FILE to set bad records aside and go on)", err=True)
+                typer.echo(
+                    "  (use --on-error skip --rejects FILE to set bad records aside and go on)", err=True
+                )
             raise typer.Exit(1)
         return False
 
@@ -157,7 +167,9 @@ class StageIO:
                 raise fail(f"input file {path} does not exist")
             stream = self._stack.enter_context(open(path, "rb"))
             name = str(path)
-        records = read_records(stream, name=name, policy=self.policy, media=self.media, check=self.validate_input)
+        records = read_records(
+            stream, name=name, policy=self.policy, media=self.media, check=self.validate_input
+        )
         records = select_shard(records, self.shard)
         return self.progress(records, desc=f"{self.stage}")
 
@@ -166,8 +178,15 @@ class StageIO:
             return iterable
         from tqdm import tqdm
 
-        return tqdm(iterable, desc=desc, total=total, unit=unit or self.progress_unit, file=sys.stderr,
-                    dynamic_ncols=True, leave=False)
+        return tqdm(
+            iterable,
+            desc=desc,
+            total=total,
+            unit=unit or self.progress_unit,
+            file=sys.stderr,
+            dynamic_ncols=True,
+            leave=False,
+        )
 
     @property
     def writer(self) -> RecordWriter:
@@ -179,8 +198,9 @@ class StageIO:
                 self._atomic = AtomicFile(self.output)
                 stream = self._atomic.handle
                 flush_each = False
-            self._writer = RecordWriter(stream, fmt=self.fmt, media=self.media, flush_each=flush_each,
-                                        report=self.report)
+            self._writer = RecordWriter(
+                stream, fmt=self.fmt, media=self.media, flush_each=flush_each, report=self.report
+            )
         return self._writer
 
     def write(self, record: dict[str, Any]) -> None:

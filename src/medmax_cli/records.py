@@ -27,7 +27,7 @@ ROLES = ("user", "assistant")
 
 # A WebDataset key is everything before the first dot of a member name, so ids may
 # not contain dots; slashes and whitespace would break file names and tar members.
-_ID_OK = re.compile(r"^[A-Za-z0-9_\-:+@=,]+$")
+_id_ok = re.compile(r"[A-Za-z0-9_\-:+@=,]+").fullmatch
 _ID_BAD_CHARS = re.compile(r"[^A-Za-z0-9_\-:+@=,]")
 
 
@@ -72,7 +72,7 @@ def content_id(prefix: str, payload: str | bytes, length: int = 16) -> str:
 
 
 def record_kind(record: Mapping[str, Any]) -> str:
-    """"prediction", "instance" (a task instance) or the source kind."""
+    """ "prediction", "instance" (a task instance) or the source kind."""
     if "prediction" in record:
         return "prediction"
     if "task" in record and "turns" in record:
@@ -85,24 +85,31 @@ def _fail(reason: str, record: Mapping[str, Any]) -> RecordError:
     return RecordError(reason, record_id=rid)
 
 
+_is_sha256 = re.compile(r"[0-9a-f]{64}").fullmatch
+
+
 def _check_images(record: Mapping[str, Any]) -> None:
-    images = record.get("images", [])
-    if not isinstance(images, list):
+    # Hot path (every record at every stage boundary): plain type checks, no ABCs.
+    images = record.get("images")
+    if images is None:
+        return
+    if type(images) is not list:
         raise _fail("field 'images' must be a list", record)
     for i, image in enumerate(images):
-        if not isinstance(image, Mapping):
+        if type(image) is not dict:
             raise _fail(f"images[{i}] must be an object", record)
-        if not any(k in image for k in ("sha256", "path", "url")) and "tokens" not in image:
+        if "sha256" not in image and "path" not in image and "url" not in image and "tokens" not in image:
             raise _fail(f"images[{i}] needs one of 'sha256', 'path', 'url' or 'tokens'", record)
         sha = image.get("sha256")
-        if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
+        if sha is not None and not (type(sha) is str and _is_sha256(sha)):
             raise _fail(f"images[{i}].sha256 must be 64 lowercase hex digits", record)
         for dim in ("width", "height"):
-            if dim in image and not (isinstance(image[dim], int) and image[dim] > 0):
+            value = image.get(dim)
+            if value is not None and not (type(value) is int and value > 0):
                 raise _fail(f"images[{i}].{dim} must be a positive integer", record)
         tokens = image.get("tokens")
         if tokens is not None:
-            if not isinstance(tokens, list) or not all(isinstance(t, int) and t >= 0 for t in tokens):
+            if type(tokens) is not list or not all(type(t) is int and t >= 0 for t in tokens):
                 raise _fail(f"images[{i}].tokens must be a list of non-negative integers", record)
             if "vq" not in image:
                 raise _fail(f"images[{i}] has 'tokens' but no 'vq' (which codebook made them)", record)
@@ -137,19 +144,24 @@ def _check_turns(record: Mapping[str, Any]) -> None:
 
 def validate(record: Any) -> dict[str, Any]:
     """Check a record against schema v1 and return it unchanged; raise RecordError otherwise."""
-    if not isinstance(record, dict):
+    if type(record) is not dict:
         raise RecordError(f"a record must be a JSON object, got {type(record).__name__}")
     rid = record.get("id")
-    if not isinstance(rid, str) or not rid:
+    if type(rid) is not str or not rid:
         raise RecordError("field 'id' is missing or not a non-empty string")
-    if not _ID_OK.match(rid):
-        raise _fail("field 'id' may only hold letters, digits and _-:+@=, (no dots: it is a WebDataset key)", record)
-    version = record.get("schema", SCHEMA_VERSION)
-    if version != SCHEMA_VERSION:
-        raise _fail(f"schema version {version!r} is not supported (this is v{SCHEMA_VERSION})", record)
-    if "credential" in record and not isinstance(record["credential"], bool):
+    if not _id_ok(rid):
+        raise _fail(
+            "field 'id' may only hold letters, digits and _-:+@=, (no dots: it is a WebDataset key)", record
+        )
+    if "schema" in record and record["schema"] != SCHEMA_VERSION:
+        raise _fail(
+            f"schema version {record['schema']!r} is not supported (this is v{SCHEMA_VERSION})", record
+        )
+    credential = record.get("credential")
+    if credential is not None and type(credential) is not bool:
         raise _fail("field 'credential' must be true or false", record)
-    if "meta" in record and not isinstance(record["meta"], dict):
+    meta = record.get("meta")
+    if meta is not None and type(meta) is not dict:
         raise _fail("field 'meta' must be an object", record)
     _check_images(record)
 
@@ -163,7 +175,10 @@ def validate(record: Any) -> dict[str, Any]:
 
     kind = record.get("kind")
     if kind not in SOURCE_KINDS:
-        raise _fail(f"field 'kind' must be one of {SOURCE_KINDS} (or the record needs 'task' and 'turns'), got {kind!r}", record)
+        raise _fail(
+            f"field 'kind' must be one of {SOURCE_KINDS} (or the record needs 'task' and 'turns'), got {kind!r}",
+            record,
+        )
     if kind == "figure" and not isinstance(record.get("caption", ""), str):
         raise _fail("field 'caption' must be a string", record)
     if kind == "qa":
@@ -171,7 +186,9 @@ def validate(record: Any) -> dict[str, Any]:
             if not isinstance(record.get(field), str):
                 raise _fail(f"a qa record needs a string '{field}'", record)
         options = record.get("options")
-        if options is not None and not (isinstance(options, list) and all(isinstance(o, str) for o in options)):
+        if options is not None and not (
+            isinstance(options, list) and all(isinstance(o, str) for o in options)
+        ):
             raise _fail("field 'options' must be a list of strings", record)
     if kind == "report" and not isinstance(record.get("report"), str):
         raise _fail("a report record needs a string 'report'", record)

@@ -90,8 +90,13 @@ class ErrorPolicy:
     `{"stage", "where", "record_id", "reason", "raw"}` and counted in the run report.
     """
 
-    def __init__(self, mode: str = "fail", rejects: IO[bytes] | None = None, report: RunReport | None = None,
-                 stage: str = "medmax"):
+    def __init__(
+        self,
+        mode: str = "fail",
+        rejects: IO[bytes] | None = None,
+        report: RunReport | None = None,
+        stage: str = "medmax",
+    ):
         if mode not in ("fail", "skip"):
             raise ValueError(f"on_error must be 'fail' or 'skip', not {mode!r}")
         self.mode = mode
@@ -99,8 +104,9 @@ class ErrorPolicy:
         self.report = report or RunReport(stage)
         self.stage = stage
 
-    def reject(self, error: Exception, raw: Any = None, *, where: str | None = None,
-               record_id: str | None = None) -> None:
+    def reject(
+        self, error: Exception, raw: Any = None, *, where: str | None = None, record_id: str | None = None
+    ) -> None:
         """Raise in fail mode; otherwise record the reject and return."""
         if isinstance(error, RecordError):
             where = where or error.where
@@ -119,7 +125,13 @@ class ErrorPolicy:
         if self.rejects is not None:
             if isinstance(raw, bytes):
                 raw = raw.decode("utf-8", errors="replace")
-            entry = {"stage": self.stage, "where": where, "record_id": record_id, "reason": reason, "raw": raw}
+            entry = {
+                "stage": self.stage,
+                "where": where,
+                "record_id": record_id,
+                "reason": reason,
+                "raw": raw,
+            }
             self.rejects.write(orjson.dumps(entry, default=str) + b"\n")
             self.rejects.flush()
 
@@ -179,7 +191,9 @@ def read_records(
         yield from _read_jsonl(reader, name=name, policy=policy, check=check)
 
 
-def _read_jsonl(stream: IO[bytes], *, name: str, policy: ErrorPolicy, check: bool) -> Iterator[dict[str, Any]]:
+def _read_jsonl(
+    stream: IO[bytes], *, name: str, policy: ErrorPolicy, check: bool
+) -> Iterator[dict[str, Any]]:
     for line_no, line in enumerate(stream, 1):
         if not line.strip():
             continue
@@ -206,8 +220,9 @@ def _split_member(member_name: str) -> tuple[str, str]:
     return (f"{directory}/{key}" if directory else key), rest
 
 
-def _read_tar(stream: IO[bytes], *, name: str, policy: ErrorPolicy, media: MediaStore,
-              check: bool) -> Iterator[dict[str, Any]]:
+def _read_tar(
+    stream: IO[bytes], *, name: str, policy: ErrorPolicy, media: MediaStore, check: bool
+) -> Iterator[dict[str, Any]]:
     try:
         archive = tarfile.open(fileobj=stream, mode="r|")
     except tarfile.TarError as exc:
@@ -223,8 +238,10 @@ def _read_tar(stream: IO[bytes], *, name: str, policy: ErrorPolicy, media: Media
             data = handle.read() if handle else b""
             if len(data) != member.size:
                 raise StreamError(f"{name}: member {member.name} is truncated")
-            if key != group_key and group:
-                yield from _tar_sample(group_key or "", group, name=name, policy=policy, media=media, check=check)
+            if group and (key != group_key or rest in group):  # a repeated member starts a new sample
+                yield from _tar_sample(
+                    group_key or "", group, name=name, policy=policy, media=media, check=check
+                )
                 group = {}
             group_key = key
             group[rest] = data
@@ -234,13 +251,18 @@ def _read_tar(stream: IO[bytes], *, name: str, policy: ErrorPolicy, media: Media
         yield from _tar_sample(group_key or "", group, name=name, policy=policy, media=media, check=check)
 
 
-def _tar_sample(key: str, group: dict[str, bytes], *, name: str, policy: ErrorPolicy, media: MediaStore,
-                check: bool) -> Iterator[dict[str, Any]]:
+def _tar_sample(
+    key: str, group: dict[str, bytes], *, name: str, policy: ErrorPolicy, media: MediaStore, check: bool
+) -> Iterator[dict[str, Any]]:
     where = f"{name}:{key}"
     raw = group.get("json")
     if raw is None:
-        policy.reject(RecordError(f"tar sample has no {key}.json member (has: {sorted(group)})"), None,
-                      where=where, record_id=key.rpartition("/")[2])
+        policy.reject(
+            RecordError(f"tar sample has no {key}.json member (has: {sorted(group)})"),
+            None,
+            where=where,
+            record_id=key.rpartition("/")[2],
+        )
         return
     try:
         record = orjson.loads(raw)
@@ -283,8 +305,15 @@ class RecordWriter:
     starts working); writers to regular files leave buffering to the OS.
     """
 
-    def __init__(self, stream: IO[bytes], *, fmt: str = "jsonl", media: MediaStore | None = None,
-                 flush_each: bool = True, report: RunReport | None = None):
+    def __init__(
+        self,
+        stream: IO[bytes],
+        *,
+        fmt: str = "jsonl",
+        media: MediaStore | None = None,
+        flush_each: bool = True,
+        report: RunReport | None = None,
+    ):
         if fmt not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
         self.stream = stream
@@ -401,7 +430,9 @@ def in_shard(record_id: str, shard: tuple[int, int] | None) -> bool:
     return zlib.crc32(record_id.encode()) % count == index
 
 
-def select_shard(records: Iterable[dict[str, Any]], shard: tuple[int, int] | None) -> Iterator[dict[str, Any]]:
+def select_shard(
+    records: Iterable[dict[str, Any]], shard: tuple[int, int] | None
+) -> Iterator[dict[str, Any]]:
     for record in records:
         if in_shard(record["id"], shard):
             yield record

@@ -13,8 +13,11 @@ from medmax_cli.records import RecordError, record_kind
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("validate", help="Check records against the schema and summarise them (kinds, tasks, sources).\n\n"
-                 "  medmax fetch jats examples/sample/jats | medmax validate")
+    @app.command(
+        "validate",
+        help="Check records against the schema and summarise them (kinds, tasks, sources).\n\n"
+        "  medmax fetch jats examples/sample/jats | medmax validate",
+    )
     def validate_command(
         input: str = InputArg,
         max_errors: int = typer.Option(20, "--max-errors", help="How many errors to list."),
@@ -49,8 +52,9 @@ def register(app: typer.Typer) -> None:
             stream, name = open(input, "rb"), input
         seen_ids: set[str] = set()
         try:
-            for record in read_records(stream, name=name, policy=policy,
-                                       media=MediaStore(media_dir or default_media_dir())):
+            for record in read_records(
+                stream, name=name, policy=policy, media=MediaStore(media_dir or default_media_dir())
+            ):
                 if record["id"] in seen_ids:
                     errors.append(f"{name}: record {record['id']!r}: duplicate id")
                 seen_ids.add(record["id"])
@@ -72,7 +76,9 @@ def register(app: typer.Typer) -> None:
         if as_json:
             typer.echo(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
         else:
-            typer.echo(f"{summary['records']} valid records, {summary['images']} images, {len(errors)} errors")
+            typer.echo(
+                f"{summary['records']} valid records, {summary['images']} images, {len(errors)} errors"
+            )
             for title in ("kinds", "tasks", "sources"):
                 if summary[title]:
                     typer.echo(f"  {title}: " + ", ".join(f"{k} {v}" for k, v in summary[title].items()))
