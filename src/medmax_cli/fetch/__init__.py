@@ -1,0 +1,1 @@
+"""Sources: PubMed Central (Europe PMC search + PMC Cloud), local JATS, local datasets."""

@@ -1,0 +1,122 @@
+"""From a parsed article to `figure` records: one per figure, skips counted with a reason.
+
+Shared by `fetch jats` (files on disk) and `fetch pmc` (files over HTTPS): the caller says how
+to turn an href into an image reference, everything else (ids, licence filter, skip reasons)
+is decided here once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import orjson
+
+from medmax_cli.fetch.jats import Article, Figure
+from medmax_cli.media import MediaError
+from medmax_cli.records import RecordError, make_id
+from medmax_cli.streams import ErrorPolicy
+
+
+def skip(
+    policy: ErrorPolicy,
+    reason: str,
+    *,
+    where: str | None = None,
+    record_id: str | None = None,
+    raw: Any = None,
+) -> None:
+    """Set aside something that is not an error (a video, a retracted article): never raises.
+
+    It is counted under its reason in the run summary and, when there is a rejects file, listed
+    there like any reject, so nothing disappears silently even with --on-error fail.
+    """
+    policy.report.drop(reason)
+    if policy.rejects is not None:
+        entry = {"stage": policy.stage, "where": where, "record_id": record_id, "reason": reason, "raw": raw}
+        policy.rejects.write(orjson.dumps(entry, default=str) + b"\n")
+        policy.rejects.flush()
+
+
+def parse_licenses(spec: str | None) -> frozenset[str] | None:
+    """'cc-by,cc0' -> {'cc-by', 'cc0'}; None or '' keeps every licence."""
+    if not spec:
+        return None
+    return frozenset(part.strip().lower() for part in spec.split(",") if part.strip())
+
+
+def article_key(article: Article, fallback: str) -> str:
+    """'PMC123.2' style key naming the article (pmcid + version when known)."""
+    if article.pmcid:
+        return f"{article.pmcid}.{article.version}" if article.version else article.pmcid
+    return fallback
+
+
+def article_admitted(
+    article: Article, *, policy: ErrorPolicy, licenses: frozenset[str] | None, where: str
+) -> bool:
+    """False (and counted) for retracted articles and licences outside the filter."""
+    key = article_key(article, where)
+    if article.retracted:
+        skip(policy, f"retracted article: {key}", where=where, record_id=key, raw=article.meta())
+        return False
+    if licenses is not None and article.license not in licenses:
+        skip(
+            policy,
+            f"license {article.license} not selected: {key}",
+            where=where,
+            record_id=key,
+            raw=article.meta(),
+        )
+        return False
+    return True
+
+
+def figure_records(
+    article: Article,
+    resolve: Callable[[Figure, str], dict[str, Any]],
+    *,
+    source: str,
+    policy: ErrorPolicy,
+    where: str,
+    fallback_key: str,
+    extra_meta: dict[str, Any] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Yield one figure record per figure with an image; videos and image-less figures are skipped.
+
+    `resolve(figure, href)` returns an image reference (already in the media store) or raises
+    RecordError/MediaError, which goes through the policy as a real error.
+    """
+    key = article_key(article, fallback_key)
+    for figure in article.figures:
+        record_id = make_id(key, figure.figure_id)
+        if figure.is_video:
+            skip(policy, f"video: {record_id}", where=where, record_id=record_id)
+            continue
+        if not figure.hrefs:
+            skip(policy, f"no image file: {record_id}", where=where, record_id=record_id)
+            continue
+        try:
+            images = [resolve(figure, href) for href in figure.hrefs]
+        except (RecordError, MediaError) as exc:
+            policy.reject(
+                exc,
+                {"id": record_id, "figure_id": figure.figure_id, "hrefs": figure.hrefs},
+                where=where,
+                record_id=record_id,
+            )
+            continue
+        yield {
+            "id": record_id,
+            "kind": "figure",
+            "source": source,
+            "license": article.license,
+            "credential": False,
+            "images": images,
+            "caption": figure.caption,
+            "label": figure.label,
+            "figure_id": figure.figure_id,
+            "mentions": [m.as_dict() for m in figure.mentions],
+            "article": article.meta(),
+            "meta": dict(extra_meta or {}),
+        }

@@ -1,0 +1,186 @@
+"""`fetch jats` and `fetch jsonl`: sources already on disk (JATS files, PMC packages, record files).
+
+JATS inputs may be single .xml/.nxml files, folders of them (a synced PMC Cloud folder has
+`PMC{n}.{v}/PMC{n}.{v}.xml` with its media and a `PMC{n}.{v}.json` metadata file beside it), or
+PMC bulk packages (`.tar.gz`: one folder per article). Images are looked up in the article's
+own folder only; hrefs that would leave it are refused.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import orjson
+
+from medmax_cli.fetch.figures import article_admitted, figure_records
+from medmax_cli.fetch.jats import Article, Figure, JatsError, candidate_names, normalise_license, parse_jats
+from medmax_cli.media import MAX_IMAGE_BYTES, MediaError, MediaStore, safe_relative_path
+from medmax_cli.records import RecordError, validate
+from medmax_cli.streams import ErrorPolicy, read_records
+
+XML_SUFFIXES = (".xml", ".nxml")
+PACKAGE_SUFFIXES = (".tar.gz", ".tgz")
+MAX_PACKAGE_MEMBER = MAX_IMAGE_BYTES
+
+
+def _is_package(path: Path) -> bool:
+    return path.name.lower().endswith(PACKAGE_SUFFIXES)
+
+
+def expand_inputs(paths: Iterable[str | Path]) -> list[Path]:
+    """Files to read, in a deterministic order: folders are walked and sorted."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found += sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file() and (p.suffix.lower() in XML_SUFFIXES or _is_package(p))
+            )
+        elif path.exists():
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"{path} does not exist")
+    return found
+
+
+def apply_cloud_metadata(article: Article, meta: dict[str, Any]) -> Article:
+    """PMC Cloud metadata JSON overrides what the XML says about licence, version and retraction."""
+    if meta.get("license_code"):
+        article.license = normalise_license(str(meta["license_code"]), article.license_url)
+    if meta.get("is_retracted"):
+        article.retracted = True
+    if isinstance(meta.get("version"), int):
+        article.version = meta["version"]
+    if meta.get("pmcid") and not article.pmcid:
+        article.pmcid = str(meta["pmcid"])
+    return article
+
+
+def fetch_jats(
+    paths: Iterable[str | Path],
+    *,
+    media: MediaStore,
+    policy: ErrorPolicy,
+    licenses: frozenset[str] | None = None,
+    source: str = "jats",
+) -> Iterator[dict[str, Any]]:
+    """Figure records from local JATS files, folders and PMC packages."""
+    for path in expand_inputs(paths):
+        if _is_package(path):
+            yield from _package(path, media=media, policy=policy, licenses=licenses, source=source)
+        else:
+            yield from _xml_file(path, media=media, policy=policy, licenses=licenses, source=source)
+
+
+def _xml_file(
+    path: Path, *, media: MediaStore, policy: ErrorPolicy, licenses: frozenset[str] | None, source: str
+) -> Iterator[dict[str, Any]]:
+    where = str(path)
+    try:
+        article = parse_jats(path.read_bytes(), name=where)
+    except JatsError as exc:
+        policy.reject(exc, None, where=where, record_id=path.stem)
+        return
+    sidecar = path.with_suffix(".json")
+    if sidecar.exists():
+        try:
+            apply_cloud_metadata(article, orjson.loads(sidecar.read_bytes()))
+        except orjson.JSONDecodeError as exc:
+            policy.reject(RecordError(f"unreadable PMC metadata {sidecar.name} ({exc})"), None, where=where)
+            return
+    policy.report.count("articles")
+    if not article_admitted(article, policy=policy, licenses=licenses, where=where):
+        return
+    folder = path.parent
+    listing = {p.name: p for p in folder.iterdir() if p.is_file()}
+
+    def resolve(figure: Figure, href: str) -> dict[str, Any]:
+        for name in candidate_names(href):
+            if "/" not in name and name in listing:
+                return media.import_file(listing[name], what=f"{where} {figure.figure_id} {name}")
+            if "/" in name:
+                full = safe_relative_path(folder, name, what=f"{where} {figure.figure_id} href")
+                if full.is_file():
+                    return media.import_file(full, what=f"{where} {figure.figure_id} {name}")
+        raise RecordError(f"image file not found for href {href!r} beside {path.name}")
+
+    for record in figure_records(
+        article, resolve, source=source, policy=policy, where=where, fallback_key=path.stem
+    ):
+        policy.report.count("figures")
+        yield record
+
+
+def _package(
+    path: Path, *, media: MediaStore, policy: ErrorPolicy, licenses: frozenset[str] | None, source: str
+) -> Iterator[dict[str, Any]]:
+    """A PMC bulk package: read every regular member into memory, then one article per XML member."""
+    members: dict[str, bytes] = {}
+    try:
+        with tarfile.open(path, "r:*") as archive:
+            for member in archive:
+                if not member.isfile() or member.size > MAX_PACKAGE_MEMBER:
+                    continue
+                name = str(PurePosixPath(member.name))
+                if name.startswith("/") or ".." in PurePosixPath(name).parts:
+                    continue
+                handle = archive.extractfile(member)
+                if handle is not None:
+                    members[name] = handle.read()
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        policy.reject(RecordError(f"unreadable package ({exc})"), None, where=str(path))
+        return
+    for xml_name in sorted(n for n in members if n.lower().endswith(XML_SUFFIXES)):
+        where = f"{path}:{xml_name}"
+        folder = str(PurePosixPath(xml_name).parent)
+        prefix = "" if folder == "." else folder + "/"
+        try:
+            article = parse_jats(members[xml_name], name=where)
+        except JatsError as exc:
+            policy.reject(exc, None, where=where)
+            continue
+        policy.report.count("articles")
+        if not article_admitted(article, policy=policy, licenses=licenses, where=where):
+            continue
+
+        def resolve(figure: Figure, href: str, prefix: str = prefix, where: str = where) -> dict[str, Any]:
+            for name in candidate_names(href):
+                if prefix + name in members:
+                    return media.put(members[prefix + name], what=f"{where} {figure.figure_id} {name}")
+            raise RecordError(f"image file not found for href {href!r} in the package")
+
+        stem = PurePosixPath(xml_name).stem
+        for record in figure_records(
+            article, resolve, source=source, policy=policy, where=where, fallback_key=stem
+        ):
+            policy.report.count("figures")
+            yield record
+
+
+def fetch_jsonl(
+    path: str | Path, *, root: str | Path, media: MediaStore, policy: ErrorPolicy
+) -> Iterator[dict[str, Any]]:
+    """Records from a local JSONL file whose image paths are relative to `root`, imported into the store."""
+    root = Path(root)
+    with open(path, "rb") as stream:
+        for record in read_records(stream, name=str(path), policy=policy, media=media):
+            try:
+                images = []
+                for index, image in enumerate(record.get("images") or []):
+                    what = f"record {record['id']!r} images[{index}]"
+                    if image.get("path"):
+                        full = safe_relative_path(root, image["path"], what=what)
+                        ref = media.import_file(full, what=what)
+                        image = {**{k: v for k, v in image.items() if k not in ref}, **ref}
+                    images.append(image)
+                record = {**record, "images": images}
+                validate(record)
+            except (RecordError, MediaError) as exc:
+                policy.reject(exc, record, where=str(path))
+                continue
+            yield record
