@@ -1,0 +1,79 @@
+"""Logits processors as precomputed boolean masks on the device.
+
+Everything that decides which tokens may come next is built once per run from the vocabulary
+(`ChameleonVocab`) and applied with `masked_fill`/`where`: no per-step Python over the vocabulary
+and no host synchronisation inside the decode loop.
+
+Text steps (MedMax evaluation defaults, REFERENCE.md 6): allowed = EOS + text tokens, and BOI only
+when images are allowed and an image block still fits. BOS, padding, SEP, the `<image>`
+placeholder, EOI and every image code are suppressed. Image steps use the image-code rows of the
+head directly (see `decode.Runner.code_head`), so they need no mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from medmax_cli.text.vocab import ChameleonVocab
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """HF/CTRL repetition penalty on every token already seen (prompt included).
+
+    logits [B, V] float, seen bool [B, V]: a seen logit is divided by `penalty` when positive and
+    multiplied by it when negative.
+    """
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalised, logits)
+
+
+@dataclass(frozen=True, eq=False)
+class TextMasks:
+    """Token masks and the ids a text loop needs, on one device."""
+
+    allowed: torch.Tensor  # bool [V]: text tokens + EOS (BOI handled separately)
+    boi: int
+    eos: int
+    pad: int
+    vocab_size: int
+    context: int  # the model's context length (max_position_embeddings)
+    image_block: int  # BOI + tokens_per_image codes + EOI
+
+    @classmethod
+    def build(
+        cls,
+        vocab: ChameleonVocab,
+        *,
+        vocab_size: int,
+        context: int,
+        tokens_per_image: int,
+        device: torch.device | str,
+    ) -> TextMasks:
+        text = torch.zeros(vocab_size, dtype=torch.bool)
+        n = min(vocab_size, vocab.text_token_mask.shape[0])
+        text[:n] = torch.from_numpy(vocab.text_token_mask[:n].copy())
+        text[vocab.bos] = False  # a second BOS is never a valid continuation
+        text[vocab.eos] = True
+        for special in (vocab.pad, vocab.sep, vocab.image_placeholder, vocab.boi, vocab.eoi):
+            text[special] = False
+        text[torch.from_numpy(vocab.image_code_to_id.copy())] = False
+        return cls(
+            allowed=text.to(device),
+            boi=vocab.boi,
+            eos=vocab.eos,
+            pad=vocab.pad,
+            vocab_size=vocab_size,
+            context=context,
+            image_block=tokens_per_image + 2,
+        )
+
+    def apply(self, logits: torch.Tensor, *, boi_allowed: torch.Tensor) -> torch.Tensor:
+        """logits [B, V] -> logits with disallowed ids at -inf; boi_allowed bool [B]."""
+        out = logits.masked_fill(~self.allowed, float("-inf"))
+        boi_col = torch.where(
+            boi_allowed, logits[:, self.boi], torch.full_like(logits[:, self.boi], float("-inf"))
+        )
+        out[:, self.boi] = boi_col
+        return out

@@ -1,0 +1,344 @@
+"""`medmax generate` as a library: setup_engine (model, adapter, masks) and the record stage.
+
+Read like a recipe: `setup_engine` returns one object holding the model runner, the vocabulary,
+the tokenizer and the precomputed masks; `generate_stage` batches records, builds prompts, runs
+the phases (`interleave.run_rows`) and turns tokens back into a prediction: text parts, and
+generated images stored as PNG in the media store (appended to `images` with their tokens and
+`vq`, referenced by index). Output order equals input order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from medmax_cli.generate.interleave import Row, Settings, run_rows
+from medmax_cli.generate.prompt import MODES, PROMPT_FORMATS, prompt_ids, resolve_mode, tokens_per_image
+from medmax_cli.generate.sampling import row_seed
+from medmax_cli.media import MediaError, MediaStore
+from medmax_cli.records import RecordError
+from medmax_cli.streams import ErrorPolicy
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TEXT_TOKENS = 256
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """Every knob of a generation run (flags map one to one)."""
+
+    mode: str = "auto"  # auto | text | image | interleaved (auto: from the instance's task)
+    max_new_tokens: int | None = None  # None: text 256; image: one block; interleaved: 256 + one block
+    seed: int = 0  # same seed + same input = same output (per-record seeds derive from it and the id)
+    batch_size: int = 8  # records decoded together (left-padded)
+    prompt_format: str = "sft"  # sft: user turn closed by SEP (as pack trains); raw: no SEP
+    repetition_penalty: float = 1.2  # MedMax evaluation default, text steps only
+    temperature: float = 0.0  # text: 0 = greedy (MedMax evaluation), > 0 samples
+    top_p: float = 0.9  # text sampling
+    cfg_text: float = 3.0  # image CFG weight of (c - i)
+    cfg_image: float = 1.2  # image CFG weight of (i - u)
+    image_temperature: float = 0.7
+    image_top_p: float = 0.9
+    check_every: int = 16  # text loop: look at the device's "all finished?" flag every N steps
+
+    def check(self) -> None:
+        """Raise ValueError naming the bad field (the command turns it into exit status 2)."""
+        if self.mode not in MODES:
+            raise ValueError(f"--mode must be one of {', '.join(MODES)}; got {self.mode!r}")
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ValueError(f"--prompt-format must be one of {', '.join(PROMPT_FORMATS)}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValueError("--max-new-tokens must be at least 1")
+        if self.batch_size < 1:
+            raise ValueError("--batch-size must be at least 1")
+        if self.repetition_penalty <= 0:
+            raise ValueError("--repetition-penalty must be positive")
+        for name in ("top_p", "image_top_p"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"--{name.replace('_', '-')} must lie in (0, 1]")
+        if self.temperature < 0 or self.image_temperature < 0:
+            raise ValueError("temperatures must be >= 0")
+
+    def settings(self) -> Settings:
+        return Settings(
+            repetition_penalty=self.repetition_penalty,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            cfg_text=self.cfg_text,
+            cfg_image=self.cfg_image,
+            image_temperature=self.image_temperature,
+            image_top_p=self.image_top_p,
+            check_every=self.check_every,
+        )
+
+
+@dataclass
+class Engine:
+    """A loaded model ready to generate."""
+
+    model_dir: Path
+    model: Any
+    runner: Any  # decode.Runner
+    vocab: Any  # ChameleonVocab
+    tokenizer: Any  # TextTokenizer
+    masks: Any  # processors.TextMasks
+    code_ids: Any  # long [K] on the device: VQ code -> token id
+    tokens_per_image: int
+    context: int
+    adapter: str | None = None
+    image_writer: Any = None  # codes -> image ref dict, or None when no VQ decoder is available
+
+
+def resolve_adapter_dir(path: str | Path) -> Path:
+    """A PEFT adapter directory: PATH itself or PATH/adapter (a finetune run directory)."""
+    p = Path(path)
+    for cand in (p, p / "adapter"):
+        if (cand / "adapter_config.json").is_file():
+            return cand
+    raise FileNotFoundError(
+        f"{p}: no adapter_config.json here or in {p / 'adapter'} (not a finetune run/adapter)"
+    )
+
+
+def default_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def default_dtype(dtype: str, device: str) -> str:
+    if dtype == "auto":
+        return "bfloat16" if str(device).startswith("cuda") else "float32"
+    return dtype
+
+
+def setup_engine(
+    model_dir: str | Path,
+    *,
+    adapter: str | Path | None = None,
+    merge: bool = True,
+    device: str = "auto",
+    dtype: str = "auto",
+    compile: bool = False,
+    media: MediaStore | None = None,
+    model: Any = None,
+) -> Engine:
+    """Load the model (and adapter: merged with merge_and_unload unless `merge=False`)."""
+    import torch
+
+    from medmax_cli.generate.decode import Runner
+    from medmax_cli.generate.processors import TextMasks
+    from medmax_cli.model.load import load_model
+    from medmax_cli.text.tokenizer import load_text_tokenizer
+    from medmax_cli.text.vocab import ChameleonVocab
+
+    model_dir = Path(model_dir)
+    device = default_device(device)
+    dtype = default_dtype(dtype, device)
+    if model is None:
+        model = load_model(model_dir, dtype=dtype, device=device)
+    adapter_dir = None
+    if adapter is not None:
+        from peft import PeftModel
+
+        adapter_dir = resolve_adapter_dir(adapter)
+        model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+        if merge:
+            model = model.merge_and_unload()
+        model.eval()
+    vocab = ChameleonVocab.from_model_dir(model_dir)
+    config = model.config if hasattr(model, "config") else None
+    tpi = tokens_per_image(model_dir)
+    context = int(getattr(config, "max_position_embeddings", 4096))
+    runner = Runner(model, compile=compile)
+    masks = TextMasks.build(
+        vocab,
+        vocab_size=runner.head_weight.shape[0],
+        context=context,
+        tokens_per_image=tpi,
+        device=runner.device,
+    )
+    code_ids = torch.from_numpy(vocab.image_code_to_id.copy()).to(runner.device)
+    engine = Engine(
+        model_dir=model_dir,
+        model=model,
+        runner=runner,
+        vocab=vocab,
+        tokenizer=load_text_tokenizer(model_dir),
+        masks=masks,
+        code_ids=code_ids,
+        tokens_per_image=tpi,
+        context=context,
+        adapter=str(adapter_dir) if adapter_dir else None,
+    )
+    if media is not None:
+        engine.image_writer = _image_writer(model_dir, media)
+    return engine
+
+
+def _image_writer(model_dir: Path, media: MediaStore):
+    """codes -> image ref {sha256, path, width, height, tokens, vq}, via the vision decoder.
+
+    Without the decoder (vision library missing, or a model directory without decoder weights)
+    generated images are kept as tokens only ({"tokens", "vq"}), with a warning.
+    """
+    try:
+        from medmax_cli.vision.decoder import codes_to_pil, load_vq_decoder
+    except ImportError:
+        log.warning(
+            "no VQ decoder available (medmax_cli.vision.decoder): generated images are kept as tokens"
+        )
+        return None
+    try:
+        decoder = load_vq_decoder(model_dir)
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        log.warning(
+            "cannot load the VQ decoder of %s (%s): generated images are kept as tokens", model_dir, exc
+        )
+        return None
+    vq = vq_fingerprint(model_dir)
+
+    def write(codes: list[int]) -> dict[str, Any]:
+        (image,) = codes_to_pil(decoder, [codes])
+        ref = dict(media.put_image(image, what="generated image"))
+        ref["tokens"] = list(codes)
+        ref["vq"] = vq
+        return ref
+
+    return write
+
+
+def vq_fingerprint(model_dir: Path) -> str:
+    """The `vq` tag of tokens made with this model's codebook (as tokenize-images writes it)."""
+    try:
+        from medmax_cli.vision.fingerprint import vq_fingerprint as fingerprint
+    except ImportError:
+        from medmax_cli.model.load import model_fingerprint
+
+        return "model-" + model_fingerprint(model_dir)
+    return fingerprint(model_dir)
+
+
+def _budget(cfg: GenerateConfig, mode: str, tpi: int) -> int:
+    block = tpi + 2
+    if mode == "image":
+        return block
+    if cfg.max_new_tokens is not None:
+        return cfg.max_new_tokens
+    return DEFAULT_TEXT_TOKENS + (block if mode == "interleaved" else 0)
+
+
+def _make_row(engine: Engine, record: dict[str, Any], cfg: GenerateConfig) -> Row:
+    mode = resolve_mode(record, cfg.mode)
+    ids = prompt_ids(record, vocab=engine.vocab, tokenizer=engine.tokenizer, prompt_format=cfg.prompt_format)
+    room = engine.context - len(ids)
+    block = engine.tokens_per_image + 2
+    if room < 1:
+        raise RecordError(f"prompt too long: {len(ids)} tokens, the model's context is {engine.context}")
+    if mode == "image" and room < block:
+        raise RecordError(
+            f"prompt too long for an image: {len(ids)} prompt tokens + {block} for the image block "
+            f"> context {engine.context}"
+        )
+    budget = min(_budget(cfg, mode, engine.tokens_per_image), room)
+    return Row(prompt=ids, mode=mode, seed=row_seed(cfg.seed, record["id"]), budget=budget)
+
+
+def _prediction(
+    engine: Engine, record: dict[str, Any], row: Row, cfg: GenerateConfig, seconds: float
+) -> dict[str, Any]:
+    out = dict(record)
+    images = list(record.get("images") or [])
+    content: list[dict[str, Any]] = []
+    for kind, toks in row.segments:
+        if kind == "text":
+            content.append({"text": engine.tokenizer.decode(toks)})
+            continue
+        if engine.image_writer is not None:
+            ref = engine.image_writer(toks)
+        else:
+            ref = {"tokens": list(toks), "vq": vq_fingerprint(engine.model_dir)}
+        images.append(ref)
+        content.append({"image": len(images) - 1})
+    out["images"] = images
+    out["prediction"] = content
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("seed", "batch_size", "check_every")}
+    settings["mode"] = row.mode
+    settings["model"] = str(engine.model_dir)
+    if engine.adapter:
+        settings["adapter"] = engine.adapter
+    settings["tokens_per_image"] = engine.tokens_per_image
+    out["generation"] = {
+        "mode": row.mode,
+        "settings": settings,
+        "seed": cfg.seed,
+        "new_tokens": row.used,
+        "stop": row.stop,
+        "seconds": round(seconds, 3),
+    }
+    return out
+
+
+def _batches(records: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    batch: list[dict[str, Any]] = []
+    for record in records:
+        batch.append(record)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def generate_stage(
+    records: Iterable[dict[str, Any]],
+    *,
+    engine: Engine,
+    config: GenerateConfig,
+    policy: ErrorPolicy | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Predictions for task instances, `config.batch_size` at a time, in input order."""
+    import torch
+
+    config.check()
+    policy = policy or ErrorPolicy()
+    settings = config.settings()
+    for batch in _batches(records, config.batch_size):
+        started = time.monotonic()
+        rows: list[Row | None] = []
+        for record in batch:
+            try:
+                rows.append(_make_row(engine, record, config))
+            except (RecordError, MediaError) as exc:
+                policy.reject(exc, record)
+                rows.append(None)
+        live = [r for r in rows if r is not None]
+        if live:
+            with torch.inference_mode():
+                run_rows(
+                    engine.runner,
+                    live,
+                    masks=engine.masks,
+                    code_ids=engine.code_ids,
+                    vocab=engine.vocab,
+                    settings=settings,
+                )
+        seconds = (time.monotonic() - started) / max(1, len(live))
+        for record, row in zip(batch, rows, strict=True):
+            if row is None:
+                continue
+            try:
+                out = _prediction(engine, record, row, config, seconds)
+            except (RecordError, MediaError) as exc:
+                policy.reject(exc, record)
+                continue
+            policy.report.count("generated")
+            policy.report.count("new tokens", row.used)
+            yield out
