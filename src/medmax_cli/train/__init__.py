@@ -1,0 +1,1 @@
+"""Fine-tuning on packed shards: config, recipe (setup + loop), launcher, checkpoints, metrics."""

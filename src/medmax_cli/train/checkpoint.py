@@ -1,0 +1,214 @@
+"""Checkpoints: RUN/checkpoints/step-N, written atomically, `latest` marker written last.
+
+A checkpoint holds the trainable weights and the optimizer state (full, unsharded state dicts,
+gathered from every rank with torch.distributed.checkpoint.state_dict so DDP, FSDP and a single
+process are saved the same way), the scheduler, every rank's RNG states, the data position, the
+resolved config, and a loadable export: `adapter/` (PEFT) or `model/` (--full). Only rank 0
+writes: into `.tmp-step-N`, renamed to `step-N`, then `latest` is replaced. A run killed at any
+moment leaves the previous `latest` intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from medmax_cli.train.config import ConfigError, TrainConfig, resume_mismatches
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+STATE_FILE = "trainer_state.json"
+# Files of the base model directory that an exported model does not rewrite itself.
+_MODEL_OWN_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json")
+
+
+def _world(env: Any) -> int:
+    return getattr(env, "world_size", 1)
+
+
+def _options(cfg: TrainConfig, **extra: Any):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(
+        full_state_dict=True, cpu_offload=True, ignore_frozen_params=not cfg.full, **extra
+    )
+
+
+def latest_dir(run: str | Path) -> Path | None:
+    marker = Path(run) / CHECKPOINTS / LATEST
+    if not marker.is_file():
+        return None
+    path = Path(run) / CHECKPOINTS / marker.read_text(encoding="utf-8").strip()
+    return path if path.is_dir() else None
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def save_config(run: Path, cfg: TrainConfig, model_dir: str) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    _write_text_atomic(
+        run / "config.json", json.dumps({**cfg.to_dict(), "model": str(model_dir)}, indent=2) + "\n"
+    )
+
+
+def copy_model_extras(model_dir: str | Path, out: Path) -> None:
+    """Tokenizer, medmax_model.json, VQ decoder...: what a loadable model directory needs besides weights."""
+    for f in sorted(Path(model_dir).iterdir()):
+        is_weights = f.name.startswith("model") and f.name.endswith(".safetensors")
+        if f.is_file() and f.name not in _MODEL_OWN_FILES and not is_weights and not (out / f.name).exists():
+            shutil.copy2(f, out / f.name)
+
+
+def _strip(state: dict[str, Any], prefix: str = "model.") -> dict[str, Any]:
+    return {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state.items()}
+
+
+def _export(
+    module: torch.nn.Module, model_state: dict[str, Any], out: Path, cfg: TrainConfig, model_dir: str
+) -> None:
+    """Write the loadable weights: a PEFT adapter dir, or (full) a transformers model dir."""
+    inner = getattr(module, "module", module).model  # DDP -> PackedCausalLM -> peft/transformers model
+    state = _strip(model_state)
+    if cfg.full:
+        inner.save_pretrained(out, state_dict=state)
+        copy_model_extras(model_dir, out)
+    else:
+        inner.save_pretrained(out, state_dict=state)
+
+
+def save(
+    run: Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer,
+    scheduler,
+    cfg: TrainConfig,
+    env: Any,
+    position: dict[str, int],
+    model_dir: str,
+) -> Path | None:
+    """Collective: every rank calls it; rank 0 writes RUN/checkpoints/step-`step`."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optim_state = get_state_dict(model, optimizer, options=_options(cfg))
+    rng = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+    }
+    rngs: list[Any] = [rng]
+    if _world(env) > 1:
+        rngs = [None] * _world(env)
+        dist.all_gather_object(rngs, rng)
+    final = run / CHECKPOINTS / f"step-{step}"
+    if env.rank == 0:
+        tmp = run / CHECKPOINTS / f".tmp-step-{step}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        torch.save({"model": model_state, "optimizer": optim_state}, tmp / "trainer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(rngs, tmp / "rng.pt")
+        _export(model, model_state, tmp / ("model" if cfg.full else "adapter"), cfg, model_dir)
+        state = {
+            "step": step,
+            "position": position,
+            "world_size": _world(env),
+            "config": cfg.to_dict(),
+            "model": str(model_dir),
+        }
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _write_text_atomic(run / CHECKPOINTS / LATEST, final.name + "\n")  # marked last
+        _prune(run, cfg.keep_checkpoints, keep=final)
+    if _world(env) > 1:
+        dist.barrier()
+    return final
+
+
+def _prune(run: Path, keep_n: int, keep: Path) -> None:
+    if keep_n <= 0:
+        return
+    done = sorted(
+        (p for p in (run / CHECKPOINTS).glob("step-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1])
+    )
+    for old in done[:-keep_n]:
+        if old != keep:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def load_latest(run: Path, model: torch.nn.Module, optimizer, scheduler, cfg: TrainConfig, env: Any) -> int:
+    """Restore everything from RUN/checkpoints/latest; returns the step to continue from."""
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    path = latest_dir(run)
+    if path is None:
+        raise FileNotFoundError(f"--resume: no checkpoint in {run / CHECKPOINTS} (no `latest` marker)")
+    state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+    problems = resume_mismatches(state["config"], cfg)
+    if problems:
+        raise ConfigError(f"--resume from {path} with different settings: " + "; ".join(problems))
+    blob = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
+    set_state_dict(
+        model,
+        optimizer,
+        model_state_dict=blob["model"],
+        optim_state_dict=blob["optimizer"],
+        options=_options(cfg, strict=False),
+    )
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    rngs = torch.load(path / "rng.pt", weights_only=False)
+    mine = rngs[env.rank] if env.rank < len(rngs) else rngs[0]
+    torch.set_rng_state(mine["torch"])
+    np.random.set_state(mine["numpy"])
+    random.setstate(mine["python"])
+    if mine.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(mine["cuda"])
+    return int(state["step"])
+
+
+def _replace_dir(src_builder, dest: Path) -> None:
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    src_builder(tmp)
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+
+
+def write_final(run: Path, cfg: TrainConfig, model_dir: str) -> None:
+    """RUN/adapter (or RUN/model with --full) from the last checkpoint; RUN/merged with --merge."""
+    last = latest_dir(run)
+    assert last is not None, "write_final runs after the final checkpoint"
+    name = "model" if cfg.full else "adapter"
+    _replace_dir(lambda tmp: shutil.copytree(last / name, tmp), run / name)
+    if cfg.merge:
+        _replace_dir(lambda tmp: merge_adapter(model_dir, run / "adapter", tmp), run / "merged")
+
+
+def merge_adapter(model_dir: str | Path, adapter_dir: str | Path, out: str | Path) -> Path:
+    """Base weights + LoRA folded in (`merge_and_unload`), saved as a plain transformers model dir."""
+    from peft import PeftModel
+
+    from medmax_cli.model.load import load_model
+
+    base = load_model(model_dir, dtype="float32")
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    out = Path(out)
+    merged.save_pretrained(out)
+    copy_model_extras(model_dir, out)
+    return out
