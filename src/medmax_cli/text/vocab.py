@@ -75,7 +75,7 @@ def _readonly(a: np.ndarray) -> np.ndarray:
 class ChameleonVocab:
     """Ids of the special tokens and the image-code <-> token-id maps of one vocabulary.
 
-    Arrays are read-only numpy arrays; `torch.from_numpy(vocab.image_code_to_id)` gives a tensor.
+    Arrays are read-only numpy arrays; `vocab.tensor("image_code_to_id", device)` gives a torch copy.
     """
 
     bos: int
@@ -100,6 +100,12 @@ class ChameleonVocab:
     def image_token_mask(self) -> np.ndarray:
         """bool [vocab_size]: True for image-code tokens."""
         return self.id_to_image_code >= 0
+
+    def tensor(self, name: str, device=None):
+        """A torch copy of one of the arrays (e.g. "image_code_to_id", "text_token_mask", "image_token_mask")."""
+        import torch
+
+        return torch.as_tensor(np.array(getattr(self, name)), device=device)
 
     def is_image_token(self, ids) -> np.ndarray:
         """Elementwise: is each id an image-code token?"""
