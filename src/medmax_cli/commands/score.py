@@ -138,7 +138,9 @@ def register(app: typer.Typer) -> None:
         judge = cache = None
         if judge_model:
             cache = VerdictCache(judge_cache or Path(".medmax-cache/judge"))
-            api_key = os.environ.get("MEDMAX_JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY")
+            api_key = os.environ.get(
+                "MEDMAX_JUDGE_API_KEY"
+            )  # else the shared MEDMAX_LLM_API_KEY / OPENAI_API_KEY
             chat = openai_chat(judge_url, judge_model, api_key=api_key) if judge_url else None
             judge = Judge(chat, model=judge_model, cache=cache, retries=judge_retries)
         encoder = None

@@ -88,7 +88,7 @@ def chat_messages(context: str, question: str, reference: str, answer: str) -> M
 
 # --------------------------------------------------------------------------- strict parsing
 
-_CORRECTNESS = re.compile(r"correctness\s*[:=]\s*\**\s*([01])(?![0-9.])", re.IGNORECASE)
+_CORRECTNESS = re.compile(r"correctness\s*[:=]\s*\**\s*([01])(?![0-9]|\.[0-9])", re.IGNORECASE)
 _PAIR = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[ ,]\s*(\d+(?:\.\d+)?)\s*$")
 
 
@@ -244,18 +244,39 @@ def _maybe_float(value: int | None) -> float | None:
 
 
 def openai_chat(
-    url: str, model: str, *, api_key: str | None = None, timeout: float = 60.0, max_tokens: int = 256
+    url: str, model: str, *, api_key: str | None = None, timeout: float = 120.0, max_tokens: int = 256
 ) -> ChatFn:
-    """A ChatFn for an OpenAI-compatible endpoint (`.../v1` or `.../chat/completions`), temperature 0."""
+    """A ChatFn for an OpenAI-compatible endpoint (`.../v1` or `.../chat/completions`), temperature 0.
+
+    Built on the shared client `medmax_cli.llm` (HTTP retries on 429/5xx with Retry-After); the
+    malformed-reply retries and the cache are the judge's own (they need the reminder turn and
+    the item key), so the client gets one attempt per call and no cache.
+    """
     try:
-        from medmax_cli import llm  # the shared client (retries, disk cache) when it exists
-    except ImportError:
-        llm = None  # type: ignore[assignment]
-    if llm is not None and hasattr(llm, "chat_fn"):
-        return llm.chat_fn(
-            url, model, api_key=api_key, timeout=timeout, temperature=0.0, max_tokens=max_tokens
-        )
-    return _httpx_chat(url, model, api_key=api_key, timeout=timeout, max_tokens=max_tokens)
+        from medmax_cli import llm
+    except ImportError:  # the shared client is missing: a plain httpx fallback
+        return _httpx_chat(url, model, api_key=api_key, timeout=timeout, max_tokens=max_tokens)
+    settings = llm.LLMSettings(
+        url=url,
+        model=model,
+        temperature=0.0,
+        seed=0,
+        max_tokens=max_tokens,
+        concurrency=1,
+        attempts=1,
+        timeout=timeout,
+    )
+    client = llm.ChatClient(settings, api_key=api_key or llm.api_key_from_env(), cache=None)
+
+    def chat(messages: Messages) -> str:
+        try:
+            return client.ask(messages, prompt_version="judge", parse=str)
+        except llm.ReplyRejected as exc:  # this request refused (HTTP 400/413/422): an unparseable verdict
+            return f"<no reply: {exc}>"
+        except llm.LLMError as exc:
+            raise JudgeError(str(exc)) from None
+
+    return chat
 
 
 def _httpx_chat(url: str, model: str, *, api_key: str | None, timeout: float, max_tokens: int) -> ChatFn:

@@ -98,30 +98,32 @@ class OpenClipEncoder:
             raise FileNotFoundError(f"no open_clip weights in {model_dir}")
         config = json.loads(config_path.read_text())
         model_cfg = config["model_cfg"]
+        text_cfg = model_cfg.setdefault("text_cfg", {})
+        # BiomedCLIP's text tower is PubMedBERT through transformers: point its config and tokenizer
+        # at this directory when they were saved here, so nothing is looked up on the Hub.
+        if text_cfg.get("hf_model_name") and (model_dir / "config.json").exists():
+            text_cfg["hf_model_name"] = str(model_dir)
+        if text_cfg.get("hf_tokenizer_name") and any(
+            (model_dir / f).exists() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
+        ):
+            text_cfg["hf_tokenizer_name"] = str(model_dir)
         preprocess_cfg = config.get("preprocess_cfg", {})
         name = f"medmax-local-{model_dir.resolve().name}"
         open_clip.factory._MODEL_CONFIGS[name] = model_cfg  # register the local architecture
+        extra = {
+            k: preprocess_cfg[v]
+            for k, v in (("image_mean", "mean"), ("image_std", "std"))
+            if preprocess_cfg.get(v)
+        }
         model, _, preprocess = open_clip.create_model_and_transforms(
-            name,
-            pretrained=str(weights),
-            device=device,
-            **{
-                k: v
-                for k, v in (
-                    ("image_mean", preprocess_cfg.get("mean")),
-                    ("image_std", preprocess_cfg.get("std")),
-                )
-                if v
-            },
+            name, pretrained=str(weights), device=device, **extra
         )
         self.model = model.eval()
         self.preprocess = preprocess
-        context = int(model_cfg.get("text_cfg", {}).get("context_length", BIOMEDCLIP_CONTEXT))
-        hf_name = model_cfg.get("text_cfg", {}).get("hf_tokenizer_name")
-        if hf_name and (model_dir / "tokenizer.json").exists():
-            hf_name = str(model_dir)  # a tokenizer saved beside the weights keeps it offline
+        context = int(text_cfg.get("context_length", BIOMEDCLIP_CONTEXT))
+        hf_name = text_cfg.get("hf_tokenizer_name")
         self.tokenizer = (
-            open_clip.HFTokenizer(hf_name, context_length=context)
+            open_clip.tokenizer.HFTokenizer(hf_name, context_length=context)
             if hf_name
             else open_clip.get_tokenizer(name, context_length=context)
         )
