@@ -1,0 +1,219 @@
+"""Packed rows and the WebDataset shard writer (format: docs/pack.md "Shards").
+
+One tar sample per packed row, key `row-%09d` (global row index), members in sorted order:
+
+    row-000000000.boundaries.npy  int32 [n+1] cumulative sample lengths 0, l1, l1+l2, ..., L
+    row-000000000.input_ids.npy   int32 [L]   L <= seq_len, not padded
+    row-000000000.json            {"ids": [...], "tasks": [...], "sources": [...]}
+    row-000000000.labels.npy      int32 [L]   -100 = no loss
+
+Every tar header has mtime 0, uid/gid 0, no user names and mode 0644, so the same rows give the
+same bytes. A shard is written as `.shard-NNNNNN.tar.tmp` and renamed to `shard-NNNNNN.tar` only once
+complete; the manifest (written after the last shard) is what marks the directory finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import tarfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from medmax_cli.pack.sequence import Sample
+
+SHARD_PATTERN = "shard-%06d.tar"
+SHARD_RE = re.compile(r"^shard-\d{6}\.tar$")
+TMP_RE = re.compile(r"^\.shard-\d{6}\.tar\.tmp$")
+ROW_KEY = "row-%09d"
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class PackedRow:
+    """One training row: several whole samples back to back."""
+
+    input_ids: np.ndarray  # int32 [L]
+    labels: np.ndarray  # int32 [L]
+    boundaries: np.ndarray  # int32 [n+1], 0 ... L
+    meta: dict[str, Any] = field(default_factory=dict)  # {"ids", "tasks", "sources"}
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+def make_row(samples: Sequence[Sample]) -> PackedRow:
+    """Concatenate whole samples into one row; boundaries are their cumulative lengths."""
+    lengths = [len(s) for s in samples]
+    boundaries = np.zeros(len(samples) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=boundaries[1:])
+    return PackedRow(
+        input_ids=np.concatenate([s.input_ids for s in samples]).astype(np.int32, copy=False),
+        labels=np.concatenate([s.labels for s in samples]).astype(np.int32, copy=False),
+        boundaries=boundaries,
+        meta={
+            "ids": [s.id for s in samples],
+            "tasks": [s.task for s in samples],
+            "sources": [s.source for s in samples],
+        },
+    )
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def row_members(key: str, row: PackedRow) -> list[tuple[str, bytes]]:
+    """The tar members of one row, in sorted name order."""
+    return [
+        (f"{key}.boundaries.npy", npy_bytes(row.boundaries.astype(np.int32, copy=False))),
+        (f"{key}.input_ids.npy", npy_bytes(row.input_ids.astype(np.int32, copy=False))),
+        (f"{key}.json", orjson.dumps(row.meta, option=orjson.OPT_SORT_KEYS)),
+        (f"{key}.labels.npy", npy_bytes(row.labels.astype(np.int32, copy=False))),
+    ]
+
+
+def _tar_size(members: list[tuple[str, bytes]]) -> int:
+    return sum(512 + -(-len(data) // 512) * 512 for _, data in members)
+
+
+@dataclass
+class ShardInfo:
+    name: str
+    rows: int
+    bytes: int
+    sha256: str
+    first_row: int
+
+
+class _HashingFile:
+    """Write-through file wrapper that hashes and counts what TarFile writes."""
+
+    def __init__(self, handle):
+        self.handle = handle
+        self.sha = hashlib.sha256()
+        self.position = 0
+
+    def write(self, data: bytes) -> int:
+        self.handle.write(data)
+        self.sha.update(data)
+        self.position += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.position
+
+
+def clear_outputs(out_dir: Path) -> None:
+    """Remove a previous run's manifest (first: the directory stops looking finished), its shards
+    and any temporary shard files. Other files in the directory are left alone."""
+    (out_dir / MANIFEST).unlink(missing_ok=True)
+    for path in out_dir.iterdir():
+        if SHARD_RE.match(path.name) or TMP_RE.match(path.name):
+            path.unlink()
+
+
+class ShardWriter:
+    """Write PackedRows to `out_dir/shard-%06d.tar`, starting a new shard at `max_count` rows or
+    before `max_size` bytes would be exceeded (a single larger row still gets a shard)."""
+
+    def __init__(self, out_dir: str | os.PathLike[str], *, max_count: int = 1000, max_size: int = 1 << 30):
+        if max_count < 1 or max_size < 1:
+            raise ValueError("max_count and max_size must be positive")
+        self.out_dir = Path(out_dir)
+        self.max_count = max_count
+        self.max_size = max_size
+        self.shards: list[ShardInfo] = []
+        self.rows_written = 0
+        self._tar: tarfile.TarFile | None = None
+        self._file = None
+        self._hasher: _HashingFile | None = None
+        self._rows_in_shard = 0
+        self._size = 0
+        self._tmp: Path | None = None
+
+    def write(self, row: PackedRow) -> str:
+        """Append a row; returns its key."""
+        key = ROW_KEY % self.rows_written
+        members = row_members(key, row)
+        size = _tar_size(members)
+        if self._tar is not None and (
+            self._rows_in_shard >= self.max_count or self._size + size + 1024 > self.max_size
+        ):
+            self._finish_shard()
+        if self._tar is None:
+            self._open_shard()
+        assert self._tar is not None
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = 0
+            info.mode = 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            self._tar.addfile(info, io.BytesIO(data))
+        self._size += size
+        self._rows_in_shard += 1
+        self.rows_written += 1
+        return key
+
+    def _open_shard(self) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        index = len(self.shards)
+        self._tmp = self.out_dir / f".{SHARD_PATTERN % index}.tmp"
+        self._file = open(self._tmp, "wb")
+        self._hasher = _HashingFile(self._file)
+        self._tar = tarfile.TarFile(fileobj=self._hasher, mode="w", format=tarfile.USTAR_FORMAT)  # type: ignore[arg-type]
+        self._rows_in_shard = 0
+        self._size = 0
+
+    def _finish_shard(self) -> None:
+        assert self._tar is not None and self._file is not None and self._hasher is not None and self._tmp
+        self._tar.close()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        name = SHARD_PATTERN % len(self.shards)
+        os.replace(self._tmp, self.out_dir / name)
+        self.shards.append(
+            ShardInfo(
+                name=name,
+                rows=self._rows_in_shard,
+                bytes=self._hasher.position,
+                sha256=self._hasher.sha.hexdigest(),
+                first_row=self.rows_written - self._rows_in_shard,
+            )
+        )
+        self._tar = self._file = self._hasher = self._tmp = None
+
+    def close(self) -> list[ShardInfo]:
+        """Finish the open shard; returns every shard written."""
+        if self._tar is not None:
+            self._finish_shard()
+        return self.shards
+
+    def abort(self) -> None:
+        """Drop the shard being written (its temporary file); finished shards stay."""
+        if self._file is not None:
+            self._file.close()
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+        self._tar = self._file = self._hasher = self._tmp = None
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

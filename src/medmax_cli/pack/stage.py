@@ -1,0 +1,205 @@
+"""The pack pipeline as library code: records -> samples -> packed rows -> shards + manifest.
+
+samples(records)  batches of instances, images encoded on the fly if needed, one tokenizer call
+                  per batch, length policy; bad records go through the error policy
+rows(samples)     best-fit-decreasing packing (or one sample per row), seeded row shuffle
+pack_to_dir(...)  writes the shards, then the manifest (last), and returns the manifest
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from medmax_cli.pack.binpack import OnePerRow, StreamPacker
+from medmax_cli.pack.manifest import PackStats, build_manifest, write_manifest
+from medmax_cli.pack.sequence import TRAIN_ON, Sample, build_sequences
+from medmax_cli.pack.shards import PackedRow, ShardWriter, clear_outputs, make_row
+from medmax_cli.pack.truncate import fit_length
+from medmax_cli.records import RecordError
+from medmax_cli.streams import ErrorPolicy
+
+log = logging.getLogger(__name__)
+
+ImageEncoder = Callable[[list[dict[str, Any]]], Iterable[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class PackSettings:
+    seq_len: int = 4096  # row capacity in tokens (Chameleon's context)
+    pack: bool = True  # False: one sample per row, input order (MedMax parity)
+    pack_buffer: int = 2000  # samples collected before a best-fit-decreasing round
+    seed: int = 0  # row shuffle
+    train_on: str = "assistant"  # "assistant" | "all": which turns carry labels
+    max_count: int = 1000  # rows per shard
+    max_size: int = 1 << 30  # bytes per shard
+    batch_size: int = 256  # instances per tokenizer call
+    shard: str | None = None  # "i/n" input partition this run packed (recorded only)
+
+    def check(self) -> None:
+        if self.seq_len < 2:
+            raise ValueError("seq_len must be at least 2")
+        if self.train_on not in TRAIN_ON:
+            raise ValueError(f"train_on must be one of {TRAIN_ON}")
+        if self.pack_buffer < 1 or self.batch_size < 1 or self.max_count < 1 or self.max_size < 1:
+            raise ValueError("pack_buffer, batch_size, max_count and max_size must be positive")
+
+
+def _needs_encoding(record: dict[str, Any]) -> bool:
+    if record.get("tokens") is not None:
+        return False
+    return any(isinstance(im, dict) and im.get("tokens") is None for im in record.get("images") or [])
+
+
+def _check_vq(record: dict[str, Any], expected_vq: str | None) -> None:
+    if expected_vq is None or record.get("tokens") is not None:
+        return
+    for i, image in enumerate(record.get("images") or []):
+        vq = image.get("vq") if isinstance(image, dict) else None
+        if image.get("tokens") is not None and vq is not None and vq != expected_vq:
+            raise RecordError(
+                f"images[{i}] tokens come from VQ {vq!r}, but the model's VQ is {expected_vq!r} "
+                "(re-run tokenize-images with this model)"
+            )
+
+
+def _encode_batch(batch: list[dict[str, Any]], encode_images: ImageEncoder | None) -> list[dict[str, Any]]:
+    """The batch with every image tokenised; records the encoder rejected are left out."""
+    needing = [r for r in batch if _needs_encoding(r)]
+    if not needing or encode_images is None:
+        return batch
+    encoded = iter(list(encode_images(needing)))
+    pending = next(encoded, None)
+    out = []
+    for record in batch:
+        if not _needs_encoding(record):
+            out.append(record)
+        elif pending is not None and pending.get("id") == record.get("id"):
+            out.append(pending)
+            pending = next(encoded, None)
+        # else: the encoder rejected it through the policy
+    return out
+
+
+def samples(
+    records: Iterable[dict[str, Any]],
+    *,
+    vocab,
+    tokenizer,
+    settings: PackSettings,
+    policy: ErrorPolicy,
+    encode_images: ImageEncoder | None = None,
+    expected_vq: str | None = None,
+) -> Iterator[Sample]:
+    """Samples that fit `settings.seq_len` (truncated when needed), in input order."""
+    iterator = iter(records)
+    while batch := list(islice(iterator, settings.batch_size)):
+        checked = []
+        for record in batch:
+            try:
+                _check_vq(record, expected_vq)
+                checked.append(record)
+            except RecordError as exc:
+                policy.reject(exc, record)
+        ready = _encode_batch(checked, encode_images)
+        for record, result in zip(
+            ready,
+            build_sequences(ready, vocab=vocab, tokenizer=tokenizer, train_on=settings.train_on),
+            strict=True,
+        ):
+            try:
+                if isinstance(result, RecordError):
+                    raise result
+                sample = fit_length(result, settings.seq_len)
+            except RecordError as exc:
+                policy.reject(exc, record)
+                continue
+            yield sample
+
+
+def rows(items: Iterable[Sample], settings: PackSettings) -> Iterator[PackedRow]:
+    """Packed rows: best-fit-decreasing over `pack_buffer` samples, or one sample per row."""
+    packer = (
+        StreamPacker(settings.seq_len, settings.pack_buffer, settings.seed)
+        if settings.pack
+        else OnePerRow(settings.seq_len)
+    )
+    for sample in items:
+        for group in packer.add(sample, len(sample)):
+            yield make_row(group)
+    for group in packer.flush():
+        yield make_row(group)
+
+
+def pack_to_dir(
+    records: Iterable[dict[str, Any]],
+    out_dir: str | Path,
+    *,
+    vocab,
+    tokenizer,
+    settings: PackSettings,
+    policy: ErrorPolicy,
+    model: dict[str, Any] | None = None,
+    encode_images: ImageEncoder | None = None,
+) -> dict[str, Any]:
+    """Write shards and then the manifest to `out_dir`; returns the manifest.
+
+    A previous run's manifest and shards in `out_dir` are removed first. If anything fails, the
+    shard being written is deleted and no manifest is written, so the directory never looks finished.
+    """
+    settings.check()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    clear_outputs(out)
+    model = model or {}
+    stats = PackStats(settings.seq_len)
+    report = policy.report
+
+    def counted(stream: Iterable[Sample]) -> Iterator[Sample]:
+        for sample in stream:
+            stats.add_sample(sample)
+            yield sample
+
+    with ShardWriter(out, max_count=settings.max_count, max_size=settings.max_size) as writer:
+        for row in rows(
+            counted(
+                samples(
+                    records,
+                    vocab=vocab,
+                    tokenizer=tokenizer,
+                    settings=settings,
+                    policy=policy,
+                    encode_images=encode_images,
+                    expected_vq=model.get("vq_fingerprint"),
+                )
+            ),
+            settings,
+        ):
+            writer.write(row)
+            stats.add_row(row)
+    shards = writer.shards
+    report.count("samples", stats.samples)
+    if stats.truncated:
+        report.count("truncated", stats.truncated)
+    report.count("rows", stats.rows)
+    report.count("shards", len(shards))
+    special = {name: int(getattr(vocab, name)) for name in ("bos", "eos", "pad", "sep", "boi", "eoi")}
+    manifest = build_manifest(
+        settings={**asdict(settings), "special_ids": special, "n_codes": int(vocab.n_codes)},
+        model=model,
+        stats=stats,
+        shards=shards,
+        rejected=dict(report.dropped),
+    )
+    write_manifest(out, manifest)
+    log.info(
+        "packed %d samples into %d rows (efficiency %.1f%%)",
+        stats.samples,
+        stats.rows,
+        100 * stats.efficiency,
+    )
+    return manifest
