@@ -116,3 +116,123 @@ def register(app: typer.Typer) -> None:
             quiet=quiet,
         ) as io:
             io.write_all(fetch_jsonl(path, root=root, media=io.media, policy=io.policy))
+
+    @fetch_app.command(
+        "pmc",
+        help="Figures from PubMed Central: Europe PMC search, files from the PMC Cloud "
+        "bucket over HTTPS; --state makes a killed run resumable.\n\n"
+        "  medmax fetch pmc --query 'radiology AND OPEN_ACCESS:y' --max 500 --license cc-by,cc0 "
+        "--state crawl.json -o figures.jsonl",
+    )
+    def fetch_pmc_command(
+        query: str = typer.Option(None, "--query", help="Europe PMC search query."),
+        ids: Path = typer.Option(None, "--ids", help="File of PMCIDs, one a line (instead of --query)."),
+        max_articles: int = typer.Option(None, "--max", min=1, help="Stop after this many articles."),
+        license: str = LicenseOpt,
+        state_path: Path = typer.Option(
+            None, "--state", help="Resume file: finished articles + search cursor."
+        ),
+        europepmc_url: str = typer.Option(
+            "https://www.ebi.ac.uk/europepmc/webservices/rest",
+            "--europepmc-url",
+            help="Europe PMC REST base URL.",
+        ),
+        cloud_url: str = typer.Option(
+            "https://pmc-oa-opendata.s3.amazonaws.com",
+            "--pmc-cloud-url",
+            help="PMC Cloud bucket base URL (HTTPS).",
+        ),
+        contact: str = typer.Option(
+            None, "--contact", help="Contact for the User-Agent [env MEDMAX_CONTACT]."
+        ),
+        rate: float = typer.Option(
+            None,
+            "--rate",
+            help="Requests/s per host (default: NCBI 3, 10 with NCBI_API_KEY; Europe PMC 10; others 5).",
+        ),
+        page_size: int = typer.Option(100, "--page-size", min=1, max=1000, help="Search results per page."),
+        media_workers: int = typer.Option(4, "--media-workers", min=1, help="Concurrent media downloads."),
+        timeout: float = typer.Option(30.0, "--timeout", help="Seconds per request."),
+        backoff_base: float = typer.Option(0.5, "--backoff-base", hidden=True),
+        output: str = OutputOpt,
+        fmt: str = FormatOpt,
+        on_error: str = OnErrorOpt,
+        rejects: Path = RejectsOpt,
+        media_dir: Path = MediaDirOpt,
+        quiet: bool = QuietOpt,
+    ) -> None:
+        from medmax_cli.fetch.figures import parse_licenses
+        from medmax_cli.fetch.pmc import fetch_articles, read_id_file
+        from medmax_cli.fetch.state import FetchState, StateError
+        from medmax_cli.http import DEFAULT_RATE, HttpClient, RetryPolicy
+        from medmax_cli.streams import RecordWriter
+
+        if (query is None) == (ids is None):
+            raise fail("give exactly one of --query or --ids")
+        if state_path is not None and fmt == "tar":
+            raise fail("--state resumes JSONL output only; drop --format tar (pack makes shards later)")
+        try:
+            id_list = read_id_file(ids.read_text().splitlines()) if ids is not None else None
+        except (OSError, ValueError) as exc:
+            raise fail(f"--ids {ids}: {exc}") from None
+        params = {"query": query, "ids": id_list, "license": license, "max": max_articles}
+        try:
+            state = FetchState(state_path, params)
+        except StateError as exc:
+            raise fail(str(exc)) from None
+        client = HttpClient(
+            rates=None if rate is None else {},
+            default_rate=rate or DEFAULT_RATE,
+            timeout=timeout,
+            contact=contact,
+            retry=RetryPolicy(backoff_base=backoff_base),
+        )
+        resumable_file = state_path is not None and output != "-"
+        with (
+            client,
+            StageIO(
+                "fetch",
+                input=None,
+                output="-" if resumable_file else output,
+                fmt=fmt,
+                on_error=on_error,
+                rejects=rejects,
+                media_dir=media_dir,
+                quiet=quiet,
+            ) as io,
+        ):
+            handle = None
+            if resumable_file:
+                # Resumable file output: cut back to the last finished article, then append.
+                handle = open(output, "r+b" if Path(output).exists() else "wb")
+                handle.truncate(state.output_bytes or 0)
+                handle.seek(0, 2)
+                writer = RecordWriter(handle, fmt="jsonl", media=io.media, flush_each=True, report=io.report)
+            else:
+                writer = io.writer
+            try:
+                for batch in fetch_articles(
+                    client,
+                    media=io.media,
+                    policy=io.policy,
+                    state=state,
+                    query=query,
+                    ids=id_list,
+                    max_articles=max_articles,
+                    europepmc_url=europepmc_url,
+                    cloud_url=cloud_url,
+                    licenses=parse_licenses(license),
+                    page_size=page_size,
+                    media_workers=media_workers,
+                ):
+                    for record in batch.records:
+                        writer.write(record)
+                    writer.stream.flush()
+                    position = handle.tell() if handle is not None else None
+                    if batch.key and not batch.failed:
+                        state.finish(batch.key, output_bytes=position)
+                    elif batch.cursor is not None:
+                        state.set_cursor(batch.cursor, output_bytes=position)
+            finally:
+                if handle is not None:
+                    handle.close()

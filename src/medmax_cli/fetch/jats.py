@@ -251,7 +251,7 @@ def _sentence_at(text: str, start: int, end: int) -> str:
             continue
         bounds.append(match.end())
     bounds.append(len(text) + 1)
-    for lo, hi in zip(bounds, bounds[1:]):
+    for lo, hi in zip(bounds, bounds[1:], strict=False):
         if lo <= start < hi:
             return text[lo:hi].strip()
     return text.strip()

@@ -1,0 +1,204 @@
+"""`fetch pmc` against a loopback imitation of Europe PMC + the PMC Cloud bucket, with faults injected."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import orjson
+import pytest
+
+from fakes.jats_articles import EXPECTED_GOOD, article, corpus, png
+from fakes.pmc_server import FakeArticle, FakeHttpServer, PmcFake
+from medmax_cli.fetch.pmc import fetch_articles, read_id_file
+from medmax_cli.fetch.state import FetchState
+from medmax_cli.http import HttpClient, RetryPolicy
+from medmax_cli.records import validate
+from medmax_cli.streams import ErrorPolicy
+
+FAULTY = article(
+    "PMC100005",
+    """<sec><title>Faults</title><p>Panels <xref ref-type="fig" rid="F1 F2 F3 F4">1–4</xref>.</p>
+    <fig id="F1"><label>Figure 1</label><caption><p>Retried.</p></caption><graphic xlink:href="a"/></fig>
+    <fig id="F2"><label>Figure 2</label><caption><p>Slow.</p></caption><graphic xlink:href="b"/></fig>
+    <fig id="F3"><label>Figure 3</label><caption><p>HTML.</p></caption><graphic xlink:href="c"/></fig>
+    <fig id="F4"><label>Figure 4</label><caption><p>Bad md5.</p></caption><graphic xlink:href="d"/></fig></sec>""",
+)
+TEXT_ONLY = article(
+    "PMC100006",
+    """<sec><title>T</title><p>See <xref ref-type="fig" rid="F1">Figure 1</xref>.</p>
+    <fig id="F1"><label>Figure 1</label><caption><p>Text only.</p></caption><graphic xlink:href="t1"/></fig></sec>""",
+)
+GOOD = EXPECTED_GOOD + ["PMC100005_1-F1", "PMC100005_1-F2"]
+
+
+def fake_articles() -> list[FakeArticle]:
+    arts = []
+    for pmcid, (xml, files) in corpus().items():
+        arts.append(FakeArticle(pmcid, 1, xml, files, license_code="CC BY", retracted=pmcid == "PMC100003"))
+    arts[1].version = 2  # PMC100002.2: the listing must pick the latest version
+    arts.append(
+        FakeArticle(
+            "PMC100005",
+            1,
+            FAULTY,
+            {
+                "a.png": png(11),
+                "b.png": png(12),
+                "c.png": b"<html><body>Not found</body></html>",
+                "d.png": png(13),
+            },
+            bad_md5={"d.png"},
+        )
+    )
+    arts.append(FakeArticle("PMC100006", 1, TEXT_ONLY, {}, in_cloud=False))
+    return arts
+
+
+def expected_ids() -> list[str]:
+    rename = {"PMC100001": "PMC100001_1", "PMC100002": "PMC100002_2", "PMC100004": "PMC100004_1"}
+    return [rename.get(i.split("-")[0], i.split("-")[0]) + "-" + i.split("-", 1)[1] for i in GOOD]
+
+
+@pytest.fixture
+def pmc():
+    with FakeHttpServer() as server:
+        fake = PmcFake(server, fake_articles())
+        media = "/pmc-oa-opendata/PMC100005.1/a.png"
+        server.fault(media, ("status", 429, {"Retry-After": "0"}), ("status", 500), ("reset",), ("truncate",))
+        server.fault("/pmc-oa-opendata/PMC100005.1/b.png", ("slow", 1.2))
+        server.fault("/europepmc/webservices/rest/search", ("status", 503))
+        yield server, fake
+
+
+def run_library(fake, media, tmp_path, **kw):
+    client = HttpClient(
+        rates={},
+        default_rate=0,
+        timeout=0.8,
+        rng=random.Random(0),
+        retry=RetryPolicy(attempts=6, backoff_base=0.001, backoff_max=0.01),
+    )
+    rejects = io.BytesIO()
+    policy = ErrorPolicy("skip", rejects, stage="fetch")
+    state = FetchState(tmp_path / "state.json", {"q": 1})
+    records = []
+    with client:
+        for batch in fetch_articles(
+            client,
+            media=media,
+            policy=policy,
+            state=state,
+            query="x",
+            page_size=2,
+            europepmc_url=fake.epmc,
+            cloud_url=fake.cloud,
+            **kw,
+        ):
+            records += batch.records
+            if batch.key:
+                state.finish(batch.key)
+            else:
+                state.set_cursor(batch.cursor)
+    return records, [orjson.loads(line) for line in rejects.getvalue().splitlines()], policy, client
+
+
+def test_crawl_survives_faults_and_rejects_bad_files(pmc, media, tmp_path):
+    server, fake = pmc
+    records, rejects, policy, client = run_library(fake, media, tmp_path)
+    assert sorted(r["id"] for r in records) == sorted(expected_ids())
+    for record in records:
+        validate(record)
+        assert record["source"] == "pmc" and record["images"][0]["url"].startswith(fake.cloud)
+        assert media.path_of(record["images"][0]).is_file()
+    assert {r["article"]["version"] for r in records if r["id"].startswith("PMC100002")} == {2}
+    reasons = {r["record_id"]: r["reason"] for r in rejects}
+    assert "not an image" in reasons["PMC100005_1-F3"]
+    assert "md5 mismatch" in reasons["PMC100005_1-F4"]
+    assert "Europe PMC text only" in reasons["PMC100006-F1"]
+    assert reasons["PMC100003.1"].startswith("retracted article")
+    assert reasons["PMC100002_2-V1"].startswith("video")
+    assert "escapes the article folder" in reasons["PMC100002_2-F5"]
+    assert server.hits("/pmc-oa-opendata/PMC100005.1/a.png") == 5  # 4 faults, then the image
+    assert server.hits("/europepmc/webservices/rest/PMC100006/fullTextXML") == 1
+    assert client.retries >= 6
+    # a second run with the same state fetches nothing again
+    before = len(server.log)
+    again, _, _, _ = run_library(fake, media, tmp_path)
+    assert again == [] and all(e["path"].endswith("/search") for e in server.log[before:])
+
+
+def test_license_filter_and_ids(pmc, media, tmp_path):
+    server, fake = pmc
+    fake.articles[1].license_code = "CC BY-NC"
+    records, rejects, _, _ = run_library(fake, media, tmp_path, licenses=frozenset({"cc0"}))
+    assert records == [] and sum("not selected" in r["reason"] for r in rejects) == 5
+    assert read_id_file(["PMC1", "2 # c", "", "PMC1"]) == ["PMC1", "PMC2"]
+
+
+def _command(fake, tmp_path, name, env, *extra):
+    return [
+        sys.executable,
+        "-m",
+        "medmax_cli",
+        "fetch",
+        "pmc",
+        "--query",
+        "cancer",
+        "--page-size",
+        "2",
+        "--europepmc-url",
+        fake.epmc,
+        "--pmc-cloud-url",
+        fake.cloud,
+        "--timeout",
+        "0.8",
+        "--backoff-base",
+        "0.001",
+        "--on-error",
+        "skip",
+        "--rejects",
+        str(tmp_path / f"{name}.rej"),
+        "--state",
+        str(tmp_path / f"{name}.state"),
+        "-o",
+        str(tmp_path / f"{name}.jsonl"),
+        "-q",
+        *extra,
+    ]
+
+
+def test_kill_and_resume_gives_the_same_records(pmc, tmp_path):
+    server, fake = pmc
+    env = {**os.environ, "MEDMAX_MEDIA": str(tmp_path / "media")}
+    subprocess.run(_command(fake, tmp_path, "full", env), env=env, check=True, timeout=120)
+    full = (tmp_path / "full.jsonl").read_bytes().splitlines()
+    assert sorted(orjson.loads(line)["id"] for line in full) == sorted(expected_ids())
+
+    # The same crawl, slowed down, killed once a few records are out, then resumed.
+    cmd = _command(fake, tmp_path, "cut", env, "--rate", "15")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = tmp_path / "cut.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.exists() and len(out.read_bytes().splitlines()) >= 3:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    partial = out.read_bytes().splitlines()
+    assert 3 <= len(partial) < len(full)
+    hits_before = Counter(e["path"] for e in server.log)
+    subprocess.run(cmd, env=env, check=True, timeout=120)
+    resumed = out.read_bytes().splitlines()
+    assert sorted(resumed) == sorted(full)
+    assert len({orjson.loads(line)["id"] for line in resumed}) == len(resumed)
+    # the articles finished before the kill were not fetched again
+    hits_after = Counter(e["path"] for e in server.log) - hits_before
+    assert hits_after["/pmc-oa-opendata/PMC100001.1/PMC100001.1.xml"] == 0
