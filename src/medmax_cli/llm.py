@@ -1,0 +1,255 @@
+"""An OpenAI-compatible chat-completions client with a disk cache (synthesize, score's judge).
+
+Works with anything that serves `POST /v1/chat/completions` (vLLM, llama.cpp server, Ollama,
+hosted APIs). Why our own thin client instead of an SDK:
+
+- temperature and seed are always sent explicitly (MedMax's judge never sent temperature 0);
+- retries on 429/5xx honour Retry-After (through `medmax_cli.http.HttpClient`);
+- a reply that the caller's parser rejects (malformed JSON, missing fields) is asked again with the
+  next seed, then given up with a reason, never guessed;
+- every raw reply is cached on disk under sha256(model, prompt version, request), so a rerun or a
+  resumed run sends zero requests and gets byte-identical results;
+- the API key comes from the caller (the CLI reads MEDMAX_LLM_API_KEY or OPENAI_API_KEY) and is
+  never logged, cached or written into records;
+- `endpoint_trusted` decides whether credentialed data (MIMIC-CXR) may go to an endpoint: only
+  loopback hosts or hosts the user lists explicitly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import orjson
+
+from medmax_cli.http import HttpClient, HttpError, RetryPolicy
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+API_KEY_ENV = ("MEDMAX_LLM_API_KEY", "OPENAI_API_KEY")
+PER_ITEM_STATUSES = frozenset({400, 413, 422})  # this request is refused; the next one may pass
+
+
+class LLMError(RuntimeError):
+    """The endpoint cannot be used at all (unreachable after retries, 401/403/404): stop the run."""
+
+
+class ReplyRejected(ValueError):
+    """One request failed for good (malformed reply after every attempt, or refused by the server)."""
+
+
+@dataclass(frozen=True)
+class LLMSettings:
+    """How to talk to the endpoint (every field is a command-line option)."""
+
+    url: str  # base URL (".../v1") or the full ".../chat/completions" URL
+    model: str
+    temperature: float = 0.2
+    seed: int = 0  # sent with every request; attempt k of a malformed reply uses seed + k
+    max_tokens: int | None = 1024
+    concurrency: int = 4  # requests in flight at once
+    attempts: int = 3  # tries per item when the reply is malformed
+    timeout: float = 120.0  # seconds per HTTP request
+    trusted_hosts: tuple[str, ...] = ()  # may receive credentialed records besides loopback
+
+
+def api_key_from_env(environ: Mapping[str, str] | None = None) -> str | None:
+    """The API key from MEDMAX_LLM_API_KEY, else OPENAI_API_KEY (None: send no Authorization)."""
+    environ = os.environ if environ is None else environ
+    for name in API_KEY_ENV:
+        if environ.get(name):
+            return environ[name]
+    return None
+
+
+def chat_url(url: str) -> str:
+    """The chat-completions URL for a base URL: ".../v1" and "http://host:port" both work."""
+    url = url.rstrip("/")
+    if url.endswith("/chat/completions"):
+        return url
+    if url.endswith("/v1"):
+        return url + "/chat/completions"
+    path = urlsplit(url).path
+    return url + ("/v1/chat/completions" if path in ("", "/") else "/chat/completions")
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def endpoint_trusted(url: str, trusted_hosts: Sequence[str] = ()) -> bool:
+    """Whether credentialed data may be sent to `url`: a loopback host or one listed by the user."""
+    host = (urlsplit(url).hostname or "").lower()
+    return bool(host) and (is_loopback(host) or host in {h.lower().strip() for h in trusted_hosts})
+
+
+# --------------------------------------------------------------------------- cache
+
+
+class ReplyCache:
+    """Raw replies on disk, one small JSON file per request under `root/<k[:2]>/<k>.json`.
+
+    Files are written to a temporary name and renamed, so a killed run leaves no half entry and
+    concurrent threads (or processes sharing the directory) never read a partial file.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root)
+
+    @staticmethod
+    def key(model: str, prompt_version: str, request: Mapping[str, Any]) -> str:
+        material = orjson.dumps(
+            {"model": model, "prompt_version": prompt_version, "request": request},
+            option=orjson.OPT_SORT_KEYS,
+        )
+        return hashlib.sha256(material).hexdigest()
+
+    def _path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> str | None:
+        try:
+            entry = orjson.loads(self._path(key).read_bytes())
+        except (FileNotFoundError, orjson.JSONDecodeError):
+            return None
+        reply = entry.get("reply") if isinstance(entry, dict) else None
+        return reply if isinstance(reply, str) else None
+
+    def put(self, key: str, reply: str, *, model: str, prompt_version: str) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(orjson.dumps({"model": model, "prompt_version": prompt_version, "reply": reply}))
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+# --------------------------------------------------------------------------- client
+
+
+class ChatClient:
+    """Ask an OpenAI-compatible endpoint and parse the answer, with cache and retries (thread-safe)."""
+
+    def __init__(
+        self,
+        settings: LLMSettings,
+        *,
+        api_key: str | None = None,
+        cache: ReplyCache | None = None,
+        http: HttpClient | None = None,
+    ):
+        self.settings = settings
+        self.url = chat_url(settings.url)
+        self.cache = cache
+        self._api_key = api_key
+        self.http = http or HttpClient(
+            rates={},
+            default_rate=0.0,
+            timeout=settings.timeout,
+            retry=RetryPolicy(attempts=6),
+            secrets=(api_key,) if api_key else (),
+            max_connections=max(4, settings.concurrency),
+        )
+        self.trusted = endpoint_trusted(self.url, settings.trusted_hosts)
+        self._lock = threading.Lock()
+        self.requests = 0  # logical requests sent (cache misses)
+        self.cache_hits = 0
+        self.malformed = 0
+
+    def __repr__(self) -> str:  # never show the key
+        return f"ChatClient(url={self.url!r}, model={self.settings.model!r})"
+
+    def close(self) -> None:
+        self.http.close()
+
+    def request_body(self, messages: Sequence[Mapping[str, str]], attempt: int = 0) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.settings.model,
+            "messages": [dict(m) for m in messages],
+            "temperature": self.settings.temperature,
+            "seed": self.settings.seed + attempt,
+        }
+        if self.settings.max_tokens:
+            body["max_tokens"] = self.settings.max_tokens
+        return body
+
+    def ask(
+        self, messages: Sequence[Mapping[str, str]], *, prompt_version: str, parse: Callable[[str], T]
+    ) -> T:
+        """The parsed reply. A reply `parse` refuses (ValueError) is asked again with the next seed;
+        after `attempts` tries ReplyRejected says why. Cached replies are reused, valid or not, so a
+        rerun makes the same decisions without a single request."""
+        last = "no attempt"
+        for attempt in range(max(1, self.settings.attempts)):
+            body = self.request_body(messages, attempt)
+            raw = self._raw_reply(body, prompt_version)
+            try:
+                return parse(raw)
+            except ValueError as exc:
+                last = str(exc)
+                with self._lock:
+                    self.malformed += 1
+                log.debug("malformed reply (attempt %d): %s", attempt + 1, last)
+        raise ReplyRejected(f"llm reply malformed after {self.settings.attempts} attempts: {last}")
+
+    def _raw_reply(self, body: dict[str, Any], prompt_version: str) -> str:
+        key = ReplyCache.key(self.settings.model, prompt_version, body)
+        if self.cache is not None:
+            cached = self.cache.get(key)
+            if cached is not None:
+                with self._lock:
+                    self.cache_hits += 1
+                return cached
+        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else None
+        with self._lock:
+            self.requests += 1
+        try:
+            answer = self.http.post_json(self.url, body, headers=headers)
+        except HttpError as exc:
+            if exc.status in PER_ITEM_STATUSES:
+                raise ReplyRejected(f"llm request refused: HTTP {exc.status}") from None
+            raise LLMError(f"LLM endpoint failed: {exc}") from None
+        reply = _content_of(answer)
+        if self.cache is not None:
+            self.cache.put(key, reply, model=self.settings.model, prompt_version=prompt_version)
+        return reply
+
+
+def _content_of(answer: Any) -> str:
+    """choices[0].message.content of a chat-completions answer ("" when the server gave none)."""
+    try:
+        content = answer["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        return ""  # cached like any reply; the parser rejects it with a reason
+    return content if isinstance(content, str) else ""
+
+
+def strip_code_fence(text: str) -> str:
+    """The JSON inside a reply that wrapped it in ```json fences or surrounding prose."""
+    text = text.strip()
+    if text.startswith("```"):
+        text = text.split("\n", 1)[1] if "\n" in text else text[3:]
+        text = text.rsplit("```", 1)[0]
+    start, end = text.find("{"), text.rfind("}")
+    if start > 0 and end > start:
+        text = text[start : end + 1]
+    return text.strip()

@@ -1,0 +1,131 @@
+"""Perceptual image hashes and a fast near-duplicate index.
+
+dHash (64 bits): the image in greyscale, shrunk to 9x8, one bit per horizontally adjacent pair
+(left brighter than right). Re-encoding, rescaling and mild contrast changes keep most bits, so
+copies of one figure differ by a few bits while different images differ by ~32.
+
+`NearDupIndex` finds a stored hash within Hamming distance `t` without comparing against all of
+them: the 64 bits are cut into t+1 bands; two hashes within distance t agree exactly on at least
+one band (pigeonhole), so only hashes sharing a band value are compared. That turns the naive
+O(n^2) scan into ~O(n) for the thresholds that matter (t <= 8).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from PIL import Image
+
+from medmax_cli.media import MediaError, MediaStore, decode_image, safe_relative_path
+
+V = TypeVar("V")
+BITS = 64
+MAX_THRESHOLD = 16
+
+
+def dhash(image: Image.Image) -> int:
+    """64-bit difference hash of a Pillow image."""
+    small = image.convert("L").resize((9, 8), Image.Resampling.BOX)  # (w=9, h=8) greyscale
+    pixels = small.tobytes()  # row-major, 72 bytes
+    value = 0
+    for row in range(8):
+        base = row * 9
+        for col in range(8):
+            value = (value << 1) | (pixels[base + col] > pixels[base + col + 1])
+    return value
+
+
+def hamming(a: int, b: int) -> int:
+    return (a ^ b).bit_count()
+
+
+def _bands(threshold: int) -> list[tuple[int, int]]:
+    """(shift, mask) of the t+1 contiguous bit bands that cover 64 bits."""
+    n = threshold + 1
+    edges = [round(i * BITS / n) for i in range(n + 1)]
+    return [(edges[i], (1 << (edges[i + 1] - edges[i])) - 1) for i in range(n)]
+
+
+class NearDupIndex(Generic[V]):
+    """Hashes with a payload; `nearest(h)` returns the closest stored one within the threshold."""
+
+    def __init__(self, threshold: int):
+        if not 0 <= threshold <= MAX_THRESHOLD:
+            raise ValueError(f"near-duplicate threshold must be 0..{MAX_THRESHOLD} bits, got {threshold}")
+        self.threshold = threshold
+        self._bands = _bands(threshold)
+        self._tables: list[dict[int, list[int]]] = [defaultdict(list) for _ in self._bands]
+        self._hashes: list[int] = []
+        self._values: list[V] = []
+
+    def __len__(self) -> int:
+        return len(self._hashes)
+
+    def add(self, value_hash: int, value: V) -> None:
+        slot = len(self._hashes)
+        self._hashes.append(value_hash)
+        self._values.append(value)
+        for table, (shift, mask) in zip(self._tables, self._bands, strict=True):
+            table[(value_hash >> shift) & mask].append(slot)
+
+    def nearest(self, value_hash: int) -> tuple[V, int] | None:
+        """(payload, distance) of the closest stored hash within the threshold (earliest on ties)."""
+        best: tuple[int, int] | None = None  # (distance, slot)
+        for table, (shift, mask) in zip(self._tables, self._bands, strict=True):
+            for slot in table.get((value_hash >> shift) & mask, ()):
+                distance = (self._hashes[slot] ^ value_hash).bit_count()
+                if distance <= self.threshold and (best is None or (distance, slot) < best):
+                    best = (distance, slot)
+        return None if best is None else (self._values[best[1]], best[0])
+
+
+class ImageHasher:
+    """dHash and sha256 of record images, read from the media store (cached by sha256 or path).
+
+    `extra_roots` are other folders an image `path` may be relative to (e.g. the folder of an
+    --exclude file that was never imported into the store). Unreadable images give None.
+    """
+
+    def __init__(self, media: MediaStore | None, extra_roots: Iterable[Path] = ()):
+        self.media = media
+        self.extra_roots = [Path(r) for r in extra_roots]
+        self._cache: dict[str, tuple[str | None, int | None]] = {}
+        self.unreadable = 0
+
+    def _bytes(self, ref: Mapping[str, Any]) -> bytes | None:
+        if self.media is not None and ref.get("path"):
+            try:
+                return self.media.read_bytes(ref)
+            except MediaError:
+                pass
+        for root in self.extra_roots:
+            try:
+                return safe_relative_path(root, str(ref.get("path") or "")).read_bytes()
+            except (MediaError, OSError):
+                continue
+        return None
+
+    def lookup(self, ref: Mapping[str, Any]) -> tuple[str | None, int | None]:
+        """(sha256, dhash) of an image reference; either may be None when the bytes are missing."""
+        key = ref.get("sha256") or f"path:{ref.get('path')}"
+        if key in self._cache:
+            return self._cache[key]
+        data = self._bytes(ref)
+        sha = ref.get("sha256") or (hashlib.sha256(data).hexdigest() if data is not None else None)
+        value: int | None = None
+        if data is not None:
+            try:
+                value = dhash(decode_image(data, what=str(ref.get("path"))).image)
+            except MediaError:
+                value = None
+        if value is None:
+            self.unreadable += 1
+        self._cache[key] = (sha, value)
+        return sha, value
+
+    def dhash_of(self, ref: Mapping[str, Any]) -> int | None:
+        return self.lookup(ref)[1]

@@ -1,0 +1,215 @@
+"""The synthesize stage: source records -> task instances, filtered, decontaminated and mixed.
+
+    records -> builders (per record, in input order; LLM calls run concurrently, results in order)
+            -> decontamination -> exact dedup -> near-duplicate images -> mixing -> instances
+
+Everything not emitted is accounted for: bad records go through the error policy; instances a
+builder or filter declines are counted by reason in the run report and written to the rejects
+file when there is one (they are decisions, not errors, so they never stop the run).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import orjson
+
+from medmax_cli.llm import ChatClient
+from medmax_cli.media import MediaError, MediaStore
+from medmax_cli.records import TASKS, RecordError, make_id, record_kind
+from medmax_cli.streams import ErrorPolicy
+from medmax_cli.synthesize import captioning, image_generation, interleaved, report, visual_chat, vqa
+from medmax_cli.synthesize.common import BuildContext, Drop, new_instance
+from medmax_cli.synthesize.decontaminate import EvalIndex
+from medmax_cli.synthesize.domain import domain_of
+from medmax_cli.synthesize.filters import ExactDedup, NearDupFilter
+from medmax_cli.synthesize.imagehash import ImageHasher
+from medmax_cli.synthesize.mixing import mix
+
+log = logging.getLogger(__name__)
+
+LLM_TASKS = ("visual_chat",)
+SKIPPED = "visual_chat skipped (no --llm-url)"
+FIGURE_BUILDERS = (  # order of the instances made from one figure
+    ("captioning", captioning.build),
+    ("image_generation", image_generation.build),
+    ("interleaved", interleaved.build),
+)
+Output = dict[str, Any] | Drop
+
+
+def drop(policy: ErrorPolicy, raw: Any, reason: str) -> None:
+    """Count a declined instance and write it to the rejects file (if any); never raises."""
+    policy.report.drop(reason)
+    if policy.rejects is not None:
+        entry = {
+            "stage": policy.stage,
+            "where": None,
+            "record_id": raw.get("id") if isinstance(raw, dict) else None,
+            "reason": reason,
+            "raw": raw,
+        }
+        policy.rejects.write(orjson.dumps(entry, default=str) + b"\n")
+
+
+def figure_texts(record: dict[str, Any]) -> list[str]:
+    texts = [str(record.get("caption") or "")]
+    texts += [str(m.get("sentence") or "") for m in record.get("mentions") or [] if isinstance(m, dict)]
+    return texts
+
+
+def build_record(
+    record: dict[str, Any], *, tasks: Sequence[str], ctx: BuildContext, client: ChatClient | None
+) -> list[Output]:
+    """Every instance (or Drop) one source record gives for the selected tasks."""
+    kind = record_kind(record)
+    if kind == "instance" and "turns" in record:
+        return [record] if record.get("task") in tasks else []
+    if kind == "instance":  # a released row without turns (e.g. MedMax's pre-tokenised rows)
+        return [record]
+    if not record.get("images"):
+        raise RecordError(f"{kind} record has no images: every MedMax task needs one")
+    outputs: list[Output] = []
+    if kind == "figure":
+        domain = domain_of(record, *figure_texts(record))
+        for task, builder in FIGURE_BUILDERS:
+            if task in tasks:
+                outputs.extend(builder(record, ctx, domain))
+        if "visual_chat" in tasks and client is not None:
+            outputs.extend(visual_chat.build(record, ctx, domain, client))
+    elif kind == "qa":
+        if "vqa" in tasks:
+            domain = domain_of(
+                record,
+                str(record.get("question", "")),
+                str(record.get("answer", "")),
+                *map(str, record.get("options") or []),
+            )
+            outputs.extend(vqa.build(record, ctx, domain))
+    elif kind == "report":
+        if "report_understanding" in tasks:
+            outputs.extend(report.build(record, ctx, domain_of(record, str(record["report"]))))
+    elif kind == "chat":
+        if "visual_chat" in tasks:
+            outputs.extend(_chat(record))
+    else:
+        raise RecordError(f"cannot synthesize from a {kind!r} record")
+    return outputs
+
+
+def _chat(record: dict[str, Any]) -> list[Output]:
+    """A ready-made conversation (kind "chat" with `turns`) becomes a visual_chat instance as is."""
+    turns = record.get("turns")
+    if not isinstance(turns, list) or not turns:
+        return [Drop("chat record has no turns", "visual_chat")]
+    texts = [p.get("text", "") for t in turns for p in t.get("content", []) if isinstance(p, dict)]
+    return [new_instance(record, "visual_chat", None, domain=domain_of(record, *texts), turns=turns)]
+
+
+def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int) -> Iterator[Any]:
+    """fn over items with up to `workers` threads, lazily, results in input order."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medmax-synth") as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= 4 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def synthesize(
+    records: Iterable[dict[str, Any]],
+    *,
+    policy: ErrorPolicy | None = None,
+    tasks: Sequence[str] = TASKS,
+    seed: int = 0,
+    client: ChatClient | None = None,
+    media: MediaStore | None = None,
+    exclude: EvalIndex | None = None,
+    dedup: bool = True,
+    near_dup_bits: int | None = 4,
+    min_caption_words: int = 5,
+    max_caption_words: int = 400,
+    ratio: dict[str, float] | None = None,
+    max_per_task: int | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Task instances from source records (see the module doc for the order of the steps).
+
+    `near_dup_bits` None turns the near-duplicate filter off; `exclude` comes from `load_exclude`.
+    """
+    policy = policy or ErrorPolicy()
+    report = policy.report
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown}; choose among {', '.join(TASKS)}")
+    ctx = BuildContext(seed=seed, min_caption_words=min_caption_words, max_caption_words=max_caption_words)
+    exact = ExactDedup() if dedup else None
+    near = NearDupFilter(ImageHasher(media), near_dup_bits) if near_dup_bits is not None else None
+
+    def work(record: dict[str, Any]) -> tuple[dict[str, Any], list[Output] | None, Exception | None]:
+        try:
+            return record, build_record(record, tasks=tasks, ctx=ctx, client=client), None
+        except (RecordError, MediaError) as exc:
+            return record, None, exc
+
+    def filtered() -> Iterator[dict[str, Any]]:
+        workers = client.settings.concurrency if client is not None and "visual_chat" in tasks else 1
+        for record, outputs, error in ordered_map(work, records, workers):
+            if error is not None:
+                policy.reject(error, record)
+                continue
+            if client is None and "visual_chat" in tasks and record_kind(record) == "figure":
+                report.count(SKIPPED)
+            for output in outputs or []:
+                if isinstance(output, Drop):
+                    drop(policy, record, output.reason)
+                    continue
+                reason = (
+                    (exclude.check(output) if exclude else None)
+                    or (exact.check(output) if exact else None)
+                    or (near.check(output) if near else None)
+                )
+                if reason:
+                    drop(policy, output, reason)
+                    continue
+                yield output
+
+    if ratio is None and max_per_task is None:
+        for instance in filtered():
+            report.count(str(instance.get("task", "instance")))
+            yield instance
+    else:
+        kept, dropped = mix(list(filtered()), ratio=ratio, max_per_task=max_per_task, seed=seed)
+        for instance, reason in dropped:
+            drop(policy, instance, reason)
+        for instance in kept:
+            report.count(str(instance.get("task", "instance")))
+            yield instance
+    skipped = report.counts.get(SKIPPED, 0)
+    if skipped:
+        log.warning(
+            "synthesize: %d figures not turned into visual_chat instances: that task needs an LLM "
+            "endpoint (--llm-url, --llm-model)",
+            skipped,
+        )
+    if client is not None:
+        report.count("llm requests", client.requests)
+        report.count("llm cache hits", client.cache_hits)
+
+
+def load_exclude(
+    records: Iterable[dict[str, Any]], hasher: ImageHasher, near_dup_bits: int | None
+) -> EvalIndex:
+    """The decontamination index of an evaluation set (exact image match only when bits is None)."""
+    return EvalIndex(hasher, near_dup_bits if near_dup_bits is not None else 0).add_records(records)
+
+
+__all__ = ["synthesize", "load_exclude", "build_record", "ordered_map", "make_id"]
