@@ -236,3 +236,52 @@ def register(app: typer.Typer) -> None:
             finally:
                 if handle is not None:
                     handle.close()
+
+    from medmax_cli.fetch.datasets import SOURCES
+
+    for source in SOURCES.values():
+        if source.reader is not None:
+            _register_dataset(fetch_app, source.name, source.license, source.needs)
+
+
+def _register_dataset(fetch_app: typer.Typer, name: str, license_name: str, needs: str) -> None:
+    @fetch_app.command(
+        name,
+        help=f"Read a downloaded {name} dataset in its published layout (licence: "
+        f"{license_name}; needs: {needs}).\n\n  medmax fetch {name} PATH > {name}.jsonl",
+    )
+    def dataset_command(
+        path: Path = typer.Argument(..., help="The dataset folder (or its main file)."),
+        images: Path = typer.Option(None, "--images", help="Images folder when it is not beside the data."),
+        output: str = OutputOpt,
+        fmt: str = FormatOpt,
+        on_error: str = OnErrorOpt,
+        rejects: Path = RejectsOpt,
+        media_dir: Path = MediaDirOpt,
+        quiet: bool = QuietOpt,
+    ) -> None:
+        from medmax_cli.fetch.datasets import SOURCES
+        from medmax_cli.records import RecordError
+
+        if not path.exists():
+            raise fail(f"{path} does not exist")
+        if images is not None and not images.is_dir():
+            raise fail(f"--images {images} is not a folder")
+        reader = SOURCES[name].reader
+        assert reader is not None
+        with StageIO(
+            "fetch",
+            input=None,
+            output=output,
+            fmt=fmt,
+            on_error=on_error,
+            rejects=rejects,
+            media_dir=media_dir,
+            quiet=quiet,
+        ) as io:
+            try:
+                io.write_all(reader(path, media=io.media, policy=io.policy, images=images))
+            except RecordError as exc:
+                if exc.where is None and exc.record_id is None:
+                    raise fail(str(exc), code=1) from None
+                raise
