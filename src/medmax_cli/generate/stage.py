@@ -92,6 +92,7 @@ class Engine:
     context: int
     adapter: str | None = None
     image_writer: Any = None  # codes -> image ref dict, or None when no VQ decoder is available
+    media: MediaStore | None = None  # where generated PNGs go
 
 
 def resolve_adapter_dir(path: str | Path) -> Path:
@@ -179,6 +180,7 @@ def setup_engine(
         adapter=str(adapter_dir) if adapter_dir else None,
     )
     if media is not None:
+        engine.media = media
         engine.image_writer = _image_writer(model_dir, media)
     return engine
 

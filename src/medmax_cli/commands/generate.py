@@ -1,0 +1,135 @@
+"""`medmax generate`: task instances in, predictions (text and generated images) out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from medmax_cli.cliutil import (
+    FormatOpt,
+    InputArg,
+    MediaDirOpt,
+    OnErrorOpt,
+    OutputOpt,
+    QuietOpt,
+    RejectsOpt,
+    ShardOpt,
+    StageIO,
+    fail,
+)
+
+HELP = """Generate text, images or both for task instances (the model's own decode loop).
+
+Text follows the MedMax evaluation defaults (greedy, repetition penalty 1.2, image tokens
+suppressed); images are exactly tokens-per-image codes with three-row classifier-free guidance,
+stored as PNG in the media store. --mode auto picks per instance from its task.
+
+  medmax generate --adapter runs/lora1 < eval.jsonl | medmax score > scores.jsonl
+"""
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("generate", help=HELP)
+    def generate_command(
+        input: str = InputArg,
+        output: str = OutputOpt,
+        model: str = typer.Option(
+            None, "--model", help="Model directory [env MEDMAX_MODEL, medmax.toml, tiny]."
+        ),
+        adapter: str = typer.Option(
+            None, "--adapter", help="PEFT adapter: a finetune run dir or adapter dir."
+        ),
+        no_merge: bool = typer.Option(False, "--no-merge", help="Keep the adapter unmerged (slower decode)."),
+        mode: str = typer.Option("auto", "--mode", help="auto | text | image | interleaved."),
+        max_new_tokens: int = typer.Option(
+            None,
+            "--max-new-tokens",
+            help="New-token budget per record [text 256; interleaved 256 + one image].",
+        ),
+        seed: int = typer.Option(0, "--seed", help="Sampling seed (same seed, same output)."),
+        batch_size: int = typer.Option(8, "--batch-size", help="Records decoded together."),
+        prompt_format: str = typer.Option("sft", "--prompt-format", help="sft (turns closed by SEP) or raw."),
+        temperature: float = typer.Option(0.0, "--temperature", help="Text temperature; 0 = greedy."),
+        top_p: float = typer.Option(0.9, "--top-p", help="Text top-p when sampling."),
+        repetition_penalty: float = typer.Option(
+            1.2, "--repetition-penalty", help="Text repetition penalty."
+        ),
+        cfg_text: float = typer.Option(3.0, "--cfg-text", help="Image CFG weight on (full - image-only)."),
+        cfg_image: float = typer.Option(
+            1.2, "--cfg-image", help="Image CFG weight on (image-only - uncond)."
+        ),
+        image_temperature: float = typer.Option(
+            0.7, "--image-temperature", help="Image sampling temperature."
+        ),
+        image_top_p: float = typer.Option(0.9, "--image-top-p", help="Image sampling top-p."),
+        device: str = typer.Option("auto", "--device", help="auto (cuda if available) | cpu | cuda[:N]."),
+        dtype: str = typer.Option(
+            "auto", "--dtype", help="auto (bf16 on cuda, fp32 on cpu) | float32 | bfloat16."
+        ),
+        compile: bool = typer.Option(
+            False, "--compile", help="CUDA: compile/capture the one-token decode step."
+        ),
+        fmt: str = FormatOpt,
+        on_error: str = OnErrorOpt,
+        rejects: Path = RejectsOpt,
+        media_dir: Path = MediaDirOpt,
+        shard: str = ShardOpt,
+        quiet: bool = QuietOpt,
+    ) -> None:
+        from medmax_cli.generate.stage import GenerateConfig
+
+        config = GenerateConfig(
+            mode=mode,
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+            batch_size=batch_size,
+            prompt_format=prompt_format,
+            repetition_penalty=repetition_penalty,
+            temperature=temperature,
+            top_p=top_p,
+            cfg_text=cfg_text,
+            cfg_image=cfg_image,
+            image_temperature=image_temperature,
+            image_top_p=image_top_p,
+        )
+        try:
+            config.check()
+        except ValueError as exc:
+            raise fail(str(exc)) from None
+        if dtype not in ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"):
+            raise fail(f"--dtype must be auto, float32, bfloat16 or float16; got {dtype!r}")
+        if no_merge and adapter is None:
+            raise fail("--no-merge needs --adapter")
+
+        from medmax_cli.generate.stage import generate_stage, resolve_adapter_dir, setup_engine
+        from medmax_cli.model.load import ModelDirError
+        from medmax_cli.model.resolve import resolve_model_dir
+
+        try:
+            model_dir = resolve_model_dir(model)
+            if adapter is not None:
+                resolve_adapter_dir(adapter)
+        except (ModelDirError, FileNotFoundError) as exc:
+            raise fail(str(exc)) from None
+        with StageIO(
+            "generate",
+            input=input,
+            output=output,
+            fmt=fmt,
+            on_error=on_error,
+            rejects=rejects,
+            media_dir=media_dir,
+            shard=shard,
+            quiet=quiet,
+        ) as io:
+            engine = setup_engine(
+                model_dir,
+                adapter=adapter,
+                merge=not no_merge,
+                device=device,
+                dtype=dtype,
+                compile=compile,
+                media=io.media,
+            )
+            io.write_all(generate_stage(io.records, engine=engine, config=config, policy=io.policy))

@@ -1,0 +1,408 @@
+"""medmax generate on the tiny model: decode loop vs a naive reference, batching, images, CFG,
+interleaving, seeds, context limits, adapters and the real command in a pipe."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from medmax_cli.generate.cfg import combine_cfg, generate_images, image_only_prompt  # noqa: E402
+from medmax_cli.generate.decode import generate_text  # noqa: E402
+from medmax_cli.generate.interleave import Row, Settings, run_rows  # noqa: E402
+from medmax_cli.generate.stage import GenerateConfig, generate_stage, setup_engine  # noqa: E402
+from medmax_cli.records import RecordError, validate  # noqa: E402
+from medmax_cli.streams import ErrorPolicy  # noqa: E402
+
+QUESTIONS = [
+    "Is there a lesion in the liver?",
+    "Which organ is shown in this axial CT slice of the abdominal phantom?",
+    "Describe the chest radiograph.",
+]
+
+
+def instance(rid: str, text: str, task: str = "vqa", images: list | None = None, image_first: bool = False):
+    content = [{"text": text}]
+    if images:
+        content = [{"image": 0}, *content] if image_first else [*content, {"image": 0}]
+    return {
+        "id": rid,
+        "task": task,
+        "source": "test",
+        "license": "CC0",
+        "images": images or [],
+        "turns": [{"role": "user", "content": content}, {"role": "assistant", "content": [{"text": "gold"}]}],
+    }
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir, tmp_path_factory):
+    from medmax_cli.media import MediaStore
+
+    media = MediaStore(tmp_path_factory.mktemp("gen-media"))
+    return setup_engine(tiny_model_dir, device="cpu", dtype="float32", media=media)
+
+
+def prompts_of(engine, texts):
+    from medmax_cli.generate.prompt import prompt_ids
+
+    return [
+        prompt_ids(instance(f"r{i}", t), vocab=engine.vocab, tokenizer=engine.tokenizer)
+        for i, t in enumerate(texts)
+    ]
+
+
+def text_allowed(vocab, size):
+    """The allowed set, built independently of processors.py: text tokens + EOS, nothing else."""
+    allowed = torch.zeros(size, dtype=torch.bool)
+    allowed[: len(vocab.text_token_mask)] = torch.from_numpy(vocab.text_token_mask.copy())
+    for tok in (vocab.bos, vocab.pad, vocab.sep, vocab.boi, vocab.eoi, vocab.image_placeholder):
+        allowed[tok] = False
+    allowed[vocab.eos] = True
+    return allowed
+
+
+@torch.no_grad()
+def naive_greedy(model, vocab, prompt, n, penalty=1.2):
+    """Full recompute every step through the stock modules, no cache."""
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    proc = RepetitionPenaltyLogitsProcessor(penalty)
+    allowed = text_allowed(vocab, model.lm_head.weight.shape[0])
+    ids = torch.tensor([prompt])
+    out = []
+    for _ in range(n):
+        hidden = model.model(input_ids=ids).last_hidden_state[:, -1]
+        logits = proc(ids, model.lm_head(hidden).float())
+        logits = logits.masked_fill(~allowed, float("-inf"))
+        tok = int(logits.argmax(-1))
+        if tok == vocab.eos:
+            break
+        out.append(tok)
+        ids = torch.cat([ids, torch.tensor([[tok]])], dim=1)
+    return out
+
+
+def text_rows(engine, prompts, n, **kw):
+    res = generate_text(
+        engine.runner,
+        prompts,
+        budgets=[n] * len(prompts),
+        masks=engine.masks,
+        seeds=torch.arange(len(prompts)) + 7,
+        **kw,
+    )
+    return [r.tokens for r in res]
+
+
+def test_greedy_text_equals_naive_reference(engine):
+    prompts = prompts_of(engine, QUESTIONS[:2])
+    ours = text_rows(engine, prompts, 12)
+    for prompt, got in zip(prompts, ours, strict=True):
+        assert got == naive_greedy(engine.model, engine.vocab, prompt, 12)
+        assert all(engine.vocab.is_text([t]).all() for t in got)
+
+
+def test_batched_equals_one_by_one(engine):
+    prompts = prompts_of(engine, QUESTIONS)
+    assert len({len(p) for p in prompts}) == 3  # left padding really happens
+    for kw in ({}, {"temperature": 1.0, "top_p": 0.9}):
+        batched = generate_text(
+            engine.runner,
+            prompts,
+            budgets=[10, 10, 10],
+            masks=engine.masks,
+            seeds=torch.tensor([1, 2, 3]),
+            **kw,
+        )
+        alone = [
+            generate_text(
+                engine.runner, [p], budgets=[10], masks=engine.masks, seeds=torch.tensor([s]), **kw
+            )[0]
+            for p, s in zip(prompts, [1, 2, 3], strict=True)
+        ]
+        assert [r.tokens for r in batched] == [r.tokens for r in alone]
+
+
+def test_static_step_matches_eager_step(engine):
+    """The shape-static step that --compile captures computes the same as the eager step."""
+    runner = engine.runner
+    prompts = prompts_of(engine, QUESTIONS[:2])
+    from medmax_cli.generate.decode import left_pad
+
+    ids, attn = left_pad(prompts, engine.vocab.pad, "cpu")
+    outs = []
+    for static in (False, True):
+        cache = runner.new_cache(2, ids.shape[1] + 4)
+        runner.prefill(ids, attn, cache)
+        tok = torch.tensor([engine.vocab.eos + 9000, engine.vocab.eos + 9001])
+        pos = attn.sum(-1)
+        if static:
+            h = runner._step_static(tok, pos, torch.tensor([ids.shape[1]]), cache)
+        else:
+            h = runner.step(tok, pos, ids.shape[1], cache)
+        outs.append(h)
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+
+
+def test_image_mode_yields_framed_codes_and_png(engine):
+    rec = instance("img1", "Draw an axial CT slice of the liver.", task="image_generation")
+    (out,) = list(generate_stage([rec], engine=engine, config=GenerateConfig(mode="auto")))
+    validate(out)
+    tpi = engine.tokens_per_image
+    assert out["generation"]["mode"] == "image" and out["generation"]["new_tokens"] == tpi + 2
+    assert out["prediction"] == [{"image": 0}]
+    ref = out["images"][0]
+    assert len(ref["tokens"]) == tpi and all(0 <= c < engine.vocab.n_codes for c in ref["tokens"])
+    assert ref["vq"]
+    from PIL import Image
+
+    side = int(tpi**0.5) * 4  # tiny VQ: 4x downsampling
+    with Image.open(engine.media.path_of(ref)) as im:
+        assert im.size == (side, side)
+    # the context the model saw: prompt, BOI, exactly tpi codes, EOI
+    row = Row(prompt=[engine.vocab.bos, 9000], mode="image", seed=1, budget=tpi + 2)
+    run_rows(
+        engine.runner,
+        [row],
+        masks=engine.masks,
+        code_ids=engine.code_ids,
+        vocab=engine.vocab,
+        settings=Settings(),
+    )
+    block = row.context[2:]
+    assert block[0] == engine.vocab.boi and block[-1] == engine.vocab.eoi and len(block) == tpi + 2
+    assert engine.vocab.is_image_token(block[1:-1]).all()
+
+
+def test_cfg_combines_three_rows():
+    c, i, u = (
+        torch.tensor([[1.0, 2.0, 3.0]]),
+        torch.tensor([[0.5, 0.0, 1.0]]),
+        torch.tensor([[0.0, 1.0, 0.0]]),
+    )
+    got = combine_cfg(c, i, u, cfg_text=3.0, cfg_image=1.2)
+    want = torch.tensor([[0.6 + 1.5, 1 - 1.2 + 6.0, 1.2 + 6.0]])
+    torch.testing.assert_close(got, want)
+    assert torch.equal(combine_cfg(c, i, u, cfg_text=1.0, cfg_image=1.0), c)  # weights 1: plain conditional
+    assert image_only_prompt([0, 50, 8197, 4, 5, 8196, 60, 2], bos=0, boi=8197, eoi=8196) == [
+        0,
+        8197,
+        4,
+        5,
+        8196,
+    ]
+
+
+@torch.no_grad()
+def test_first_image_code_is_guided_argmax_of_three_rows(engine):
+    """Greedy first code = argmax over codes of u + 1.2 (i - u) + 3 (c - i), rows built as specified."""
+    vocab, model = engine.vocab, engine.model
+    img = [vocab.boi, *engine.code_ids[torch.arange(engine.tokens_per_image) % 50].tolist(), vocab.eoi]
+    full = [vocab.bos, *prompts_of(engine, ["a chest radiograph"])[0][1:], *img, 9100, vocab.sep]
+    rows = {"c": full + [vocab.boi], "i": [vocab.bos, *img, vocab.boi], "u": [vocab.bos, vocab.boi]}
+    logit = {}
+    for k, ids in rows.items():
+        h = model.model(input_ids=torch.tensor([ids])).last_hidden_state[:, -1]
+        logit[k] = model.lm_head(h).float()[:, engine.code_ids]
+    want = int((logit["u"] + 1.2 * (logit["i"] - logit["u"]) + 3.0 * (logit["c"] - logit["i"])).argmax())
+    codes = generate_images(
+        engine.runner,
+        [full],
+        code_ids=engine.code_ids,
+        tokens_per_image=2,
+        bos=vocab.bos,
+        boi=vocab.boi,
+        eoi=vocab.eoi,
+        pad=vocab.pad,
+        seeds=torch.tensor([0]),
+        temperature=0.0,
+    )
+    assert int(codes[0, 0]) == want
+
+
+class BoiAt:
+    """Runner proxy adding a large BOI bias on the n-th full-vocabulary logits call."""
+
+    def __init__(self, runner, boi, n):
+        self.runner, self.boi, self.n, self.calls = runner, boi, n, 0
+
+    def __getattr__(self, name):
+        return getattr(self.runner, name)
+
+    def logits(self, hidden, weight=None):
+        out = self.runner.logits(hidden, weight)
+        if weight is None:
+            self.calls += 1
+            if self.calls == self.n:
+                out[:, self.boi] += 1e4
+        return out
+
+
+def test_interleaved_text_image_text(engine):
+    vocab = engine.vocab
+    tpi = engine.tokens_per_image
+    (prompt,) = prompts_of(engine, ["Explain the finding with a figure."])
+    row = Row(prompt=prompt, mode="interleaved", seed=3, budget=3 + tpi + 2 + 5)
+    run_rows(
+        BoiAt(engine.runner, vocab.boi, 3),
+        [row],
+        masks=engine.masks,
+        code_ids=engine.code_ids,
+        vocab=vocab,
+        settings=Settings(),
+    )
+    kinds = [k for k, _ in row.segments]
+    assert kinds == ["text", "image", "text"]
+    assert len(row.segments[0][1]) == 2 and len(row.segments[1][1]) == tpi
+    gen = row.context[len(prompt) :]
+    assert gen[2] == vocab.boi and gen[3 + tpi] == vocab.eoi
+    assert row.used == len(gen) <= row.budget
+
+
+def test_interleaved_never_starts_an_image_without_room(engine):
+    vocab = engine.vocab
+    tpi = engine.tokens_per_image
+    (prompt,) = prompts_of(engine, ["Explain the finding with a figure."])
+    # budget one short of a whole image block: BOI stays suppressed even with a huge bias
+    row = Row(prompt=prompt, mode="interleaved", seed=3, budget=tpi + 1)
+    run_rows(
+        BoiAt(engine.runner, vocab.boi, 1),
+        [row],
+        masks=engine.masks,
+        code_ids=engine.code_ids,
+        vocab=vocab,
+        settings=Settings(),
+    )
+    assert [k for k, _ in row.segments] == ["text"] and vocab.boi not in row.context
+    # the same with the context as the limit: a model whose context leaves < tpi + 2 positions
+    small = dataclasses.replace(engine.masks, context=len(prompt) + tpi + 1)
+    row = Row(prompt=prompt, mode="interleaved", seed=3, budget=tpi + 1)
+    run_rows(
+        BoiAt(engine.runner, vocab.boi, 1),
+        [row],
+        masks=small,
+        code_ids=engine.code_ids,
+        vocab=vocab,
+        settings=Settings(),
+    )
+    assert vocab.boi not in row.context
+    # and with room, the same bias does open an image
+    row = Row(prompt=prompt, mode="interleaved", seed=3, budget=tpi + 2)
+    run_rows(
+        BoiAt(engine.runner, vocab.boi, 1),
+        [row],
+        masks=engine.masks,
+        code_ids=engine.code_ids,
+        vocab=vocab,
+        settings=Settings(),
+    )
+    assert [k for k, _ in row.segments] == ["image"]
+
+
+def test_image_prompt_too_long_is_rejected(engine):
+    short = dataclasses.replace(engine, context=engine.tokens_per_image + 12)
+    long_text = " ".join(["lesion"] * 30)
+    recs = [
+        instance("long", long_text, task="image_generation"),
+        instance("ok", "liver", task="image_generation"),
+    ]
+    rejects = io.BytesIO()
+    policy = ErrorPolicy("skip", rejects)
+    outs = list(generate_stage(recs, engine=short, config=GenerateConfig(), policy=policy))
+    assert [o["id"] for o in outs] == ["ok"]
+    entry = json.loads(rejects.getvalue())
+    assert entry["record_id"] == "long" and "prompt too long for an image" in entry["reason"]
+    with pytest.raises(RecordError, match="too long for an image"):
+        list(generate_stage(recs[:1], engine=short, config=GenerateConfig()))
+
+
+def test_same_seed_same_output(engine):
+    recs = [instance("s1", QUESTIONS[0]), instance("s2", "Draw a liver.", task="image_generation")]
+
+    def run(seed):
+        cfg = GenerateConfig(seed=seed, temperature=1.0, max_new_tokens=8)
+        return [
+            (o["prediction"], [i.get("tokens") for i in o["images"]])
+            for o in generate_stage(recs, engine=engine, config=cfg)
+        ]
+
+    first = run(5)
+    assert run(5) == first
+    assert run(6) != first
+
+
+def test_prompt_image_without_tokens_is_rejected(engine):
+    rec = instance("noimg", "What is shown?", images=[{"sha256": "0" * 64, "path": "x.png"}])
+    with pytest.raises(RecordError, match="no VQ tokens"):
+        list(generate_stage([rec], engine=engine, config=GenerateConfig()))
+
+
+def test_prompt_image_tokens_are_used(engine):
+    tokens = list(range(engine.tokens_per_image))
+    with_img = instance("im", "What is shown?", images=[{"tokens": tokens, "vq": "x"}])
+    (out,) = generate_stage([with_img], engine=engine, config=GenerateConfig(max_new_tokens=6))
+    (plain,) = generate_stage(
+        [instance("im", "What is shown?")], engine=engine, config=GenerateConfig(max_new_tokens=6)
+    )
+    assert out["generation"]["mode"] == "text" and out["prediction"] != plain["prediction"]
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tiny_model_dir, tmp_path_factory):
+    from peft import LoraConfig, get_peft_model
+
+    from medmax_cli.model.load import load_model
+
+    torch.manual_seed(0)
+    model = load_model(tiny_model_dir)
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
+    )
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    out = tmp_path_factory.mktemp("run") / "run"
+    peft_model.save_pretrained(out / "adapter")
+    return out
+
+
+def test_adapter_changes_output_and_merged_equals_unmerged(engine, tiny_model_dir, adapter_dir):
+    recs = [instance("a1", QUESTIONS[0]), instance("a2", QUESTIONS[1])]
+    cfg = GenerateConfig(max_new_tokens=10)
+    base = [o["prediction"] for o in generate_stage(recs, engine=engine, config=cfg)]
+    merged_engine = setup_engine(tiny_model_dir, adapter=adapter_dir, device="cpu", dtype="float32")
+    merged = [o["prediction"] for o in generate_stage(recs, engine=merged_engine, config=cfg)]
+    unmerged_engine = setup_engine(
+        tiny_model_dir, adapter=adapter_dir / "adapter", merge=False, device="cpu", dtype="float32"
+    )
+    unmerged = [o["prediction"] for o in generate_stage(recs, engine=unmerged_engine, config=cfg)]
+    assert merged != base
+    assert unmerged == merged
+
+
+def test_command_in_a_pipe(tiny_model_dir, tmp_path, adapter_dir):
+    recs = [instance("p1", QUESTIONS[0]), instance("p2", "Draw a liver.", task="image_generation")]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    cmd = (
+        f"{sys.executable} -m medmax_cli generate --model {tiny_model_dir} --adapter {adapter_dir} "
+        f"--max-new-tokens 4 --batch-size 2 --media-dir {tmp_path}/media -q {src} "
+        f"| {sys.executable} -m medmax_cli validate --media-dir {tmp_path}/media --json"
+    )
+    res = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, timeout=300)
+    assert res.returncode == 0, res.stderr.decode()
+    summary = json.loads(res.stdout)
+    assert summary["records"] == 2 and summary["invalid"] == 0 and summary["kinds"] == {"prediction": 2}
+    # a bad flag combination exits 2 before reading input
+    bad = subprocess.run(
+        [sys.executable, "-m", "medmax_cli", "generate", "--no-merge"], capture_output=True, timeout=120
+    )
+    assert bad.returncode == 2 and b"--no-merge needs --adapter" in bad.stderr
