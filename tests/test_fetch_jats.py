@@ -171,3 +171,20 @@ def test_command_on_sample_corpus_is_deterministic(medmax, tmp_path):
     assert all(orjson.loads(line)["images"][0]["sha256"] for line in qa.splitlines())
     bad = medmax("fetch", "jats", str(tmp_path / "nope"), check=False, env=env)
     assert bad.returncode == 2 and b"no such file" in bad.stderr
+
+
+def test_synced_cloud_folder_metadata_overrides_the_xml(tmp_path, media):
+    xml, files = corpus()["PMC100001"]
+    folder = tmp_path / "PMC100001.3"
+    folder.mkdir()
+    (folder / "PMC100001.3.xml").write_bytes(xml)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    (folder / "PMC100001.3.json").write_bytes(
+        orjson.dumps(
+            {"pmcid": "PMC100001", "version": 3, "license_code": "CC BY-NC-ND", "is_retracted": False}
+        )
+    )
+    records = list(fetch_jats([tmp_path], media=media, policy=ErrorPolicy("fail", stage="fetch")))
+    assert [r["id"] for r in records] == ["PMC100001_3-F1", "PMC100001_3-F2"]
+    assert {r["license"] for r in records} == {"cc-by-nc-nd"} and records[0]["article"]["version"] == 3

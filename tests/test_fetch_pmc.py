@@ -202,3 +202,25 @@ def test_kill_and_resume_gives_the_same_records(pmc, tmp_path):
     # the articles finished before the kill were not fetched again
     hits_after = Counter(e["path"] for e in server.log) - hits_before
     assert hits_after["/pmc-oa-opendata/PMC100001.1/PMC100001.1.xml"] == 0
+
+
+def test_command_reports_a_dead_search_cleanly(tmp_path, medmax):
+    with FakeHttpServer() as server:
+        server.route("/rest/search", "<html>maintenance</html>", headers={"Content-Type": "text/html"})
+        result = medmax(
+            "fetch",
+            "pmc",
+            "--query",
+            "x",
+            "--europepmc-url",
+            f"{server.base}/rest",
+            "--pmc-cloud-url",
+            f"{server.base}/b",
+            "--backoff-base",
+            "0.001",
+            check=False,
+            env={"MEDMAX_MEDIA": str(tmp_path / "m")},
+        )
+    assert result.returncode == 1 and b"not JSON" in result.stderr and b"Traceback" not in result.stderr
+    both = medmax("fetch", "pmc", "--query", "x", "--ids", str(tmp_path / "ids"), check=False)
+    assert both.returncode == 2 and b"exactly one of --query or --ids" in both.stderr

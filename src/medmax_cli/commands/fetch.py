@@ -164,7 +164,7 @@ def register(app: typer.Typer) -> None:
         from medmax_cli.fetch.figures import parse_licenses
         from medmax_cli.fetch.pmc import fetch_articles, read_id_file
         from medmax_cli.fetch.state import FetchState, StateError
-        from medmax_cli.http import DEFAULT_RATE, HttpClient, RetryPolicy
+        from medmax_cli.http import DEFAULT_RATE, HttpClient, HttpError, RetryPolicy
         from medmax_cli.streams import RecordWriter
 
         if (query is None) == (ids is None):
@@ -233,6 +233,8 @@ def register(app: typer.Typer) -> None:
                         state.finish(batch.key, output_bytes=position)
                     elif batch.cursor is not None:
                         state.set_cursor(batch.cursor, output_bytes=position)
+            except HttpError as exc:  # the search itself failed for good: nothing sensible to go on with
+                raise fail(f"{exc} (rerun with the same --state to resume)", code=1) from None
             finally:
                 if handle is not None:
                     handle.close()
