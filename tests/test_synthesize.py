@@ -14,7 +14,7 @@ from medmax_cli.streams import ErrorPolicy
 from medmax_cli.synthesize import build_record, load_exclude, synthesize
 from medmax_cli.synthesize.common import BuildContext, Drop
 from medmax_cli.synthesize.domain import classify_text, domain_of
-from medmax_cli.synthesize.imagehash import ImageHasher, NearDupIndex, dhash, hamming
+from medmax_cli.synthesize.imagehash import ImageHasher, NearDupIndex, hamming, phash
 from medmax_cli.synthesize.interleaved import split_point
 from medmax_cli.synthesize.mixing import mix, parse_ratio
 
@@ -24,7 +24,7 @@ SENTENCE = "A hypodense lesion is visible in the liver (Figure 1A)."
 
 
 def png(seed: int, size: int = 64, fmt: str = "PNG") -> bytes:
-    """A smooth random greyscale image: different seeds give unrelated dHashes."""
+    """A smooth random greyscale image: different seeds give unrelated pHashes."""
     rng = np.random.default_rng(seed)
     small = (rng.random((8, 8)) * 255).astype(np.uint8)
     image = Image.fromarray(small, "L").resize((size, size), Image.Resampling.BILINEAR)
@@ -312,7 +312,7 @@ def test_dedup_exact_and_near(media):
     copy = figure(media, rid="B")  # identical bytes and caption: exact duplicate
     near = dict(figure(media, rid="C", caption=CAPTION + " Second print."), images=[jpeg_copy])
     other = figure(media, rid="D", seed=99)
-    assert hamming(dhash(media.open(original["images"][0])), dhash(media.open(jpeg_copy))) <= 4
+    assert hamming(phash(media.open(original["images"][0])), phash(media.open(jpeg_copy))) <= 4
     policy = ErrorPolicy("skip", rejects=io.BytesIO())
     out = list(synthesize([original, copy, near, other], policy=policy, tasks=["captioning"], media=media))
     assert [o["id"] for o in out] == ["A-captioning", "D-captioning"]

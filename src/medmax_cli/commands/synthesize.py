@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -53,7 +54,7 @@ def register(app: typer.Typer) -> None:
         near_dup_bits: int = typer.Option(
             4,
             "--near-dup-bits",
-            help="dHash Hamming distance (0-16) that makes "
+            help="pHash Hamming distance (0-16) that makes "
             "two images near duplicates; -1 turns the near-duplicate filter off.",
         ),
         min_caption_words: int = typer.Option(5, "--min-caption-words"),
@@ -106,6 +107,8 @@ def register(app: typer.Typer) -> None:
             if not path.is_file():
                 raise fail(f"--exclude file {path} does not exist")
         bits = None if near_dup_bits < 0 else near_dup_bits
+        if quiet:
+            logging.getLogger("medmax_cli.synthesize").setLevel(logging.ERROR)
 
         client = None
         if llm_url and "visual_chat" in selected:

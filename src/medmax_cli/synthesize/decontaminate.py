@@ -26,7 +26,7 @@ def asked_question(record: Mapping[str, Any]) -> str:
 
 
 class EvalIndex:
-    """Images (sha256 and dHash) and normalised questions of an evaluation set."""
+    """Images (sha256 and pHash) and normalised questions of an evaluation set."""
 
     def __init__(self, hasher: ImageHasher, threshold: int):
         self.hasher = hasher

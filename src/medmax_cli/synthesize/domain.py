@@ -2,7 +2,8 @@
 
 Rule (documented in docs/synthesize.md):
 1. a valid `domain` already on the record (or in `meta.domain`) is kept;
-2. otherwise the text (caption + mentions, question, report) is searched for whole-word keywords of
+2. otherwise the text (caption, mentions, article title and journal; question and options; report)
+   is searched for whole-word keywords of
    each domain; the domain with more keyword hits wins;
 3. a tie between two non-zero counts goes to the domain whose keyword appears first;
 4. no hit at all: `other`.
@@ -28,7 +29,8 @@ _RADIOLOGY = (
 _HISTOPATHOLOGY = (
     r"histolog\w*|histopatholog\w*|patholog\w*|h&e|h & e|haematoxylin|hematoxylin|eosin|"
     r"stain|stained|staining|stains|immunohistochem\w*|ihc|biopsy|biopsies|micrograph\w*|"
-    r"microscop\w*|magnification|tissue section|cytolog\w*|mitos\w*|mitotic|glandular|"
+    r"microscop\w*|magnification|tissue sections?|cytolog\w*|mitos\w*|mitotic|glands?|glandular|"
+    r"nuclei|nuclear|lymphocyt\w*|cribriform|follic\w*|carcinoma in situ|dysplas\w*|"
     r"quilt|pathvqa|path_vqa|pathmmu|path_mmu|whole-slide|whole slide"
 )
 _PATTERNS = {

@@ -5,7 +5,7 @@
   of the first. The instruction is left out: it is a paraphrase chosen per record id, so two copies
   of one figure would otherwise never match.
 - near: within one task (and variant, and for VQA the same normalised question, so several
-  questions about one image all stay), the first image's dHash is within `threshold` bits of an
+  questions about one image all stay), the first image's pHash is within `threshold` bits of an
   instance already kept -> near duplicate.
 """
 
@@ -76,7 +76,7 @@ class NearDupFilter:
         images = instance.get("images") or []
         if not images:
             return None
-        value = self.hasher.dhash_of(images[0])
+        value = self.hasher.phash_of(images[0])
         if value is None:
             self.unhashed += 1  # not in the media store: only the exact filter applies
             return None

@@ -57,7 +57,12 @@ def drop(policy: ErrorPolicy, raw: Any, reason: str) -> None:
 
 
 def figure_texts(record: dict[str, Any]) -> list[str]:
-    texts = [str(record.get("caption") or "")]
+    article = record.get("article") or {}
+    texts = [
+        str(record.get("caption") or ""),
+        str(article.get("title") or ""),
+        str(article.get("journal") or ""),
+    ]
     texts += [str(m.get("sentence") or "") for m in record.get("mentions") or [] if isinstance(m, dict)]
     return texts
 

@@ -1,0 +1,11 @@
+# Task instances from the source records. No LLM endpoint here, so visual_chat is skipped and
+# counted (add --llm-url URL --llm-model NAME to make it); every other task is built, deduplicated
+# and written with its drops counted by reason. Same input + seed = byte-identical output.
+medmax synthesize "$DEMO/sources.jsonl" --seed 0 --rejects "$DEMO/synthesize-rejects.jsonl" \
+  -o "$DEMO/instances.jsonl"
+# Evaluation items: VQA only, canonical prompts, meta.eval_task kept; nothing is excluded by default.
+medmax synthesize "$DEMO/eval-sources.jsonl" --tasks vqa -o "$DEMO/eval-instances.jsonl"
+# Decontamination, on the side: the bundled eval items reuse the sample figures, so dropping every
+# training instance that shares an image (exact or near) or a question with them leaves only a few.
+medmax synthesize "$DEMO/sources.jsonl" --exclude "$DEMO/eval-sources.jsonl" \
+  --rejects "$DEMO/synthesize-rejects.jsonl" -o "$DEMO/instances.decontaminated.jsonl"
