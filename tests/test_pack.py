@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import signal
@@ -563,3 +564,76 @@ def test_pack_command_refuses_bad_flags(tmp_path, tiny_model_dir, medmax):
 def test_tokenizer_batches_match_single_encodes(tok):
     texts = ["Is there a lesion?", "", "yes", "Is there a lesion?", "Axial CT slice"]
     assert tok.encode_batch(texts) == [enc(tok, t) for t in texts]
+
+
+def test_images_without_tokens_are_encoded_on_the_fly(
+    tmp_path, tiny_model_dir, tok, vocab, vq, media, medmax
+):
+    pytest.importorskip("medmax_cli.vision.tokenize")
+    from PIL import Image
+
+    from medmax_cli.pack.stage import PackSettings, samples
+    from medmax_cli.vision.tokenize import tokenize_images
+
+    info = json.loads((tiny_model_dir / "medmax_model.json").read_text())
+    rng = np.random.default_rng(0)
+    refs = [
+        media.put_image(Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8))) for _ in range(2)
+    ]
+    raw = instance(
+        "raw", [user({"image": 0}, {"text": "What is shown?"}), assistant({"text": "a liver"})], [refs[0]]
+    )
+    stale = instance(
+        "stale", [user({"image": 0}), assistant({"text": "x"})], [{**image([1], "old"), **refs[1]}]
+    )
+    policy = ErrorPolicy("fail", stage="pack")
+
+    def encode(records):
+        return tokenize_images(records, model_dir=tiny_model_dir, media=media, policy=policy, batch_size=4)
+
+    got = list(
+        samples(
+            copy.deepcopy([raw, stale]),
+            vocab=vocab,
+            tokenizer=tok,
+            settings=PackSettings(seq_len=512),
+            policy=policy,
+            encode_images=encode,
+            expected_vq=vq,
+        )
+    )
+    assert [s.id for s in got] == ["raw", "stale"]
+    for s in got:
+        ((start, end),) = s.image_spans
+        assert end - start == info["tokens_per_image"] + 2  # re-encoded with the model's VQ, whole block
+    # Without an encoder, tokens of another codebook are refused with the reason.
+    with pytest.raises(RecordError, match="VQ 'old'"):
+        list(
+            samples(
+                [stale],
+                vocab=vocab,
+                tokenizer=tok,
+                settings=PackSettings(seq_len=512),
+                policy=policy,
+                expected_vq=vq,
+            )
+        )
+    # The command does the same: synthesize-style records straight into pack.
+    lines = json.dumps(raw).encode() + b"\n"
+    out = tmp_path / "s"
+    medmax(
+        "pack",
+        "-o",
+        str(out),
+        "--model",
+        str(tiny_model_dir),
+        "--seq-len",
+        "512",
+        "--media-dir",
+        str(media.root),
+        "--device",
+        "cpu",
+        input=lines,
+    )
+    (row,) = PackedShards(out).iter_rows()
+    assert row.input_ids.tolist() == got[0].input_ids.tolist()

@@ -14,6 +14,7 @@ from medmax_cli.cliutil import (
     RejectsOpt,
     ShardOpt,
     StageIO,
+    check_choice,
     fail,
 )
 
@@ -79,7 +80,9 @@ def register(app: typer.Typer) -> None:
             32, "--image-batch-size", help="Images per VQ batch (on-the-fly)."
         ),
         device: str = typer.Option("auto", "--device", help="Device for on-the-fly image encoding."),
-        dtype: str = typer.Option("auto", "--dtype", help="Dtype for on-the-fly image encoding."),
+        dtype: str = typer.Option(
+            "fp32", "--dtype", help="On-the-fly image encoding precision: fp32 or bf16."
+        ),
         on_error: str = OnErrorOpt,
         rejects: Path = RejectsOpt,
         media_dir: Path = MediaDirOpt,
@@ -90,6 +93,7 @@ def register(app: typer.Typer) -> None:
 
         if train_on not in TRAIN_ON:
             raise fail(f"--train-on must be one of {', '.join(TRAIN_ON)}; got {train_on!r}")
+        check_choice("--dtype", dtype, ("fp32", "bf16"))
         if seq_len < 2 or pack_buffer < 1 or max_count < 1 or batch_size < 1 or image_batch_size < 1:
             raise fail("--seq-len must be >= 2; --pack-buffer, --max-count and the batch sizes must be >= 1")
         if output.exists() and not output.is_dir():

@@ -49,10 +49,16 @@ class PackSettings:
             raise ValueError("pack_buffer, batch_size, max_count and max_size must be positive")
 
 
-def _needs_encoding(record: dict[str, Any]) -> bool:
+def _needs_encoding(record: dict[str, Any], expected_vq: str | None) -> bool:
+    """Does any image lack tokens, or carry tokens of another codebook than the model's?"""
     if record.get("tokens") is not None:
         return False
-    return any(isinstance(im, dict) and im.get("tokens") is None for im in record.get("images") or [])
+    for image in record.get("images") or []:
+        if not isinstance(image, dict):
+            continue
+        if image.get("tokens") is None or (expected_vq is not None and image.get("vq") != expected_vq):
+            return True
+    return False
 
 
 def _check_vq(record: dict[str, Any], expected_vq: str | None) -> None:
@@ -60,23 +66,26 @@ def _check_vq(record: dict[str, Any], expected_vq: str | None) -> None:
         return
     for i, image in enumerate(record.get("images") or []):
         vq = image.get("vq") if isinstance(image, dict) else None
-        if image.get("tokens") is not None and vq is not None and vq != expected_vq:
+        if image.get("tokens") is not None and vq != expected_vq:
             raise RecordError(
                 f"images[{i}] tokens come from VQ {vq!r}, but the model's VQ is {expected_vq!r} "
                 "(re-run tokenize-images with this model)"
             )
 
 
-def _encode_batch(batch: list[dict[str, Any]], encode_images: ImageEncoder | None) -> list[dict[str, Any]]:
-    """The batch with every image tokenised; records the encoder rejected are left out."""
-    needing = [r for r in batch if _needs_encoding(r)]
+def _encode_batch(
+    batch: list[dict[str, Any]], encode_images: ImageEncoder | None, expected_vq: str | None
+) -> list[dict[str, Any]]:
+    """The batch with every image tokenised by the model's VQ; records the encoder rejected (through
+    the error policy) are left out. Without an encoder the batch comes back as it is."""
+    needing = [r for r in batch if _needs_encoding(r, expected_vq)]
     if not needing or encode_images is None:
         return batch
     encoded = iter(list(encode_images(needing)))
     pending = next(encoded, None)
     out = []
     for record in batch:
-        if not _needs_encoding(record):
+        if not _needs_encoding(record, expected_vq):
             out.append(record)
         elif pending is not None and pending.get("id") == record.get("id"):
             out.append(pending)
@@ -98,14 +107,13 @@ def samples(
     """Samples that fit `settings.seq_len` (truncated when needed), in input order."""
     iterator = iter(records)
     while batch := list(islice(iterator, settings.batch_size)):
-        checked = []
-        for record in batch:
+        ready = []
+        for record in _encode_batch(batch, encode_images, expected_vq):
             try:
                 _check_vq(record, expected_vq)
-                checked.append(record)
+                ready.append(record)
             except RecordError as exc:
                 policy.reject(exc, record)
-        ready = _encode_batch(checked, encode_images)
         for record, result in zip(
             ready,
             build_sequences(ready, vocab=vocab, tokenizer=tokenizer, train_on=settings.train_on),
