@@ -225,8 +225,14 @@ def _all_sum(value: torch.Tensor, env: Env) -> torch.Tensor:
 
 def train(cfg: TrainConfig, model_dir: str, *, show_progress: bool = True) -> dict[str, Any]:
     """Run (or resume) one fine-tuning run; returns a summary dict (rank 0's view)."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
     from medmax_cli.text.vocab import ChameleonVocab
 
+    hf_logging.disable_progress_bar()  # "Loading weights" bars would drown the training bar
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     env = setup_env()
     run = Path(cfg.output)
     vocab = ChameleonVocab.from_model_dir(model_dir)
@@ -261,14 +267,17 @@ def train(cfg: TrainConfig, model_dir: str, *, show_progress: bool = True) -> di
     try:
         while step < stop:
             t0 = time.perf_counter()
-            # dropout noise is a function of (seed, step, rank): a resumed run draws the same masks
-            torch.manual_seed(cfg.seed * 1_000_003 + step * env.world_size + env.rank)
             micro_batches = next(batches)
             n_sup = _all_sum(torch.tensor(float(sum(supervised_tokens(b) for b in micro_batches))), env)
             n_tok = _all_sum(torch.tensor(float(sum(real_tokens(b) for b in micro_batches))), env)
             loss_sum = torch.zeros((), device=env.device)
             for i, mb in enumerate(micro_batches):
                 mb = {k: v.to(env.device, non_blocking=True) for k, v in mb.items()}
+                # dropout noise depends only on (seed, step, global micro-batch index): a resumed run, and
+                # N processes x 1 micro-batch vs 1 process x N accumulated, draw the same masks
+                torch.manual_seed(
+                    cfg.seed * 1_000_003 + (step * len(micro_batches) + i) * env.world_size + env.rank
+                )
                 sync = nullcontext()
                 if hasattr(model, "no_sync") and i < len(micro_batches) - 1:
                     sync = model.no_sync()  # DDP: all-reduce only on the last micro-batch
