@@ -126,6 +126,11 @@ def test_crawl_survives_faults_and_rejects_bad_files(pmc, media, tmp_path):
     assert reasons["PMC100002_2-V1"].startswith("video")
     assert "escapes the article folder" in reasons["PMC100002_2-F5"]
     assert server.hits("/pmc-oa-opendata/PMC100005.1/a.png") == 5  # 4 faults, then the image
+    assert server.hits("/pmc-oa-opendata/PMC100005.1/b.png") == 2  # timed out once
+    for record in records:  # every other good image was fetched exactly once
+        path = record["images"][0]["url"][len(server.base) :]
+        if not path.endswith(("/a.png", "/b.png")):
+            assert server.hits(path) == 1, path
     assert server.hits("/europepmc/webservices/rest/PMC100006/fullTextXML") == 1
     assert client.retries >= 6
     # a second run with the same state fetches nothing again
