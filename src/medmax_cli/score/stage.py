@@ -218,7 +218,9 @@ def _score_open(
     if scorer.judge is None:
         line.update(status="unscored", reason="open question needs a judge (--judge-url, --judge-model)")
         return
-    question = _last_text(record, "user") or str(record.get("question", ""))
+    meta = record.get("meta") or {}
+    # the bare question (synthesize keeps it in meta) rather than the prompt with its answer instructions
+    question = str(meta.get("question") or record.get("question") or _last_text(record, "user"))
     try:
         verdict = scorer.judge.correctness(line["id"], question, gold, output)
     except NotCached as exc:

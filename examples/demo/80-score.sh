@@ -1,0 +1,3 @@
+# Score the demo predictions with MedMax's rules: one line per item, the summary JSON, the table on
+# stderr. Open questions stay unscored here (no judge offline): see docs/score.md for --judge-url.
+medmax score "$DEMO/predictions.jsonl" --summary "$DEMO/summary.json" -o "$DEMO/scores.jsonl"
