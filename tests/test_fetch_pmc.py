@@ -229,3 +229,23 @@ def test_command_reports_a_dead_search_cleanly(tmp_path, medmax):
     assert result.returncode == 1 and b"not JSON" in result.stderr and b"Traceback" not in result.stderr
     both = medmax("fetch", "pmc", "--query", "x", "--ids", str(tmp_path / "ids"), check=False)
     assert both.returncode == 2 and b"exactly one of --query or --ids" in both.stderr
+    state = {
+        "version": 1,
+        "params": {"query": "x", "ids": None, "license": None, "max": None},
+        "cursor": "*",
+        "done": ["PMC1"],
+        "output_bytes": 100,
+    }
+    (tmp_path / "s.json").write_bytes(orjson.dumps(state))
+    lost = medmax(
+        "fetch",
+        "pmc",
+        "--query",
+        "x",
+        "--state",
+        str(tmp_path / "s.json"),
+        "-o",
+        str(tmp_path / "o"),
+        check=False,
+    )
+    assert lost.returncode == 2 and b"not this crawl's output" in lost.stderr

@@ -204,6 +204,12 @@ def register(app: typer.Typer) -> None:
             handle = None
             if resumable_file:
                 # Resumable file output: cut back to the last finished article, then append.
+                size = Path(output).stat().st_size if Path(output).exists() else 0
+                if size < (state.output_bytes or 0):
+                    raise fail(
+                        f"{output} holds {size} bytes but {state_path} says {state.output_bytes} were "
+                        f"written: it is not this crawl's output (delete the state to start over)"
+                    )
                 handle = open(output, "r+b" if Path(output).exists() else "wb")
                 handle.truncate(state.output_bytes or 0)
                 handle.seek(0, 2)
