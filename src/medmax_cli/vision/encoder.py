@@ -53,7 +53,11 @@ def build_vq_model(spec: VQSpec, *, random: bool = False, seed: int = 0) -> Any:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return ChameleonVQVAE(config).eval()
-    with torch.device("meta"):
+    # Storage without random init: the weights are loaded next. (A meta-device build would pull in
+    # torch._refs, which costs seconds on first use.)
+    from transformers.initialization import no_init_weights
+
+    with no_init_weights():
         return ChameleonVQVAE(config).eval()
 
 
@@ -70,12 +74,8 @@ def load_vq_model(model_dir: str | Path) -> Any:
             f"{model_dir}: VQ encoder weights do not match vq_config: missing {missing[:8]}"
             f"{' ...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}"
         )
-    # post_quant_conv belongs to the decoder side; give it real (empty) storage so .to() works.
-    full = dict(tensors)
-    for key, value in vq.state_dict().items():
-        if key not in full:
-            full[key] = torch.zeros(value.shape, dtype=value.dtype)
-    vq.load_state_dict(full, assign=True, strict=True)
+    # post_quant_conv belongs to the decoder side and keeps its (unused) uninitialised storage.
+    vq.load_state_dict(tensors, strict=False)
     return vq.eval()
 
 

@@ -71,7 +71,7 @@ def resize_and_crop(image: Image.Image, size: int) -> Image.Image:
 
 def preprocess_uint8(image: Image.Image, size: int) -> np.ndarray:
     """Steps 1-3: uint8 pixels [size, size, 3] (HWC), ready for `to_unit_range`."""
-    pixels = np.asarray(resize_and_crop(whiten_transparency(image), size), dtype=np.uint8)
+    pixels = np.array(resize_and_crop(whiten_transparency(image), size), dtype=np.uint8)  # writable
     assert pixels.shape == (size, size, 3), pixels.shape
     return pixels
 
