@@ -406,3 +406,34 @@ def test_command_in_a_pipe(tiny_model_dir, tmp_path, adapter_dir):
         [sys.executable, "-m", "medmax_cli", "generate", "--no-merge"], capture_output=True, timeout=120
     )
     assert bad.returncode == 2 and b"--no-merge needs --adapter" in bad.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fuse", [False, True])
+def test_captured_step_matches_eager_on_cuda(tiny_model_dir, fuse):
+    """--compile (CUDA graph of the static step, optionally inductor-fused) = the eager loop."""
+    from medmax_cli.generate.decode import Runner
+
+    eager = setup_engine(tiny_model_dir, device="cuda", dtype="float32")
+    prompts = prompts_of(eager, QUESTIONS)
+    kw = dict(
+        budgets=[24] * 3, masks=eager.masks, seeds=torch.tensor([1, 2, 3], device="cuda"), temperature=1.0
+    )
+    want = [r.tokens for r in generate_text(eager.runner, prompts, **kw)]
+    captured = Runner(eager.model, compile=True, fuse=fuse)
+    assert captured.graphs
+    got = [r.tokens for r in generate_text(captured, prompts, **kw)]
+    assert got == want
+    v = eager.vocab
+    img_kw = dict(
+        code_ids=eager.code_ids,
+        tokens_per_image=eager.tokens_per_image,
+        bos=v.bos,
+        boi=v.boi,
+        eoi=v.eoi,
+        pad=v.pad,
+        seeds=torch.tensor([4], device="cuda"),
+    )
+    assert torch.equal(
+        generate_images(captured, prompts[:1], **img_kw), generate_images(eager.runner, prompts[:1], **img_kw)
+    )

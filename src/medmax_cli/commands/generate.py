@@ -77,7 +77,7 @@ def register(app: typer.Typer) -> None:
         shard: str = ShardOpt,
         quiet: bool = QuietOpt,
     ) -> None:
-        from medmax_cli.generate.stage import GenerateConfig
+        from medmax_cli.generate.config import GenerateConfig
 
         config = GenerateConfig(
             mode=mode,

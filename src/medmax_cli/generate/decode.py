@@ -32,6 +32,8 @@ from medmax_cli.generate.sampling import sample
 
 log = logging.getLogger(__name__)
 
+GRAPH_LENGTH_STEP = 256  # captured steps attend over the whole cache: keep it near the real length
+
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
@@ -45,6 +47,7 @@ class KVCache:
     keys: list[torch.Tensor]  # per layer [B, H_kv, L, D]
     values: list[torch.Tensor]  # per layer [B, H_kv, L, D]
     valid: torch.Tensor  # bool [B, L]: slot holds a real token (pad slots stay False)
+    graph: Any = None  # (CUDAGraph, static buffers) of the captured step, with --compile
 
     @property
     def length(self) -> int:
@@ -60,7 +63,7 @@ def unwrap_model(model: Any) -> Any:
 class Runner:
     """Forward passes of one Chameleon model over a `KVCache` (no grad, eval mode)."""
 
-    def __init__(self, model: Any, *, compile: bool = False):
+    def __init__(self, model: Any, *, compile: bool = False, fuse: bool = False):
         base = unwrap_model(model)
         self.model = base
         self.core = base.model  # ChameleonModel
@@ -74,17 +77,21 @@ class Runner:
         self.dtype = self.head_weight.dtype
         self._code_weight: torch.Tensor | None = None
         self._code_ids: torch.Tensor | None = None
-        self._compiled = None
-        if compile:
-            if self.device.type != "cuda":
-                log.warning("--compile only helps on CUDA; running the eager decode step on %s", self.device)
-            else:
-                # One-token step with static shapes, captured as CUDA graphs by inductor.
-                self._compiled = torch.compile(self._step_static, mode="reduce-overhead", fullgraph=False)
+        # --compile: the shape-static one-token step is captured as one CUDA graph per cache (replayed
+        # every step: no per-kernel launch or Python cost); `fuse` also runs it through torch.compile
+        # (inductor kernels, captured the same way).
+        self.graphs = bool(compile) and self.device.type == "cuda"
+        if compile and not self.graphs:
+            log.warning("--compile needs CUDA; using the eager decode step on %s", self.device)
+        self._static_fn = self._step_static
+        if self.graphs and fuse:
+            self._static_fn = torch.compile(self._step_static, dynamic=False, fullgraph=False)
 
     # ------------------------------------------------------------------ cache
 
     def new_cache(self, batch: int, length: int) -> KVCache:
+        if self.graphs:  # a few distinct lengths, so inductor (--compile) specialises a few times only
+            length = -(-length // GRAPH_LENGTH_STEP) * GRAPH_LENGTH_STEP
         shape = (batch, self.n_kv, length, self.head_dim)
         n = len(self.core.layers)
         keys = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(n)]
@@ -165,13 +172,42 @@ class Runner:
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, pos: torch.Tensor, slot: int, cache: KVCache) -> torch.Tensor:
         """One token per row [B] at position `pos` [B] into cache slot `slot`; returns hidden [B, H]."""
-        if self._compiled is not None:
-            slot_t = torch.full((1,), slot, dtype=torch.long, device=tokens.device)
-            return self._compiled(tokens, pos, slot_t, cache).clone()
+        if self.graphs:
+            return self._graph_step(tokens, pos, slot, cache)
         cache.valid[:, slot] = True
         slots = torch.full((1,), slot, dtype=torch.long, device=tokens.device)
         mask = cache.valid[:, None, None, : slot + 1]  # [B, 1, 1, slot+1]
         return self._forward(tokens[:, None], pos[:, None], cache, slots, mask, slot + 1)[:, 0]
+
+    def _graph_step(self, tokens: torch.Tensor, pos: torch.Tensor, slot: int, cache: KVCache) -> torch.Tensor:
+        """Replay the cache's captured step (captured on first use, after one real warm-up step).
+
+        The warm-up executes the very step being asked for, so capturing it changes nothing:
+        replays with the same inputs write the same keys/values.
+        """
+        g = cache.graph
+        if g is None:
+            static = {
+                "tokens": tokens.clone(),
+                "pos": pos.clone(),
+                "slot": torch.full((1,), slot, device=tokens.device),
+            }
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                out = self._static_fn(static["tokens"], static["pos"], static["slot"], cache)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static["out"] = self._static_fn(static["tokens"], static["pos"], static["slot"], cache)
+            cache.graph = (graph, static)
+            return out
+        graph, static = g
+        static["tokens"].copy_(tokens)
+        static["pos"].copy_(pos)
+        static["slot"].fill_(slot)
+        graph.replay()
+        return static["out"]
 
     def _step_static(self, tokens: torch.Tensor, pos: torch.Tensor, slot: torch.Tensor, cache: KVCache):
         """The same step with shapes independent of `slot` (attends over every slot, masked)."""

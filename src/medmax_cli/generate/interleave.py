@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from medmax_cli.generate.cfg import generate_images
+from medmax_cli.generate.config import Settings
 from medmax_cli.generate.decode import Runner, generate_text
 from medmax_cli.generate.processors import TextMasks
 
@@ -35,20 +36,6 @@ class Row:
 
     def __post_init__(self) -> None:
         self.context = list(self.prompt)
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Sampling settings shared by a batch (see GenerateConfig for the defaults)."""
-
-    repetition_penalty: float = 1.2
-    temperature: float = 0.0
-    top_p: float = 0.9
-    cfg_text: float = 3.0
-    cfg_image: float = 1.2
-    image_temperature: float = 0.7
-    image_top_p: float = 0.9
-    check_every: int = 16
 
 
 def run_rows(

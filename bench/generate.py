@@ -1,0 +1,245 @@
+"""Decode speed: our loop vs stock `model.generate` (default cache and static cache), side by side.
+
+Default: the tiny model on CPU. `--full`: a random 7B-shaped Chameleon in bf16 on a GPU, plus one
+image's worth of tokens with three-row CFG. `--full --quick`: the same code path with a reduced
+config, runnable on CPU for smoke testing. Prints tokens/s (median of repeats), the ratios and the
+time to first token of each path's FIRST call (including any compilation / CUDA-graph capture).
+
+    python bench/generate.py                    # tiny, CPU
+    python bench/generate.py --full             # 7B-shaped, bf16, CUDA
+    python bench/generate.py --full --compile   # + our captured decode step
+    python bench/generate.py --full --quick     # smoke test of --full on CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from medmax_cli.generate.cfg import generate_images  # noqa: E402
+from medmax_cli.generate.decode import Runner, generate_text  # noqa: E402
+from medmax_cli.generate.processors import TextMasks  # noqa: E402
+from medmax_cli.text.vocab import ChameleonVocab  # noqa: E402
+
+FULL_7B = dict(
+    hidden_size=4096,
+    intermediate_size=11008,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+    max_position_embeddings=4096,
+)
+FULL_QUICK = dict(
+    hidden_size=256,
+    intermediate_size=688,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    max_position_embeddings=4096,
+)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def tiny_model(model_dir: str | None):
+    from medmax_cli.generate.prompt import tokens_per_image
+    from medmax_cli.model.load import load_model
+    from medmax_cli.model.tiny import build_tiny_model
+
+    if model_dir is None:
+        model_dir = str(Path(tempfile.mkdtemp(prefix="bench-gen-")) / "model")
+        build_tiny_model(model_dir, seed=0)
+    model = load_model(model_dir)
+    return model, ChameleonVocab.from_model_dir(model_dir), tokens_per_image(model_dir)
+
+
+def random_model(sizes: dict, device: torch.device, dtype: torch.dtype):
+    """A random Chameleon with the real vocabulary layout and the given sizes (no weights on disk)."""
+    from transformers import ChameleonConfig, ChameleonForConditionalGeneration
+
+    from medmax_cli.model.tiny import N_CODES, layout_names
+
+    names = layout_names([f"t{i}" for i in range(4096)])
+    vocab_map = {n: i for i, n in enumerate(names)}
+    config = ChameleonConfig(
+        vocab_size=len(names),
+        bos_token_id=0,
+        eos_token_id=2,
+        pad_token_id=1,
+        vocabulary_map=vocab_map,
+        **sizes,
+    )
+    config.vq_config.num_embeddings = N_CODES
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = ChameleonForConditionalGeneration(config).to(dtype).eval()
+    return model, ChameleonVocab.from_vocabulary_map(vocab_map, len(names))
+
+
+def prompt_batch(vocab: ChameleonVocab, batch: int, length: int) -> list[list[int]]:
+    text_ids = torch.nonzero(torch.from_numpy(vocab.text_token_mask.copy())).flatten()
+    g = torch.Generator().manual_seed(0)
+    return [
+        [vocab.bos, *text_ids[torch.randint(10, len(text_ids), (length - 1,), generator=g)].tolist()]
+        for _ in range(batch)
+    ]
+
+
+def bench_stock(model, prompts, new_tokens, repeats, cache_implementation=None):
+    """Greedy `model.generate`, EOS ignored (min_new_tokens) so every call makes `new_tokens`."""
+    dev = model.device
+    ids = torch.tensor(prompts, device=dev)
+    kw = dict(do_sample=False, pad_token_id=1, attention_mask=torch.ones_like(ids))
+    if cache_implementation:
+        kw["cache_implementation"] = cache_implementation
+    sync(dev)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        model.generate(ids, max_new_tokens=1, **kw)
+    sync(dev)
+    ttft = time.perf_counter() - t0
+    rates = []
+    for _ in range(repeats):
+        sync(dev)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kw)
+        sync(dev)
+        assert out.shape[1] - ids.shape[1] == new_tokens
+        rates.append(len(prompts) * new_tokens / (time.perf_counter() - t0))
+    return statistics.median(rates), ttft
+
+
+def bench_ours(runner, masks, prompts, new_tokens, repeats):
+    """Our loop, greedy, no repetition penalty, EOS ignored (same work as the stock call)."""
+    dev = runner.device
+    masks = dataclasses.replace(masks, eos=-1)  # never stop early
+    seeds = torch.zeros(len(prompts), dtype=torch.long, device=dev)
+
+    def run(n):
+        return generate_text(
+            runner, prompts, budgets=[n] * len(prompts), masks=masks, seeds=seeds, repetition_penalty=1.0
+        )
+
+    sync(dev)
+    t0 = time.perf_counter()
+    run(1)
+    sync(dev)
+    ttft = time.perf_counter() - t0
+    rates = []
+    for _ in range(repeats):
+        sync(dev)
+        t0 = time.perf_counter()
+        out = run(new_tokens)
+        sync(dev)
+        assert all(len(r.tokens) == new_tokens for r in out)
+        rates.append(len(prompts) * new_tokens / (time.perf_counter() - t0))
+    return statistics.median(rates), ttft
+
+
+def bench_image(runner, vocab, prompt, tpi, repeats):
+    dev = runner.device
+    code_ids = torch.from_numpy(vocab.image_code_to_id.copy()).to(dev)
+    times = []
+    for _ in range(repeats):
+        sync(dev)
+        t0 = time.perf_counter()
+        codes = generate_images(
+            runner,
+            [prompt],
+            code_ids=code_ids,
+            tokens_per_image=tpi,
+            bos=vocab.bos,
+            boi=vocab.boi,
+            eoi=vocab.eoi,
+            pad=vocab.pad,
+            seeds=torch.zeros(1, device=dev),
+        )
+        sync(dev)
+        times.append(time.perf_counter() - t0)
+        assert codes.shape == (1, tpi)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--full", action="store_true", help="random 7B-shaped model, bf16, on CUDA")
+    ap.add_argument("--quick", action="store_true", help="small sizes (with --full: a reduced config)")
+    ap.add_argument("--model", help="tiny mode: an existing model directory instead of building one")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--prompt-len", type=int, default=32)
+    ap.add_argument("--new-tokens", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--compile", action="store_true", help="our decode step via torch.compile (CUDA)")
+    ap.add_argument("--image-tokens", type=int, default=None, help="tokens per image for the CFG timing")
+    ap.add_argument("--json", action="store_true", help="also print the results as one JSON line")
+    args = ap.parse_args()
+
+    torch.set_grad_enabled(False)
+    if args.full:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        sizes = FULL_QUICK if args.quick else FULL_7B
+        model, vocab = random_model(sizes, device, dtype)
+        tpi = args.image_tokens or (64 if args.quick else 1024)
+        new_tokens = args.new_tokens or (32 if args.quick else 256)
+    else:
+        device, dtype = torch.device("cpu"), torch.float32
+        model, vocab, tpi = tiny_model(args.model)
+        new_tokens = args.new_tokens or (16 if args.quick else 64)
+    context = model.config.max_position_embeddings
+    runner = Runner(model, compile=args.compile)
+    masks = TextMasks.build(
+        vocab,
+        vocab_size=runner.head_weight.shape[0],
+        context=context,
+        tokens_per_image=tpi,
+        device=runner.device,
+    )
+    prompts = prompt_batch(vocab, args.batch, args.prompt_len)
+    repeats = 1 if args.quick else args.repeats
+    label = "7B-shaped" if args.full and not args.quick else ("reduced full config" if args.full else "tiny")
+    print(
+        f"# generate bench: {label} model, {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'})"
+        f", {dtype}, batch {args.batch}, prompt {args.prompt_len}, {new_tokens} new tokens, median of {repeats}"
+    )
+
+    results = {}
+    results["stock default cache"] = bench_stock(model, prompts, new_tokens, repeats)
+    results["stock static cache"] = bench_stock(model, prompts, new_tokens, repeats, "static")
+    results["ours" + (" (compiled step)" if args.compile else "")] = bench_ours(
+        runner, masks, prompts, new_tokens, repeats
+    )
+    ours_rate = list(results.values())[-1][0]
+    for name, (rate, ttft) in results.items():
+        print(
+            f"{name:28s} {rate:10.1f} tokens/s   first token {ttft * 1000:9.1f} ms   "
+            f"ours/this {ours_rate / rate:5.2f}x"
+        )
+    out = {k: {"tokens_per_s": round(r, 2), "ttft_s": round(t, 4)} for k, (r, t) in results.items()}
+    if args.full:
+        seconds = bench_image(runner, vocab, prompts[0], tpi, repeats)
+        print(
+            f"one image, {tpi} tokens, three-row CFG: {seconds:.2f} s ({tpi / seconds:.1f} tokens/s per image)"
+        )
+        out["image_cfg"] = {"tokens": tpi, "seconds": round(seconds, 3)}
+    if args.json:
+        print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
