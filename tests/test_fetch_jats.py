@@ -188,3 +188,15 @@ def test_synced_cloud_folder_metadata_overrides_the_xml(tmp_path, media):
     records = list(fetch_jats([tmp_path], media=media, policy=ErrorPolicy("fail", stage="fetch")))
     assert [r["id"] for r in records] == ["PMC100001_3-F1", "PMC100001_3-F2"]
     assert {r["license"] for r in records} == {"cc-by-nc-nd"} and records[0]["article"]["version"] == 3
+
+
+def test_shards_partition_the_inputs(tmp_path, media):
+    root = write_corpus(tmp_path / "in")
+    parts = [
+        [
+            r["id"]
+            for r in fetch_jats([root], media=media, policy=ErrorPolicy("skip", stage="f"), shard=(i, 3))
+        ]
+        for i in range(3)
+    ]
+    assert sorted(sum(parts, [])) == sorted(EXPECTED_GOOD)

@@ -13,9 +13,11 @@ from medmax_cli.cliutil import (
     OutputOpt,
     QuietOpt,
     RejectsOpt,
+    ShardOpt,
     StageIO,
     fail,
 )
+from medmax_cli.streams import parse_shard
 
 LicenseOpt = typer.Option(
     None, "--license", help="Keep only these licences, e.g. cc-by,cc0 (commercial-use subset)."
@@ -57,6 +59,7 @@ def register(app: typer.Typer) -> None:
     def fetch_jats_command(
         paths: list[Path] = typer.Argument(..., help="JATS .xml/.nxml files, folders or .tar.gz packages."),
         license: str = LicenseOpt,
+        shard: str = ShardOpt,
         output: str = OutputOpt,
         fmt: str = FormatOpt,
         on_error: str = OnErrorOpt,
@@ -67,6 +70,10 @@ def register(app: typer.Typer) -> None:
         from medmax_cli.fetch.figures import parse_licenses
         from medmax_cli.fetch.local import fetch_jats
 
+        try:
+            shard_spec = parse_shard(shard)
+        except ValueError as exc:
+            raise fail(str(exc)) from None
         missing = [str(p) for p in paths if not p.exists()]
         if missing:
             raise fail(f"no such file or folder: {', '.join(missing)}")
@@ -81,7 +88,13 @@ def register(app: typer.Typer) -> None:
             quiet=quiet,
         ) as io:
             io.write_all(
-                fetch_jats(paths, media=io.media, policy=io.policy, licenses=parse_licenses(license))
+                fetch_jats(
+                    paths,
+                    media=io.media,
+                    policy=io.policy,
+                    licenses=parse_licenses(license),
+                    shard=shard_spec,
+                )
             )
 
     @fetch_app.command(
@@ -129,6 +142,7 @@ def register(app: typer.Typer) -> None:
         ids: Path = typer.Option(None, "--ids", help="File of PMCIDs, one a line (instead of --query)."),
         max_articles: int = typer.Option(None, "--max", min=1, help="Stop after this many articles."),
         license: str = LicenseOpt,
+        shard: str = ShardOpt,
         state_path: Path = typer.Option(
             None, "--state", help="Resume file: finished articles + search cursor."
         ),
@@ -176,6 +190,12 @@ def register(app: typer.Typer) -> None:
         except (OSError, ValueError) as exc:
             raise fail(f"--ids {ids}: {exc}") from None
         params = {"query": query, "ids": id_list, "license": license, "max": max_articles}
+        if shard is not None:
+            params["shard"] = shard
+        try:
+            shard_spec = parse_shard(shard)
+        except ValueError as exc:
+            raise fail(str(exc)) from None
         try:
             state = FetchState(state_path, params)
         except StateError as exc:
@@ -229,6 +249,7 @@ def register(app: typer.Typer) -> None:
                     cloud_url=cloud_url,
                     licenses=parse_licenses(license),
                     page_size=page_size,
+                    shard=shard_spec,
                     media_workers=media_workers,
                 ):
                     for record in batch.records:

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from medmax_cli.fetch.figures import article_admitted, figure_records
+from medmax_cli.fetch.figures import article_admitted, figure_records, in_shard
 from medmax_cli.fetch.jats import Article, Figure, JatsError, candidate_names, normalise_license, parse_jats
 from medmax_cli.media import MAX_IMAGE_BYTES, MediaError, MediaStore, safe_relative_path
 from medmax_cli.records import RecordError, validate
@@ -68,9 +68,12 @@ def fetch_jats(
     policy: ErrorPolicy,
     licenses: frozenset[str] | None = None,
     source: str = "jats",
+    shard: tuple[int, int] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Figure records from local JATS files, folders and PMC packages."""
+    """Figure records from local JATS files, folders and PMC packages (`shard`: by file name)."""
     for path in expand_inputs(paths):
+        if not in_shard(path.name, shard):
+            continue
         if _is_package(path):
             yield from _package(path, media=media, policy=policy, licenses=licenses, source=source)
         else:

@@ -23,7 +23,7 @@ from typing import Any
 
 from lxml import etree
 
-from medmax_cli.fetch.figures import article_admitted, figure_records, skip
+from medmax_cli.fetch.figures import article_admitted, figure_records, in_shard, skip
 from medmax_cli.fetch.jats import Article, Figure, JatsError, candidate_names, parse_jats
 from medmax_cli.fetch.local import apply_cloud_metadata
 from medmax_cli.fetch.state import FetchState
@@ -254,8 +254,13 @@ def fetch_articles(
     licenses: frozenset[str] | None = None,
     page_size: int = 100,
     media_workers: int = 4,
+    shard: tuple[int, int] | None = None,
 ) -> Iterator[ArticleBatch]:
-    """One batch per article, in discovery order, skipping articles the state marks finished."""
+    """One batch per article, in discovery order, skipping articles the state marks finished.
+
+    With `shard` (i, n) only the articles whose PMCID hashes to shard i are fetched (every shard
+    pages through the same search), so n jobs split one crawl without coordination.
+    """
     budget = None if max_articles is None else max_articles - len(state.done)
 
     def pages() -> Iterator[tuple[str | None, list[str], str | None]]:
@@ -269,7 +274,7 @@ def fetch_articles(
 
     for _page_cursor, page_ids, next_cursor in pages():
         for pmcid in page_ids:
-            if pmcid in state.done:
+            if pmcid in state.done or not in_shard(pmcid, shard):
                 continue
             if budget is not None and budget <= 0:
                 return
