@@ -72,7 +72,7 @@ def pmc():
         fake = PmcFake(server, fake_articles())
         media = "/pmc-oa-opendata/PMC100005.1/a.png"
         server.fault(media, ("status", 429, {"Retry-After": "0"}), ("status", 500), ("reset",), ("truncate",))
-        server.fault("/pmc-oa-opendata/PMC100005.1/b.png", ("slow", 1.2))
+        server.fault("/pmc-oa-opendata/PMC100005.1/b.png", ("slow", 2.5))
         server.fault("/europepmc/webservices/rest/search", ("status", 503))
         yield server, fake
 
@@ -81,7 +81,7 @@ def run_library(fake, media, tmp_path, **kw):
     client = HttpClient(
         rates={},
         default_rate=0,
-        timeout=0.8,
+        timeout=2.0,
         rng=random.Random(0),
         retry=RetryPolicy(attempts=6, backoff_base=0.001, backoff_max=0.01),
     )
@@ -163,7 +163,7 @@ def _command(fake, tmp_path, name, env, *extra):
         "--pmc-cloud-url",
         fake.cloud,
         "--timeout",
-        "0.8",
+        "2.0",
         "--backoff-base",
         "0.001",
         "--on-error",

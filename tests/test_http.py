@@ -69,8 +69,8 @@ def test_retry_after_http_date():
 
 def test_reset_truncated_and_slow_responses_are_retried(server):
     server.route("/b", b"x" * 5000)
-    server.fault("/b", ("reset",), ("truncate",), ("slow", 0.6))
-    with make_client(timeout=0.3) as client:
+    server.fault("/b", ("reset",), ("truncate",), ("slow", 1.5))
+    with make_client(timeout=1.0) as client:
         assert client.get_bytes(f"{server.base}/b") == b"x" * 5000
         assert client.retries == 3
     assert server.hits("/b") == 4
