@@ -33,24 +33,25 @@ _HISTOPATHOLOGY = (
     r"nuclei|nuclear|lymphocyt\w*|cribriform|follic\w*|carcinoma in situ|dysplas\w*|"
     r"quilt|pathvqa|path_vqa|pathmmu|path_mmu|whole-slide|whole slide"
 )
-_PATTERNS = {
-    "radiology": re.compile(rf"(?<![\w-])(?:{_RADIOLOGY})(?![\w-])", re.IGNORECASE),
-    "histopathology": re.compile(rf"(?<![\w&-])(?:{_HISTOPATHOLOGY})(?![\w-])", re.IGNORECASE),
-}
+# One pass over the text: each match says which domain's group it came from.
+_PATTERN = re.compile(
+    rf"(?<![\w&-])(?:(?P<radiology>{_RADIOLOGY})|(?P<histopathology>{_HISTOPATHOLOGY}))(?![\w-])",
+    re.IGNORECASE,
+)
 
 
 def classify_text(text: str) -> str:
     """The domain of a piece of text by the keyword rule above."""
-    best = "other"
-    best_key: tuple[int, int] = (0, 0)  # (hits, -first position): more hits, then earlier, wins
-    for domain, pattern in _PATTERNS.items():
-        matches = list(pattern.finditer(text))
-        if not matches:
-            continue
-        key = (len(matches), -matches[0].start())
-        if key > best_key:
-            best, best_key = domain, key
-    return best
+    hits = {"radiology": 0, "histopathology": 0}
+    first: dict[str, int] = {}
+    for match in _PATTERN.finditer(text):
+        domain = match.lastgroup or "other"
+        hits[domain] += 1
+        first.setdefault(domain, match.start())
+    if not any(hits.values()):
+        return "other"
+    # more hits win; on a tie the domain whose keyword comes first
+    return max(hits, key=lambda d: (hits[d], -first.get(d, len(text))))
 
 
 def domain_of(record: Mapping[str, Any], *texts: str) -> str:

@@ -8,25 +8,28 @@ such as "see text" ("caption placeholder").
 
 from __future__ import annotations
 
-from medmax_cli.synthesize.textutil import normalise, word_count
+from functools import lru_cache
+
+from medmax_cli.synthesize.textutil import normalise
 
 PLACEHOLDERS = frozenset({"see text", "no caption", "caption", "image", "figure", "untitled", "n a", "none"})
 MIN_LETTER_FRACTION = 0.5
 
 
+@lru_cache(maxsize=4096)  # three builders ask about the same caption of a figure
 def caption_problem(caption: str | None, *, min_words: int, max_words: int) -> str | None:
     """None for a usable caption, else a reason "bucket: detail"."""
     if not caption or not caption.strip():
         return "caption missing"
-    words = word_count(caption)
-    if normalise(caption) in PLACEHOLDERS:
+    words = len(caption.split())
+    if words <= 3 and normalise(caption) in PLACEHOLDERS:
         return f"caption placeholder: {caption.strip()[:40]!r}"
     if words < min_words:
         return f"caption too short: {words} words < {min_words}"
     if words > max_words:
         return f"caption too long: {words} words > {max_words}"
-    visible = [c for c in caption if not c.isspace()]
-    letters = sum(c.isalpha() for c in visible)
-    if letters < MIN_LETTER_FRACTION * len(visible):
-        return f"caption not prose: {letters} of {len(visible)} characters are letters"
+    visible = len("".join(caption.split()))
+    letters = sum(map(str.isalpha, caption))
+    if letters < MIN_LETTER_FRACTION * visible:
+        return f"caption not prose: {letters} of {visible} characters are letters"
     return None

@@ -138,6 +138,7 @@ def synthesize(
     seed: int = 0,
     client: ChatClient | None = None,
     media: MediaStore | None = None,
+    hasher: ImageHasher | None = None,
     exclude: EvalIndex | None = None,
     dedup: bool = True,
     near_dup_bits: int | None = 4,
@@ -148,7 +149,8 @@ def synthesize(
 ) -> Iterator[dict[str, Any]]:
     """Task instances from source records (see the module doc for the order of the steps).
 
-    `near_dup_bits` None turns the near-duplicate filter off; `exclude` comes from `load_exclude`.
+    `near_dup_bits` None turns the near-duplicate filter off; `exclude` comes from `load_exclude`;
+    `hasher` (default: one reading `media`) computes the image hashes and caches them by sha256.
     """
     policy = policy or ErrorPolicy()
     report = policy.report
@@ -157,7 +159,7 @@ def synthesize(
         raise ValueError(f"unknown task(s) {unknown}; choose among {', '.join(TASKS)}")
     ctx = BuildContext(seed=seed, min_caption_words=min_caption_words, max_caption_words=max_caption_words)
     exact = ExactDedup() if dedup else None
-    near = NearDupFilter(ImageHasher(media), near_dup_bits) if near_dup_bits is not None else None
+    near = NearDupFilter(hasher or ImageHasher(media), near_dup_bits) if near_dup_bits is not None else None
 
     def work(record: dict[str, Any]) -> tuple[dict[str, Any], list[Output] | None, Exception | None]:
         try:

@@ -11,7 +11,6 @@ from typing import TypeVar
 T = TypeVar("T")
 
 _NON_WORD = re.compile(r"[^0-9a-z]+")
-_SPACES = re.compile(r"\s+")
 
 
 def normalise(text: str) -> str:
@@ -23,7 +22,7 @@ def normalise(text: str) -> str:
 
 def clean(text: str) -> str:
     """Whitespace-collapsed text for output (keeps case and punctuation)."""
-    return _SPACES.sub(" ", text).strip()
+    return " ".join(text.split())
 
 
 def seeded_index(seed: int, *parts: object, n: int) -> int:

@@ -1,0 +1,248 @@
+"""synthesize: builders + filters on synthetic records, naive near-duplicate search vs ours.
+
+    python bench/synthesize.py [--records 50000] [--repeats 3] [--quick]
+
+Three measurements, each the median of `--repeats` runs in this process:
+1. the whole stage (captioning, image_generation, interleaved, vqa, report_understanding builders,
+   exact dedup, near-duplicate filter, decontamination against an eval set) in instances/s, with the
+   naive near-duplicate search (numpy brute force over every kept hash: O(n^2)) vs our banded index;
+   both must keep exactly the same instances;
+2. the near-duplicate search alone (hashes/s);
+3. pHash speed (images/s) on real 256x256 images, the one-off cost per distinct image.
+pHashes of the synthetic records are planted in the hasher's cache (5% near copies within 1-2
+bits), so 1 and 2 time the builders and filters, not image decoding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+import medmax_cli.synthesize.decontaminate as decontaminate_mod
+import medmax_cli.synthesize.filters as filters_mod
+from medmax_cli.streams import ErrorPolicy
+from medmax_cli.synthesize import synthesize
+from medmax_cli.synthesize.decontaminate import EvalIndex
+from medmax_cli.synthesize.imagehash import ImageHasher, NearDupIndex, phash
+
+TASKS = ("captioning", "image_generation", "interleaved", "vqa", "report_understanding")
+BITS = 4
+
+
+class NaiveNearDupIndex:
+    """The baseline: compare a new hash with every stored one (numpy-vectorised, still O(n) a query)."""
+
+    def __init__(self, threshold: int):
+        self.threshold = threshold
+        self._hashes = np.zeros(1024, dtype=np.uint64)
+        self._values: list[Any] = []
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def add(self, value_hash: int, value: Any) -> None:
+        n = len(self._values)
+        if n == len(self._hashes):
+            self._hashes = np.concatenate([self._hashes, np.zeros(n, dtype=np.uint64)])
+        self._hashes[n] = value_hash
+        self._values.append(value)
+
+    def nearest(self, value_hash: int) -> tuple[Any, int] | None:
+        n = len(self._values)
+        if n == 0:
+            return None
+        distances = np.bitwise_count(self._hashes[:n] ^ np.uint64(value_hash))
+        best = int(np.argmin(distances))
+        return (self._values[best], int(distances[best])) if distances[best] <= self.threshold else None
+
+
+def sha(i: int) -> str:
+    return hashlib.sha256(f"image-{i}".encode()).hexdigest()
+
+
+def make_records(n: int, seed: int = 0) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """n source records (60% figures, 30% qa, 10% reports) and the planted pHash of each image."""
+    rng = np.random.default_rng(seed)
+    hashes: dict[str, int] = {}
+    records = []
+    for i in range(n):
+        digest = sha(i)
+        if i > 100 and rng.random() < 0.05:  # a near copy of an earlier image
+            other = hashes[sha(int(rng.integers(0, i)))]
+            hashes[digest] = other ^ (1 << int(rng.integers(0, 64))) ^ (1 << int(rng.integers(0, 64)))
+        else:
+            hashes[digest] = int(rng.integers(0, 2**63)) << 1 | int(rng.integers(0, 2))
+        image = {"sha256": digest, "path": f"{digest[:2]}/{digest}.png", "width": 512, "height": 512}
+        base = {
+            "id": f"R{i}",
+            "source": "bench",
+            "license": "cc-by",
+            "credential": False,
+            "images": [image],
+            "meta": {},
+        }
+        kind = i % 10
+        if kind < 6:
+            paragraph = (
+                f"Patients were scanned at {i % 7} sites. The lesion measured {i % 40} mm on the "
+                f"axial CT (Figure {i % 5 + 1}). Follow-up showed no progression."
+            )
+            anchor = f"Figure {i % 5 + 1}"
+            start = paragraph.index(anchor)
+            records.append(
+                {
+                    **base,
+                    "kind": "figure",
+                    "label": anchor,
+                    "figure_id": "F1",
+                    "caption": f"Axial CT of case {i}: a {i % 40} mm hypodense lesion in segment IV.",
+                    "mentions": [
+                        {
+                            "section": "Results",
+                            "paragraph": paragraph,
+                            "anchor": anchor,
+                            "sentence": paragraph.split(". ")[1] + ".",
+                            "start": start,
+                            "end": start + len(anchor),
+                        }
+                    ],
+                    "article": {"pmcid": f"PMC{i}", "title": "A bench article"},
+                }
+            )
+        elif kind < 9:
+            records.append(
+                {
+                    **base,
+                    "kind": "qa",
+                    "question": f"Is there a lesion in segment {i % 8} (case {i})?",
+                    "answer": "yes" if i % 2 else "no",
+                    "question_type": "closed",
+                }
+            )
+        else:
+            records.append(
+                {**base, "kind": "report", "report": f"Case {i}. No acute cardiopulmonary process."}
+            )
+    return records, hashes
+
+
+def run_stage(records, hashes, eval_hashes, index_class) -> tuple[float, list[str]]:
+    filters_mod.NearDupIndex = index_class  # the filter and the eval index build their index from these
+    decontaminate_mod.NearDupIndex = index_class
+    hasher = ImageHasher(None)
+    hasher._cache.update({s: (s, h) for s, h in hashes.items()})
+    eval_hasher = ImageHasher(None)
+    eval_records = []
+    for j, h in enumerate(eval_hashes):
+        s = hashlib.sha256(f"eval-{j}".encode()).hexdigest()
+        eval_hasher._cache[s] = (s, h)
+        eval_records.append(
+            {
+                "id": f"E{j}",
+                "kind": "qa",
+                "question": f"eval question {j}?",
+                "images": [{"sha256": s, "path": f"{s[:2]}/{s}.png"}],
+            }
+        )
+    start = time.perf_counter()
+    index = EvalIndex(eval_hasher, BITS).add_records(eval_records)
+    stage = synthesize(
+        records, policy=ErrorPolicy("skip"), tasks=TASKS, hasher=hasher, exclude=index, near_dup_bits=BITS
+    )
+    ids = [x["id"] for x in stage]
+    return time.perf_counter() - start, ids
+
+
+def median_time(fn, repeats: int) -> tuple[float, Any]:
+    times, result = [], None
+    for _ in range(repeats):
+        elapsed, result = fn()
+        times.append(elapsed)
+    return statistics.median(times), result
+
+
+def bench_index(hashes: list[int], index_class, repeats: int) -> tuple[float, list]:
+    def once():
+        index = index_class(BITS)
+        start = time.perf_counter()
+        found = []
+        for i, h in enumerate(hashes):
+            hit = index.nearest(h)
+            found.append(hit[0] if hit else None)
+            if hit is None:
+                index.add(h, i)
+        return time.perf_counter() - start, found
+
+    return median_time(once, repeats)
+
+
+def bench_phash(n: int, repeats: int) -> float:
+    rng = np.random.default_rng(1)
+    images = [
+        Image.fromarray((rng.random((16, 16)) * 255).astype(np.uint8), "L").resize((256, 256))
+        for _ in range(n)
+    ]
+
+    def once():
+        start = time.perf_counter()
+        for image in images:
+            phash(image)
+        return time.perf_counter() - start, None
+
+    return n / median_time(once, repeats)[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--records", type=int, default=50_000)
+    parser.add_argument("--eval", type=int, default=5_000, help="eval items to decontaminate against")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="5,000 records, 1 repeat")
+    args = parser.parse_args()
+    if args.quick:
+        args.records, args.eval, args.repeats = 5_000, 500, 1
+    records, hashes = make_records(args.records)
+    rng = np.random.default_rng(2)
+    eval_hashes = [int(x) for x in rng.integers(0, 2**63, args.eval)]
+    eval_hashes[:50] = list(hashes.values())[:50]  # 50 planted eval images
+
+    print(
+        f"synthesize bench: {args.records} records, {args.eval} eval items, near-dup threshold {BITS} bits, "
+        f"median of {args.repeats}"
+    )
+    t_naive, ids_naive = median_time(
+        lambda: run_stage(records, hashes, eval_hashes, NaiveNearDupIndex), args.repeats
+    )
+    t_ours, ids_ours = median_time(
+        lambda: run_stage(records, hashes, eval_hashes, NearDupIndex), args.repeats
+    )
+    assert ids_naive == ids_ours, "naive and banded near-duplicate search disagree"
+    n_out = len(ids_ours)
+    print(
+        f"  stage (builders + filters): naive {n_out / t_naive:10,.0f} instances/s   ours "
+        f"{n_out / t_ours:10,.0f} instances/s   ratio {t_naive / t_ours:5.1f}x   ({n_out} instances kept)"
+    )
+
+    values = list(hashes.values())
+    tn, found_naive = bench_index(values, NaiveNearDupIndex, args.repeats)
+    to, found_ours = bench_index(values, NearDupIndex, args.repeats)
+    assert [f is None for f in found_naive] == [f is None for f in found_ours]
+    print(
+        f"  near-dup search alone:      naive {len(values) / tn:10,.0f} hashes/s      ours "
+        f"{len(values) / to:10,.0f} hashes/s      ratio {tn / to:5.1f}x"
+    )
+    print(
+        f"  pHash (256x256 greyscale):  {bench_phash(200 if args.quick else 1000, args.repeats):,.0f} images/s"
+    )
+
+
+if __name__ == "__main__":
+    main()
