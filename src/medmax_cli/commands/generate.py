@@ -68,7 +68,14 @@ def register(app: typer.Typer) -> None:
             "auto", "--dtype", help="auto (bf16 on cuda, fp32 on cpu) | float32 | bfloat16."
         ),
         compile: bool = typer.Option(
-            False, "--compile", help="CUDA: compile/capture the one-token decode step."
+            False, "--compile", help="CUDA: capture the one-token decode step (graphs)."
+        ),
+        task: list[str] = typer.Option(None, "--task", help="Only instances of this task (repeatable)."),
+        limit: int = typer.Option(
+            None, "--limit", help="At most N instances per task (first N in input order)."
+        ),
+        encode_images: bool = typer.Option(
+            True, "--encode-images/--no-encode-images", help="VQ-encode prompt images that lack tokens."
         ),
         fmt: str = FormatOpt,
         on_error: str = OnErrorOpt,
@@ -99,10 +106,17 @@ def register(app: typer.Typer) -> None:
             raise fail(str(exc)) from None
         if dtype not in ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"):
             raise fail(f"--dtype must be auto, float32, bfloat16 or float16; got {dtype!r}")
+        if limit is not None and limit < 1:
+            raise fail("--limit must be at least 1")
         if no_merge and adapter is None:
             raise fail("--no-merge needs --adapter")
 
-        from medmax_cli.generate.stage import generate_stage, resolve_adapter_dir, setup_engine
+        from medmax_cli.generate.stage import (
+            generate_stage,
+            resolve_adapter_dir,
+            select_records,
+            setup_engine,
+        )
         from medmax_cli.model.load import ModelDirError
         from medmax_cli.model.resolve import resolve_model_dir
 
@@ -132,4 +146,16 @@ def register(app: typer.Typer) -> None:
                 compile=compile,
                 media=io.media,
             )
-            io.write_all(generate_stage(io.records, engine=engine, config=config, policy=io.policy))
+            records = select_records(io.records, tasks=task, limit=limit, report=io.report)
+            if encode_images:
+                records = _with_tokens(records, model_dir, io, str(engine.runner.device))
+            io.write_all(generate_stage(records, engine=engine, config=config, policy=io.policy))
+
+
+def _with_tokens(records, model_dir, io, device):
+    """Chain tokenize-images in front, so prompt images without VQ tokens get them (when installed)."""
+    try:
+        from medmax_cli.vision.tokenize import tokenize_images
+    except ImportError:
+        return records  # generate rejects such records with a reason
+    return tokenize_images(records, model_dir=model_dir, media=io.media, policy=io.policy, device=device)

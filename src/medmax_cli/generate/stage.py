@@ -249,6 +249,27 @@ def _batches(records: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict
         yield batch
 
 
+def select_records(
+    records: Iterable[dict[str, Any]],
+    *,
+    tasks: Iterable[str] | None = None,
+    limit: int | None = None,
+    report: Any = None,
+) -> Iterator[dict[str, Any]]:
+    """Only instances of `tasks` (all when None), at most `limit` per task (MedMax's image-generation
+    evaluation takes the first 100 prompts per source). Left-out records are counted, not rejected."""
+    wanted = set(tasks) if tasks else None
+    seen: dict[str, int] = {}
+    for record in records:
+        task = str(record.get("task"))
+        if (wanted is not None and task not in wanted) or (limit is not None and seen.get(task, 0) >= limit):
+            if report is not None:
+                report.count("left out")
+            continue
+        seen[task] = seen.get(task, 0) + 1
+        yield record
+
+
 def generate_stage(
     records: Iterable[dict[str, Any]],
     *,

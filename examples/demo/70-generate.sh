@@ -1,0 +1,26 @@
+# Generation with the fine-tuned tiny model (the base model when finetune left no adapter):
+# answers for the VQA eval instances (MedMax's evaluation decoding: greedy, repetition penalty 1.2,
+# a few tokens), then one caption and one image (three-row CFG, stored as PNG) from the training set.
+GEN_ADAPTER=()
+if [ -f "$DEMO/run/adapter/adapter_config.json" ]; then
+  GEN_ADAPTER=(--adapter "$DEMO/run")
+else
+  echo "70-generate: no adapter in $DEMO/run/adapter: generating with the base model" >&2
+fi
+# Prompt images without VQ tokens are encoded on the way in (tokenize-images is chained inside).
+medmax generate "$DEMO/eval-instances.jsonl" "${GEN_ADAPTER[@]}" --mode text --max-new-tokens 8 \
+  -o "$DEMO/predictions.jsonl"
+GEN_SOURCE="$DEMO/instances.tok.jsonl"
+[ -f "$GEN_SOURCE" ] || GEN_SOURCE="$DEMO/instances.jsonl"
+medmax generate "$GEN_SOURCE" "${GEN_ADAPTER[@]}" --task captioning --task image_generation --limit 1 \
+  --max-new-tokens 24 --seed 0 -o "$DEMO/generated.jsonl"
+python - "$DEMO/generated.jsonl" "$MEDMAX_MEDIA" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    rec = json.loads(line)
+    for part in rec["prediction"]:
+        if "text" in part:
+            print(f"{rec['task']} {rec['id']}: {part['text']!r}")
+        else:
+            print(f"{rec['task']} {rec['id']}: image {sys.argv[2]}/{rec['images'][part['image']]['path']}")
+PY
