@@ -9,6 +9,7 @@ travel inline and land in the media store on the way in.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import os
 import tarfile
@@ -422,12 +423,16 @@ def parse_shard(spec: str | None) -> tuple[int, int] | None:
     return index, count
 
 
-def in_shard(record_id: str, shard: tuple[int, int] | None) -> bool:
-    """Stable assignment of a record to one of n shards by a hash of its id."""
+def in_shard(key: str, shard: tuple[int, int] | None) -> bool:
+    """Stable assignment of a record id (or file name, PMCID) to shard i of n.
+
+    blake2b rather than crc32: keys that differ only in their last digits (PMC9000001,
+    PMC9000002, ...) land unevenly under crc32 modulo a small n.
+    """
     if shard is None:
         return True
     index, count = shard
-    return zlib.crc32(record_id.encode()) % count == index
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") % count == index
 
 
 def select_shard(

@@ -7,7 +7,6 @@ is decided here once.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -37,18 +36,6 @@ def skip(
         entry = {"stage": policy.stage, "where": where, "record_id": record_id, "reason": reason, "raw": raw}
         policy.rejects.write(orjson.dumps(entry, default=str) + b"\n")
         policy.rejects.flush()
-
-
-def in_shard(key: str, shard: tuple[int, int] | None) -> bool:
-    """Stable assignment of an input (file name, PMCID) to shard i of n.
-
-    blake2b rather than crc32: names that differ only in their last digits (PMC9000001.xml,
-    PMC9000002.xml, ...) land unevenly under crc32 modulo a small n.
-    """
-    if shard is None:
-        return True
-    index, count = shard
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") % count == index
 
 
 def parse_licenses(spec: str | None) -> frozenset[str] | None:

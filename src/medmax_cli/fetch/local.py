@@ -15,11 +15,11 @@ from typing import Any
 
 import orjson
 
-from medmax_cli.fetch.figures import article_admitted, figure_records, in_shard
+from medmax_cli.fetch.figures import article_admitted, figure_records
 from medmax_cli.fetch.jats import Article, Figure, JatsError, candidate_names, normalise_license, parse_jats
 from medmax_cli.media import MAX_IMAGE_BYTES, MediaError, MediaStore, safe_relative_path
 from medmax_cli.records import RecordError, validate
-from medmax_cli.streams import ErrorPolicy, read_records
+from medmax_cli.streams import ErrorPolicy, in_shard, read_records
 
 XML_SUFFIXES = (".xml", ".nxml")
 PACKAGE_SUFFIXES = (".tar.gz", ".tgz")

@@ -23,14 +23,14 @@ from typing import Any
 
 from lxml import etree
 
-from medmax_cli.fetch.figures import article_admitted, figure_records, in_shard, skip
+from medmax_cli.fetch.figures import article_admitted, figure_records, skip
 from medmax_cli.fetch.jats import Article, Figure, JatsError, candidate_names, parse_jats
 from medmax_cli.fetch.local import apply_cloud_metadata
 from medmax_cli.fetch.state import FetchState
 from medmax_cli.http import HttpClient, HttpError, Outcome, bounded_map
 from medmax_cli.media import MediaError, MediaStore
 from medmax_cli.records import RecordError
-from medmax_cli.streams import ErrorPolicy
+from medmax_cli.streams import ErrorPolicy, in_shard
 
 log = logging.getLogger(__name__)
 
