@@ -96,6 +96,7 @@ def register(app: typer.Typer) -> None:
             rejects=rejects,
             media_dir=media_dir,
             quiet=quiet,
+            validate_input=False,  # the stage checks the fields it reads (id, prediction, answer)
         ) as io:
             scorer, judge_cache_obj = _scorer(
                 rules, judge_url, judge_model, judge_cache, judge_retries, clip_model, io.media

@@ -121,14 +121,23 @@ def _last_text(record: Mapping[str, Any], role: str) -> str:
 
 
 def _output(record: Mapping[str, Any]) -> str | None:
+    """The prediction's text (None: no prediction). Checks the content list, since the command
+    reads records without the full schema check (score validates only the fields it reads)."""
     prediction = record.get("prediction")
     if prediction is None:
         return None
     if isinstance(prediction, str):
         return prediction
-    if isinstance(prediction, list):
-        return text_of(prediction)
-    raise RecordError("field 'prediction' must be a content list")
+    if not isinstance(prediction, list):
+        raise RecordError("field 'prediction' must be a content list")
+    texts = []
+    for part in prediction:
+        text = part.get("text") if type(part) is dict else None
+        if type(text) is str:
+            texts.append(text)
+        elif type(part) is not dict or "image" not in part:
+            raise RecordError("prediction parts must be {'text': str} or {'image': int}")
+    return "".join(texts)
 
 
 def _image_index(content: Any) -> int | None:
@@ -140,7 +149,7 @@ def _image_index(content: Any) -> int | None:
 
 def _cluster(record: Mapping[str, Any]) -> str | None:
     images = record.get("images") or []
-    if images and isinstance(images[0], Mapping):
+    if images and isinstance(images[0], dict):
         return images[0].get("sha256") or images[0].get("path") or images[0].get("url")
     return None
 

@@ -24,7 +24,16 @@ KEEP = ("id", "eval_task", "question_type", "metric", "score", "status", "cluste
 
 def compact(line: Mapping[str, Any]) -> dict[str, Any]:
     """The fields of a scored line the summary needs (kept in memory while streaming)."""
-    return {k: line.get(k) for k in KEEP}
+    get = line.get
+    return {
+        "id": line["id"],
+        "eval_task": line["eval_task"],
+        "question_type": get("question_type"),
+        "metric": get("metric"),
+        "score": line["score"],
+        "status": line["status"],
+        "cluster": get("cluster"),
+    }
 
 
 def _r(x: float | None) -> float | None:

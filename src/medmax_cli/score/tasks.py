@@ -42,7 +42,7 @@ METRIC_OF_TASK = {
 def eval_task_of(record: Mapping[str, Any]) -> str:
     """The summary bucket of a record: meta.eval_task, else its task family."""
     meta = record.get("meta") or {}
-    name = meta.get("eval_task") if isinstance(meta, Mapping) else None
+    name = meta.get("eval_task") if isinstance(meta, dict) else None
     return str(name or record.get("task") or "?")
 
 
