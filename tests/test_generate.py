@@ -389,18 +389,34 @@ def test_adapter_changes_output_and_merged_equals_unmerged(engine, tiny_model_di
 
 
 def test_command_in_a_pipe(tiny_model_dir, tmp_path, adapter_dir):
-    recs = [instance("p1", QUESTIONS[0]), instance("p2", "Draw a liver.", task="image_generation")]
+    from conftest import SAMPLE
+    from medmax_cli.media import MediaStore
+
+    media = MediaStore(tmp_path / "media")
+    figure = media.import_file(SAMPLE / "jats" / "PMC9000001_F1.png")  # no tokens: encoded on the way in
+    recs = [
+        instance("p1", QUESTIONS[0], images=[figure]),
+        instance("p2", "Draw a liver.", task="image_generation"),
+        instance("p3", "Draw a lung.", task="image_generation"),  # left out by --limit 1
+        instance("p4", "Describe.", task="captioning"),  # left out by --task
+    ]
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in recs))
     cmd = (
         f"{sys.executable} -m medmax_cli generate --model {tiny_model_dir} --adapter {adapter_dir} "
-        f"--max-new-tokens 4 --batch-size 2 --media-dir {tmp_path}/media -q {src} "
-        f"| {sys.executable} -m medmax_cli validate --media-dir {tmp_path}/media --json"
+        f"--max-new-tokens 4 --batch-size 2 --task vqa --task image_generation --limit 1 "
+        f"--media-dir {media.root} -q {src} | tee {tmp_path}/out.jsonl "
+        f"| {sys.executable} -m medmax_cli validate --media-dir {media.root} --json"
     )
     res = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, timeout=300)
     assert res.returncode == 0, res.stderr.decode()
     summary = json.loads(res.stdout)
     assert summary["records"] == 2 and summary["invalid"] == 0 and summary["kinds"] == {"prediction": 2}
+    outs = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [o["id"] for o in outs] == ["p1", "p2"]
+    assert len(outs[0]["images"][0]["tokens"]) == outs[0]["generation"]["settings"]["tokens_per_image"]
+    assert outs[1]["generation"]["settings"]["adapter"].endswith("adapter")
+    assert media.path_of(outs[1]["images"][-1]).is_file()
     # a bad flag combination exits 2 before reading input
     bad = subprocess.run(
         [sys.executable, "-m", "medmax_cli", "generate", "--no-merge"], capture_output=True, timeout=120

@@ -94,7 +94,15 @@ def setup_engine(
     device = default_device(device)
     dtype = default_dtype(dtype, device)
     if model is None:
-        model = load_model(model_dir, dtype=dtype, device=device)
+        from transformers.utils import logging as hf_logging
+
+        was_enabled = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # one progress line per weight file is noise on a pipe's stderr
+        try:
+            model = load_model(model_dir, dtype=dtype, device=device)
+        finally:
+            if was_enabled:
+                hf_logging.enable_progress_bar()
     adapter_dir = None
     if adapter is not None:
         from peft import PeftModel
