@@ -33,17 +33,21 @@ def shift_targets(labels: torch.Tensor, document_ids: torch.Tensor | None = None
     return targets
 
 
-def _chunk_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = (hidden @ weight.t()).float()  # [n, V] fp32, only for this chunk
-    return F.cross_entropy(logits, targets, reduction="sum")
+Head = torch.Tensor | torch.nn.Module
+
+
+def _chunk_loss_sum(hidden: torch.Tensor, head: Head, targets: torch.Tensor) -> torch.Tensor:
+    # a module head (lm_head, possibly with a LoRA adapter or FSDP hooks) or a bare [V, H] weight
+    logits = head(hidden) if isinstance(head, torch.nn.Module) else hidden @ head.t()
+    return F.cross_entropy(logits.float(), targets, reduction="sum")  # [n, V] fp32, this chunk only
 
 
 def chunked_cross_entropy(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int = DEFAULT_CHUNK
+    hidden: torch.Tensor, head: Head, targets: torch.Tensor, chunk_size: int = DEFAULT_CHUNK
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum of token cross-entropies of `hidden @ weight.T` against `targets`, chunk by chunk.
+    """Sum of token cross-entropies of `head(hidden)` against `targets`, chunk by chunk.
 
-    hidden [..., H], targets [...] (-100 = ignored), weight [V, H] (the lm_head weight). Returns
+    hidden [..., H], targets [...] (-100 = ignored), head: the lm_head module or its [V, H] weight. Returns
     (loss_sum fp32 scalar, number of supervised tokens). chunk_size <= 0 computes all at once.
     """
     h = hidden.reshape(-1, hidden.shape[-1])  # [N, H]
@@ -54,12 +58,12 @@ def chunked_cross_entropy(
     if t.numel() == 0:
         return hidden.sum() * 0.0, n  # keeps the graph connected (DDP needs every parameter used)
     if chunk_size <= 0 or t.numel() <= chunk_size:
-        return _chunk_loss_sum(h, weight, t), n
+        return _chunk_loss_sum(h, head, t), n
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, t.numel(), chunk_size):
         sl = slice(start, start + chunk_size)
         # recomputed in backward: the chunk's [chunk, V] logits are freed right after its loss
-        total = total + checkpoint(_chunk_loss_sum, h[sl], weight, t[sl], use_reentrant=False)
+        total = total + checkpoint(_chunk_loss_sum, h[sl], head, t[sl], use_reentrant=False)
     return total, n
 
 
@@ -83,7 +87,7 @@ def lm_loss(
     )
     hidden = out.last_hidden_state  # [B, T, H]
     targets = shift_targets(labels, document_ids)
-    return chunked_cross_entropy(hidden, base.lm_head.weight, targets, chunk_size)
+    return chunked_cross_entropy(hidden, base.lm_head, targets, chunk_size)
 
 
 def stock_loss_sum(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -85,7 +85,8 @@ def _export(
         inner.save_pretrained(out, state_dict=state)
         copy_model_extras(model_dir, out)
     else:
-        inner.save_pretrained(out, state_dict=state)
+        # the base embeddings/lm_head are frozen even when lm_head carries a LoRA: never copy them
+        inner.save_pretrained(out, state_dict=state, save_embedding_layers=False)
 
 
 def save(
