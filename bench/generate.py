@@ -184,7 +184,10 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--compile", action="store_true", help="our decode step via torch.compile (CUDA)")
+    ap.add_argument("--compile", action="store_true", help="our decode step captured as CUDA graphs (CUDA)")
+    ap.add_argument(
+        "--fuse", action="store_true", help="with --compile: torch.compile the step before capture"
+    )
     ap.add_argument("--image-tokens", type=int, default=None, help="tokens per image for the CFG timing")
     ap.add_argument("--json", action="store_true", help="also print the results as one JSON line")
     args = ap.parse_args()
@@ -202,7 +205,7 @@ def main() -> None:
         model, vocab, tpi = tiny_model(args.model)
         new_tokens = args.new_tokens or (16 if args.quick else 64)
     context = model.config.max_position_embeddings
-    runner = Runner(model, compile=args.compile)
+    runner = Runner(model, compile=args.compile, fuse=args.fuse)
     masks = TextMasks.build(
         vocab,
         vocab_size=runner.head_weight.shape[0],
@@ -221,7 +224,7 @@ def main() -> None:
     results = {}
     results["stock default cache"] = bench_stock(model, prompts, new_tokens, repeats)
     results["stock static cache"] = bench_stock(model, prompts, new_tokens, repeats, "static")
-    results["ours" + (" (compiled step)" if args.compile else "")] = bench_ours(
+    results["ours" + (" (captured step)" if args.compile else "")] = bench_ours(
         runner, masks, prompts, new_tokens, repeats
     )
     ours_rate = list(results.values())[-1][0]

@@ -198,8 +198,13 @@ class Runner:
                 out = self._static_fn(static["tokens"], static["pos"], static["slot"], cache)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static["out"] = self._static_fn(static["tokens"], static["pos"], static["slot"], cache)
+            try:
+                with torch.cuda.graph(graph):
+                    static["out"] = self._static_fn(static["tokens"], static["pos"], static["slot"], cache)
+            except RuntimeError as exc:  # e.g. an op that syncs with the host: keep going eagerly
+                log.warning("capturing the decode step failed (%s); continuing without CUDA graphs", exc)
+                self.graphs = False
+                return out
             cache.graph = (graph, static)
             return out
         graph, static = g
