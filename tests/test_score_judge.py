@@ -204,3 +204,25 @@ def test_score_command_with_judge_then_offline(fake_judge, tmp_path, medmax):
 def test_judge_url_needs_a_model(medmax):
     result = medmax("score", "--judge-url", "http://127.0.0.1:9/v1", input=b"", check=False)
     assert result.returncode == 2 and b"--judge-model" in result.stderr
+
+
+def test_threaded_scoring_keeps_order_and_errors(fake_judge, tmp_path):
+    from medmax_cli.records import RecordError
+    from medmax_cli.streams import ErrorPolicy
+
+    items = _items() * 1 + [
+        vqa(f"more{i}", "vqa_rad_open", "liver", ["liver", "kidney"][i % 2]) for i in range(9)
+    ]
+    judge = Judge(openai_chat(fake_judge.url, "j"), model="j", retries=0)
+    serial = list(score_records(items, scorer=Scorer(judge=judge)))
+    threaded = list(score_records(items, scorer=Scorer(judge=judge), workers=4))
+    assert [(x["id"], x["score"], x["status"]) for x in threaded] == [
+        (x["id"], x["score"], x["status"]) for x in serial
+    ]
+    bad = [*items[:3], vqa("nogold", "vqa_rad_closed", "left", "yes"), items[0]]  # bad gold, then a duplicate
+    with pytest.raises(RecordError, match="yes or no"):
+        list(score_records(bad, scorer=Scorer(judge=judge), workers=4))
+    policy = ErrorPolicy("skip")
+    kept = list(score_records(bad, scorer=Scorer(judge=judge), policy=policy, workers=4))
+    assert [x["id"] for x in kept] == ["ok", "wrong", "flaky"]
+    assert sum(policy.report.dropped.values()) == 2

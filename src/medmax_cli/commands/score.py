@@ -58,6 +58,9 @@ def register(app: typer.Typer) -> None:
             None, "--judge-cache", help="Verdict cache dir [default .medmax-cache/judge with a judge]."
         ),
         judge_retries: int = typer.Option(2, "--judge-retries", help="Re-asks for an unparseable verdict."),
+        judge_concurrency: int = typer.Option(
+            4, "--judge-concurrency", help="Judge requests in flight at once."
+        ),
         clip_model: Path = typer.Option(None, "--clip-model", help="Local BiomedCLIP (open_clip) directory."),
         compare: tuple[str, str] = typer.Option(
             None, "--compare", help="Two scored (or prediction) files: B - A with CIs."
@@ -71,6 +74,8 @@ def register(app: typer.Typer) -> None:
 
         if rules not in RULE_SETS:
             raise fail(f"--rules must be one of {', '.join(RULE_SETS)}; got {rules!r}")
+        if judge_concurrency < 1:
+            raise fail("--judge-concurrency must be at least 1")
         if n_boot < 1:
             raise fail("--n-boot must be at least 1")
         if judge_url and not judge_model:
@@ -106,7 +111,13 @@ def register(app: typer.Typer) -> None:
             expected = _read(expect, io.media) if expect else None
             try:
                 for line in score_records(
-                    hasher.wrap(io.records), scorer=scorer, policy=io.policy, expected=expected
+                    hasher.wrap(io.records),
+                    scorer=scorer,
+                    policy=io.policy,
+                    expected=expected,
+                    workers=judge_concurrency
+                    if scorer.judge is not None and scorer.judge.chat is not None
+                    else 1,
                 ):
                     kept.append(summ.compact(line))
                     io.write(line)

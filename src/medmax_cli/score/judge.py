@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +135,7 @@ class VerdictCache:
                     continue  # a line cut by a killed run: that verdict is asked again
                 self._entries[entry["key"]] = entry
         self._handle = open(self.path, "ab")
+        self._lock = threading.Lock()
 
     @staticmethod
     def key(model: str, prompt_version: str, item_id: str, messages: Messages) -> str:
@@ -145,9 +147,10 @@ class VerdictCache:
 
     def put(self, key: str, entry: dict[str, Any]) -> None:
         entry = {"key": key, **entry}
-        self._entries[key] = entry
-        self._handle.write(orjson.dumps(entry) + b"\n")
-        self._handle.flush()
+        with self._lock:  # one writer at a time: judge calls run on a thread pool
+            self._entries[key] = entry
+            self._handle.write(orjson.dumps(entry) + b"\n")
+            self._handle.flush()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -183,6 +186,7 @@ class Judge:
         self.retries = retries
         self.calls = 0
         self.failed = 0
+        self._lock = threading.Lock()
 
     def correctness(self, item_id: str, question: str, gold: str, output: str) -> Verdict:
         messages = open_messages(question, gold, output)
@@ -219,7 +223,8 @@ class Judge:
         conversation = list(messages)
         raw = ""
         for attempt in range(1, self.retries + 2):
-            self.calls += 1
+            with self._lock:
+                self.calls += 1
             raw = self.chat(conversation)
             score = parse(raw)
             if score is not None:
@@ -235,7 +240,8 @@ class Judge:
                 {"role": "assistant", "content": raw},
                 {"role": "user", "content": reminder},
             ]
-        self.failed += 1
+        with self._lock:
+            self.failed += 1
         return Verdict(None, "judge_failed", raw, self.retries + 1, False)
 
 

@@ -80,26 +80,35 @@ def score_records(
     scorer: Scorer,
     policy: ErrorPolicy | None = None,
     expected: Iterable[dict[str, Any]] | None = None,
+    workers: int = 1,
 ) -> Iterator[dict[str, Any]]:
     """Score every prediction; then every `expected` item never seen scores 0 as "missing".
 
     A duplicate id is an error (it would count an item twice), sent through `policy`.
+    With `workers` > 1, items are scored by a thread pool (judge calls in flight at once),
+    in windows, and written in input order.
     """
     policy = policy or ErrorPolicy()
     seen: set[str] = set()
 
-    def one(record: dict[str, Any]) -> list[dict[str, Any]]:
+    def check_id(record: dict[str, Any]) -> list[dict[str, Any]]:
         rid = record.get("id")
         if not isinstance(rid, str) or not rid:
             raise RecordError("prediction has no 'id'")
         if rid in seen:
             raise RecordError(f"duplicate id {rid!r}: each item must be scored once", record_id=rid)
         seen.add(rid)
+        return [record]
+
+    def one(record: dict[str, Any]) -> list[dict[str, Any]]:
         line = score_one(record, scorer)
         policy.report.count(line["status"])
         return [line]
 
-    yield from map_records(records, one, policy)
+    if workers <= 1:
+        yield from map_records(map_records(records, check_id, policy), one, policy)
+    else:
+        yield from _threaded(records, check_id, one, policy, workers)
     for item in expected or ():
         if item.get("id") in seen:
             continue
@@ -108,6 +117,36 @@ def score_records(
         line = score_one(item, scorer)
         policy.report.count("missing")
         yield line
+
+
+def _threaded(
+    records: Iterable[dict[str, Any]], check: Any, fn: Any, policy: ErrorPolicy, workers: int
+) -> Iterator[dict[str, Any]]:
+    """map_records(check) then map_records(fn) on a thread pool: windows of 4 x workers items,
+    results and errors handled in input order (so `fail` stops at the first bad record)."""
+    from concurrent.futures import ThreadPoolExecutor
+    from itertools import islice
+
+    def attempt(step: Any, record: dict[str, Any]) -> list[dict[str, Any]] | Exception:
+        try:
+            return step(record)
+        except (RecordError, MediaError) as exc:
+            return exc
+
+    iterator = iter(records)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="score") as pool:
+        while window := list(islice(iterator, 4 * workers)):
+            checked = [attempt(check, record) for record in window]  # in order: ids are stateful
+            futures = [
+                None if isinstance(c, Exception) else pool.submit(attempt, fn, r)
+                for r, c in zip(window, checked, strict=True)
+            ]
+            for record, c, future in zip(window, checked, futures, strict=True):
+                result = c if future is None else future.result()
+                if isinstance(result, Exception):
+                    policy.reject(result, record)
+                else:
+                    yield from result
 
 
 # --------------------------------------------------------------------------- one item
