@@ -364,7 +364,7 @@ def test_failed_run_leaves_nothing_that_looks_complete(tmp_path, tok, vocab, vq)
         PackedShards(out)
 
 
-def test_killed_process_leaves_no_complete_looking_shard(tmp_path, tiny_model_dir, vq):
+def test_killed_process_leaves_no_complete_looking_shard(tmp_path, tiny_model_dir, tok, vocab, vq):
     """SIGKILL mid-run: finished shards are whole tars, the open one only has a temporary name,
     and there is no manifest; a rerun cleans up."""
     out = tmp_path / "s"
@@ -412,7 +412,7 @@ def test_killed_process_leaves_no_complete_looking_shard(tmp_path, tiny_model_di
         assert len(names) == 8 and names == sorted(names)  # 2 whole rows of 4 members
     leftovers = [p.name for p in out.iterdir() if p not in finished]
     assert all(n.startswith(".shard-") and n.endswith(".tmp") for n in leftovers)
-    subprocess.run(cmd, input=lines, check=True, capture_output=True, timeout=120)
+    _pack(_corpus(60, vq), out, tok, vocab, vq)  # a rerun starts clean
     assert (out / "manifest.json").exists() and not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
@@ -637,3 +637,61 @@ def test_images_without_tokens_are_encoded_on_the_fly(
     )
     (row,) = PackedShards(out).iter_rows()
     assert row.input_ids.tolist() == got[0].input_ids.tolist()
+
+
+def test_word_cache_tokenisation_equals_the_tokenizer(tok):
+    """The word-by-word path must give exactly the tokenizer's ids on the whole text, whatever the text."""
+    from medmax_cli.text.tokenizer import TextTokenizer
+
+    rng = random.Random(3)
+    pieces = [
+        "lesion",
+        "Liver",
+        "CT",
+        "3E",
+        "12.5mm",
+        "it's",
+        "we'll",
+        "don't",
+        "'s",
+        "(arrow)",
+        "a,b",
+        "T2-weighted",
+        "μm",
+        "Größe",
+        "肝",
+        "🙂",
+        "--",
+        "'",
+        "<image>",
+        "<s>",
+        "x<eoss>y",
+        "",
+        " ",
+        "  ",
+        "\n",
+        "\t",
+        "\u00a0",
+    ]
+    texts = []
+    for _ in range(400):
+        words = [rng.choice(pieces) for _ in range(rng.randint(0, 12))]
+        texts.append(rng.choice([" ", " ", " ", "  ", "\n"]).join(words))
+    texts += ["", " lead", "trail ", "a  b", "Is there a lesion?", "x\n y", "y \nz"]
+    fresh = TextTokenizer(tok.tokenizer, verify=0)  # no safety net: the word path alone must be exact
+    assert fresh._word_path
+    expected = [e.ids for e in tok.tokenizer.encode_batch(texts, add_special_tokens=False)]
+    assert fresh.encode_batch(texts) == expected
+    assert fresh.encode_batch(texts[::-1]) == expected[::-1]  # from the warm cache
+
+
+def test_word_path_is_off_for_other_pre_tokenizers(tok):
+    from tokenizers import Tokenizer, pre_tokenizers
+
+    from medmax_cli.text.tokenizer import TextTokenizer
+
+    other = Tokenizer.from_str(tok.tokenizer.to_str())
+    other.pre_tokenizer = pre_tokenizers.Whitespace()
+    wrapped = TextTokenizer(other)
+    assert not wrapped._word_path
+    assert wrapped.encode_batch(["a b", "a b"]) == [other.encode("a b", add_special_tokens=False).ids] * 2

@@ -66,10 +66,25 @@ def make_row(samples: Sequence[Sample]) -> PackedRow:
     )
 
 
+_NPY_HEADERS: dict[tuple[str, int], bytes] = {}
+
+
 def npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    return buffer.getvalue()
+    """`np.save` bytes of a 1-D array; the header comes from numpy itself, cached per (dtype, length)."""
+    array = np.ascontiguousarray(array)
+    if array.ndim != 1:
+        buffer = io.BytesIO()
+        np.lib.format.write_array(buffer, array, allow_pickle=False)
+        return buffer.getvalue()
+    key = (array.dtype.str, int(array.shape[0]))
+    header = _NPY_HEADERS.get(key)
+    if header is None:
+        buffer = io.BytesIO()
+        np.lib.format.write_array(buffer, array, allow_pickle=False)
+        header = buffer.getvalue()[: -array.nbytes or None]
+        if len(_NPY_HEADERS) < 100_000:
+            _NPY_HEADERS[key] = header
+    return header + array.tobytes()
 
 
 def row_members(key: str, row: PackedRow) -> list[tuple[str, bytes]]:

@@ -3,13 +3,18 @@
 Chameleon/Anole directories ship the text tokenizer as `tokenizer.json` (Hugging Face conversions)
 or `text_tokenizer.json` / `tokenizer/text_tokenizer.json` (the original release). We load it with
 `tokenizers` directly (no transformers wrapper: it is the fast path, and pack calls it millions of
-times) and never let it add special tokens: BOS/SEP/EOS are placed by `medmax_cli.pack.sequence`.
+times), encode many texts per call (see `TextTokenizer`), and never let it add special tokens: BOS/SEP/EOS are placed by `medmax_cli.pack.sequence`.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 TOKENIZER_FILES = ("tokenizer.json", "text_tokenizer.json", "tokenizer/text_tokenizer.json")
 
@@ -24,18 +29,51 @@ def find_tokenizer_file(model_dir: str | Path) -> Path:
     raise FileNotFoundError(f"{root}: no text tokenizer (looked for {', '.join(TOKENIZER_FILES)})")
 
 
-class TextTokenizer:
-    """A `tokenizers.Tokenizer` that encodes text without special tokens, one batch at a time.
+def word_split_is_exact(tokenizer) -> bool:
+    """Can text be encoded word by word (split at single spaces) with the same ids as a whole?
 
-    Repeated strings (system prompts, fixed questions, empty parts) are common in instruction
-    data, so a small cache keyed by the text avoids re-encoding them.
+    True for a byte-level BPE with GPT-2 pre-tokenisation, no normaliser and no dropout (the tiny
+    model's tokenizer; Hugging Face's byte-level BPEs): its regex never joins characters across a
+    single space between two non-space characters, and the space goes with the following word, so
+    "a b c" == "a" + " b" + " c". Anything else is tokenised text by text.
+    """
+    if tokenizer.normalizer is not None or tokenizer.pre_tokenizer is None:
+        return False
+    try:
+        pre = json.loads(tokenizer.pre_tokenizer.__getstate__())
+        model = json.loads(tokenizer.model.__getstate__())
+    except (TypeError, ValueError, AttributeError):
+        return False
+    return (
+        pre.get("type") == "ByteLevel"
+        and pre.get("add_prefix_space") is False
+        and pre.get("use_regex", True) is True
+        and model.get("type") == "BPE"
+        and model.get("dropout") is None
+    )
+
+
+class TextTokenizer:
+    """A `tokenizers.Tokenizer` that encodes text without special tokens, many texts at a time.
+
+    Where `word_split_is_exact` holds, texts whose only whitespace is single spaces between words are
+    encoded word by word from a cache (each distinct word goes through the real tokenizer once, in
+    batches): the tokenizer's regex pre-tokenisation is what costs, and instruction text repeats its
+    words. The first `verify` texts that take this path are also encoded whole and compared; any
+    difference turns the word path off. Other texts use `encode_batch_fast` with a per-text cache.
     """
 
-    def __init__(self, tokenizer, path: Path | None = None, cache_size: int = 65536):
+    def __init__(self, tokenizer, path: Path | None = None, cache_size: int = 1 << 20, verify: int = 256):
         self.tokenizer = tokenizer
         self.path = path
-        self._cache: dict[str, list[int]] = {}
         self._cache_size = cache_size
+        self._texts: dict[str, list[int]] = {}
+        self._first: dict[str, list[int]] = {}  # word at the start of a text
+        self._spaced: dict[str, list[int]] = {}  # word after a space: ids of " " + word
+        self._word_path = word_split_is_exact(tokenizer)
+        self._to_verify = verify if self._word_path else 0
+        specials = [t.content for t in tokenizer.get_added_tokens_decoder().values()]
+        self._specials = re.compile("|".join(re.escape(t) for t in specials)) if specials else None
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path) -> TextTokenizer:
@@ -50,18 +88,58 @@ class TextTokenizer:
     def encode(self, text: str) -> list[int]:
         return self.encode_batch([text])[0]
 
+    def _encode_whole(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self.tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)]
+
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids of each text (no BOS/EOS added); one `encode_batch` call for the unseen ones."""
-        cache = self._cache
-        todo = sorted({t for t in texts if t not in cache})
-        if todo:
-            if len(cache) + len(todo) > self._cache_size:
-                cache.clear()
-                todo = sorted(set(texts))
-            encodings = self.tokenizer.encode_batch(todo, add_special_tokens=False)
-            for text, enc in zip(todo, encodings, strict=True):
-                cache[text] = enc.ids
-        return [cache[t] for t in texts]
+        """Token ids of each text (no BOS/EOS added), as the tokenizer gives for the whole text."""
+        if len(self._first) + len(self._spaced) + len(self._texts) > self._cache_size:
+            self._first.clear()
+            self._spaced.clear()
+            self._texts.clear()
+        out: list[list[int] | None] = [None] * len(texts)
+        by_words: list[tuple[int, list[str]]] = []
+        whole: list[int] = []
+        for i, text in enumerate(texts):
+            if self._word_path and not (self._specials and self._specials.search(text)):
+                words = text.split(" ")
+                if words == text.split():  # single spaces between words, no other whitespace
+                    by_words.append((i, words))
+                    continue
+            whole.append(i)
+        if by_words:
+            self._encode_words(texts, by_words, out)
+        missing = sorted({texts[i] for i in whole if texts[i] not in self._texts})
+        if missing:
+            self._texts.update(zip(missing, self._encode_whole(missing), strict=True))
+        for i in whole:
+            out[i] = self._texts[texts[i]]
+        return out  # type: ignore[return-value]
+
+    def _encode_words(self, texts: Sequence[str], by_words: list[tuple[int, list[str]]], out: list) -> None:
+        first, spaced = self._first, self._spaced
+        new_first = sorted({w[0] for _, w in by_words if w[0] not in first})
+        new_spaced = sorted({x for _, w in by_words for x in w[1:] if x not in spaced})
+        if new_first:
+            first.update(zip(new_first, self._encode_whole(new_first), strict=True))
+        if new_spaced:
+            spaced.update(zip(new_spaced, self._encode_whole([" " + w for w in new_spaced]), strict=True))
+        for i, words in by_words:
+            ids = list(first[words[0]])
+            for word in words[1:]:
+                ids += spaced[word]
+            out[i] = ids
+        if self._to_verify > 0:
+            check = by_words[: self._to_verify]
+            self._to_verify -= len(check)
+            truth = self._encode_whole([texts[i] for i, _ in check])
+            if any(out[i] != ids for (i, _), ids in zip(check, truth, strict=True)):
+                log.warning("word-by-word tokenisation differs from the tokenizer's; encoding whole texts")
+                self._word_path = False
+                self._to_verify = 0
+                redo = [i for i, _ in by_words]
+                for i, ids in zip(redo, self._encode_whole([texts[i] for i in redo]), strict=True):
+                    out[i] = ids
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False)
