@@ -146,5 +146,42 @@ class VQEncoder:
     @torch.inference_mode()
     def encode_uint8(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 [B, S, S, 3] (from `preprocess_uint8`) -> int64 codes [B, N] on the CPU."""
-        x = to_unit_range(pixels.to(self.device, non_blocking=True))  # [B, 3, S, S] float32
-        return self.encode(x)
+        return self.submit_uint8(pixels).result()
+
+    @torch.inference_mode()
+    def submit_uint8(self, pixels: torch.Tensor) -> EncodeHandle:
+        """Queue a uint8 batch on the device and return at once; `.result()` waits for its codes.
+
+        On CUDA the kernels and the copy of the codes into pinned memory are only enqueued, so the
+        caller can stack the next batch while this one runs. On the CPU the work is done here.
+        """
+        size = self.spec.resolution
+        if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (size, size, 3) or pixels.dtype != torch.uint8:
+            raise ValueError(
+                f"expected uint8 pixels [B, {size}, {size}, 3], got {tuple(pixels.shape)} {pixels.dtype}"
+            )
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        x = to_unit_range(pixels.to(self.device, non_blocking=True), self.dtype)  # [B, 3, S, S]
+        self.calls += 1
+        codes = self.nearest_codes(self._trunk(x.contiguous(memory_format=memory_format)))  # [B, N] on device
+        if self.device.type != "cuda":
+            return EncodeHandle(codes.cpu(), None)
+        host = torch.empty(codes.shape, dtype=codes.dtype, pin_memory=True)
+        host.copy_(codes, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return EncodeHandle(host, event)
+
+
+class EncodeHandle:
+    """Codes of a submitted batch: `.result()` waits for the device (CUDA) and returns [B, N] int64."""
+
+    def __init__(self, codes: torch.Tensor, event: Any):
+        self._codes = codes
+        self._event = event
+
+    def result(self) -> torch.Tensor:
+        if self._event is not None:
+            self._event.synchronize()
+            self._event = None
+        return self._codes

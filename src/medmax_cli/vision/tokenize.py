@@ -108,7 +108,7 @@ def tokenize_images(
         if workers > 0
         else _InlineExecutor()
     )
-    state: dict[str, Any] = {"encoder": encoder}
+    state: dict[str, Any] = {"encoder": encoder, "inflight": None}  # inflight: (batch, EncodeHandle)
 
     window: deque[_Pending] = deque()
     queue: deque[tuple[str, _Job]] = deque()  # in submission order
@@ -160,7 +160,8 @@ def tokenize_images(
             job.waiters.append((pending, index))
         return pending
 
-    def encode_ready() -> None:
+    def launch_ready() -> None:
+        """Send the next batch to the encoder; then hand out the codes of the batch before it."""
         import torch
 
         if state["encoder"] is None:
@@ -177,12 +178,21 @@ def tokenize_images(
             pixels = torch.cat([pixels, pixels.new_zeros((batch_size - n, *pixels.shape[1:]))])
         if state["encoder"].device.type == "cuda":
             pixels = pixels.pin_memory()
-        codes = state["encoder"].encode_uint8(pixels)[:n].tolist()  # n x [N] ints
+        handle = state["encoder"].submit_uint8(pixels)
+        finish_inflight()  # the previous batch ran while this one was being stacked
+        state["inflight"] = (batch, handle)
+
+    def finish_inflight() -> None:
+        if state["inflight"] is None:
+            return
+        batch, handle = state["inflight"]
+        state["inflight"] = None
+        codes = handle.result()[: len(batch)].tolist()  # len(batch) x [N] ints
         cache.put_many([(sha, c) for (_, sha, _), c in zip(batch, codes, strict=True)], vq)
         for (key, _, _), c in zip(batch, codes, strict=True):
             for pending, index in jobs.pop(key).waiters:
                 give(pending, index, c)
-        report.count("encoded", n)
+        report.count("encoded", len(batch))
 
     def collect_head() -> None:
         key, job = queue.popleft()
@@ -208,14 +218,16 @@ def tokenize_images(
             if queue:
                 collect_head()
             if ready and (len(ready) >= batch_size or not queue):
-                encode_ready()
+                launch_ready()
+            elif not queue:
+                finish_inflight()  # nothing left to overlap it with
             while window and window[0].waiting == 0:
                 pending = window.popleft()
                 if pending.error is not None:
                     policy.reject(pending.error, pending.record)
                     continue
                 yield pending.record
-            if exhausted and not queue and not ready and not window:
+            if exhausted and not queue and not ready and state["inflight"] is None and not window:
                 return
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
