@@ -282,20 +282,22 @@ def generate_text(
     width = ids.shape[1]
     cache = runner.new_cache(b, width + max_new)
     hidden = runner.prefill(ids, attn, cache)
-    seen = torch.zeros(b, masks.vocab_size, dtype=torch.bool, device=dev)
-    seen.scatter_(1, ids, attn)  # prompt tokens count for the repetition penalty (as in HF)
+    # Every token so far (prompt included, as in HF), for the repetition penalty; left padding and
+    # slots not yet generated hold `pad`, which is never allowed anyway.
+    history = torch.full((b, width + max_new), masks.pad, dtype=torch.long, device=dev)
+    history[:, :width] = ids
     out = torch.full((b, max_new), masks.pad, dtype=torch.long, device=dev)
     finished = torch.zeros(b, dtype=torch.bool, device=dev)
     steps = 0
     for t in range(max_new):
         logits = runner.logits(hidden)  # [B, V]
         if repetition_penalty != 1.0:
-            logits = apply_repetition_penalty(logits, seen, repetition_penalty)
+            logits = apply_repetition_penalty(logits, history, repetition_penalty)
         logits = masks.apply(logits, boi_allowed=boi_ok_until >= t)
         tok = sample(logits, temperature=temperature, top_p=top_p, seeds=seeds, steps=offsets + t)
         tok = torch.where(finished, masks.pad, tok)
         out[:, t] = tok
-        seen.scatter_(1, tok[:, None], True)
+        history[:, width + t] = tok
         finished |= (tok == masks.eos) | (tok == masks.boi) | (t + 1 >= budget_t)
         steps = t + 1
         if steps == max_new or (steps % check_every == 0 and bool(finished.all())):

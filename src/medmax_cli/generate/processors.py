@@ -19,21 +19,23 @@ import torch
 from medmax_cli.text.vocab import ChameleonVocab
 
 
-def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """HF/CTRL repetition penalty on every token already seen (prompt included).
+def apply_repetition_penalty(logits: torch.Tensor, history: torch.Tensor, penalty: float) -> torch.Tensor:
+    """HF/CTRL repetition penalty on every token in `history` (prompt included), in place.
 
-    logits [B, V] float, seen bool [B, V]: a seen logit is divided by `penalty` when positive and
-    multiplied by it when negative.
+    logits [B, V] float, history long [B, T] (padding may appear: its logit is -inf anyway). A
+    seen logit is divided by `penalty` when positive and multiplied by it when negative. Gather and
+    scatter touch T entries per row instead of the whole vocabulary.
     """
-    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
-    return torch.where(seen, penalised, logits)
+    score = logits.gather(1, history)  # [B, T]
+    score = torch.where(score > 0, score / penalty, score * penalty)
+    return logits.scatter_(1, history, score)
 
 
 @dataclass(frozen=True, eq=False)
 class TextMasks:
     """Token masks and the ids a text loop needs, on one device."""
 
-    allowed: torch.Tensor  # bool [V]: text tokens + EOS (BOI handled separately)
+    blocked: torch.Tensor  # bool [V]: everything but text tokens + EOS (BOI handled separately)
     boi: int
     eos: int
     pad: int
@@ -60,7 +62,7 @@ class TextMasks:
             text[special] = False
         text[torch.from_numpy(vocab.image_code_to_id.copy())] = False
         return cls(
-            allowed=text.to(device),
+            blocked=(~text).to(device),
             boi=vocab.boi,
             eos=vocab.eos,
             pad=vocab.pad,
@@ -71,7 +73,7 @@ class TextMasks:
 
     def apply(self, logits: torch.Tensor, *, boi_allowed: torch.Tensor) -> torch.Tensor:
         """logits [B, V] -> logits with disallowed ids at -inf; boi_allowed bool [B]."""
-        out = logits.masked_fill(~self.allowed, float("-inf"))
+        out = logits.masked_fill(self.blocked, float("-inf"))
         boi_col = torch.where(
             boi_allowed, logits[:, self.boi], torch.full_like(logits[:, self.boi], float("-inf"))
         )
