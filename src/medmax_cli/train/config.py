@@ -70,6 +70,7 @@ class TrainConfig:
         "auto"  # auto (flex_attention on CUDA, sdpa on CPU) | flex_attention | sdpa | eager
     )
     grad_checkpointing: bool = False  # recompute decoder layers in backward (less memory)
+    grad_checkpointing_fraction: float = 1.0  # share of decoder layers recomputed (evenly spaced; 1.0: all)
     loss_chunk: int = 1024  # supervised positions per lm_head/cross-entropy chunk (0: no chunking)
     # -- scale
     gpus: int = 1  # processes on this node (on CPU: gloo processes)
@@ -164,6 +165,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise ConfigError("stop_after must be >= 1")
     if not 0 <= cfg.warmup_ratio < 1:
         raise ConfigError("warmup_ratio must be in [0, 1)")
+    if not 0 < cfg.grad_checkpointing_fraction <= 1:
+        raise ConfigError("grad_checkpointing_fraction must be in (0, 1]")
     if not 0 <= cfg.lora_dropout < 1:
         raise ConfigError("lora_dropout must be in [0, 1)")
     if cfg.lr <= 0:
