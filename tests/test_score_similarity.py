@@ -154,3 +154,22 @@ def test_open_clip_tiny_random_model(tmp_path):
     assert similarity.image_image_scores(enc, [_image((9, 9, 9))], [_image((9, 9, 9))])[0] == pytest.approx(
         1, abs=1e-5
     )
+
+
+def test_interleaved_text_half_is_its_own_bucket(media):
+    from medmax_cli.score.judge import Judge
+
+    red = _image((200, 30, 30))
+    record = _instance("inter", "interleaved", media, reference=red, generated=red, text="a mass")
+    replies = iter(["9 6", "oops", "9 3"])
+    judge = Judge(lambda messages: next(replies), model="fake", retries=0)
+    other = {**_instance("inter2", "interleaved", media, reference=red, generated=red), "id": "inter2"}
+    lines = list(
+        score_records([record, other], scorer=Scorer(encoder=TinyEncoder(), media=media, judge=judge))
+    )
+    assert lines[0]["extra"] == {"interleaved_text": pytest.approx(6 / 9)}
+    assert lines[1]["extra"] == {"interleaved_text": None}  # the verdict did not parse: unscored
+    summary = summarise(lines)
+    text = summary["tasks"]["interleaved_text"]
+    assert (text["n"], text["scored"], text["metric"]) == (2, 1, "relative_score")
+    assert summary["tasks"]["interleaved"]["mean"] == pytest.approx(1.0, abs=1e-5)

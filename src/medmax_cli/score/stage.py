@@ -219,6 +219,8 @@ def score_one(record: Mapping[str, Any], scorer: Scorer) -> dict[str, Any]:
     elif task == "visual_chat":
         _score_chat(record, output, scorer, line)
     elif task in ("captioning", "image_generation", "interleaved"):
+        if task == "interleaved":
+            line["extra"] = {"interleaved_text": _interleaved_text(record, output, scorer)}
         _score_similarity(record, task, output, scorer, line)
     else:
         line.update(status="unscored", reason=f"no metric for task {task!r}")
@@ -342,6 +344,25 @@ def _score_similarity(
             line.update(status="unscored", reason=line.get("reason") or "no generated or reference image")
             return
         line["score"] = similarity.image_image_scores(scorer.encoder, [image], [reference])[0]
+
+
+def _interleaved_text(record: Mapping[str, Any], output: str, scorer: Scorer) -> float | None:
+    """The text half of an interleaved answer: the judge's relative score (None: unscored)."""
+    if scorer.judge is None or not output.strip():
+        return 0.0 if scorer.judge is not None else None
+    meta = record.get("meta") or {}
+    context = "\n".join(str(meta[k]) for k in ("caption", "mention", "context") if meta.get(k))
+    try:
+        verdict = scorer.judge.relative(
+            f"{record['id']}:text",
+            context,
+            _last_text(record, "user"),
+            _last_text(record, "assistant"),
+            output,
+        )
+    except NotCached:
+        return None
+    return verdict.score
 
 
 def _user_content(record: Mapping[str, Any]) -> list[Any]:

@@ -33,6 +33,7 @@ def compact(line: Mapping[str, Any]) -> dict[str, Any]:
         "score": line["score"],
         "status": line["status"],
         "cluster": get("cluster"),
+        "extra": get("extra"),
     }
 
 
@@ -56,6 +57,20 @@ def summarise(
     by_task: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for line in lines:
         by_task[str(line["eval_task"])].append(line)
+        # a second score of the same item (interleaved: the text's relative score) is its own bucket
+        for name, value in (line.get("extra") or {}).items():
+            status = "scored" if value is not None else "unscored"
+            by_task[name].append(
+                {
+                    "id": line["id"],
+                    "eval_task": name,
+                    "question_type": None,
+                    "metric": "relative_score",
+                    "score": value,
+                    "status": status,
+                    "cluster": line.get("cluster"),
+                }
+            )
 
     tasks: dict[str, Any] = {}
     reps: dict[str, np.ndarray] = {}
