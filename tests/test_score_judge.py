@@ -196,7 +196,13 @@ def test_score_command_with_judge_then_offline(fake_judge, tmp_path, medmax):
     second = [orjson.loads(x) for x in offline.stdout.splitlines()]
     assert [x["score"] for x in first][:3] == [x["score"] for x in second][:3] == [1.0, 0.0, 1.0]
     assert b"judge_failed 1" in online.stderr
+    assert b"judge calls 0" in offline.stderr
+    # the summary says what decided the verdicts, not how they were fetched: the same bytes offline
+    # except the one item whose verdict never parsed (unscored offline instead of judge_failed)
     s1 = orjson.loads((tmp_path / "s1.json").read_bytes())
+    s2 = orjson.loads((tmp_path / "s2.json").read_bytes())
+    assert s1["provenance"] == s2["provenance"]
+    assert s1["tasks"]["vqa_rad_open"]["mean"] == s2["tasks"]["vqa_rad_open"]["mean"]
     assert s1["provenance"]["judge"]["model"] == "judge-a"
     assert s1["tasks"]["vqa_rad_open"]["judge_failed"] == 1
 

@@ -90,7 +90,7 @@ def register(app: typer.Typer) -> None:
             raise fail(f"--expect file {expect} does not exist")
 
         from medmax_cli.score import summary as summ
-        from medmax_cli.score.judge import JudgeError
+        from medmax_cli.score.judge import CHAT_PROMPT_VERSION, OPEN_PROMPT_VERSION, JudgeError
         from medmax_cli.score.stage import InputHash, score_records
 
         with StageIO(
@@ -133,11 +133,14 @@ def register(app: typer.Typer) -> None:
                 "input_records": hasher.count,
             }
             if scorer.judge is not None:
+                # what decides the verdicts, not how many calls this run made: a cached rerun
+                # must give the same summary bytes (call counts go to the stderr line)
                 provenance["judge"] = {
                     "model": scorer.judge.model,
-                    "calls": scorer.judge.calls,
-                    "failed": scorer.judge.failed,
+                    "prompts": [OPEN_PROMPT_VERSION, CHAT_PROMPT_VERSION],
+                    "retries": judge_retries,
                 }
+                io.report.count("judge calls", scorer.judge.calls)
             result = summ.summarise(
                 kept, seed=seed, n_boot=n_boot, cluster=cluster_by_image, provenance=provenance
             )
