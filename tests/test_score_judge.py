@@ -171,7 +171,7 @@ def test_visual_chat_relative_score(fake_judge):
             {"role": "user", "content": [{"image": 0}, {"text": "What does the CT show?"}]},
             {"role": "assistant", "content": [{"text": "A 3 cm mass in the left lobe."}]},
         ],
-        "meta": {"caption": "CT of the liver.", "mention": "Figure 1 shows a mass."},
+        "meta": {"caption": "CT of the liver.", "mentions": ["Figure 1 shows a mass."]},
     }
     good = {**record, "prediction": [{"text": "A vague shadow."}]}
     bad = {**record, "id": "chat2", "prediction": [{"text": "Unclear."}]}
@@ -179,6 +179,7 @@ def test_visual_chat_relative_score(fake_judge):
     lines = list(score_records([good, bad], scorer=Scorer(judge=judge)))
     assert lines[0]["score"] == pytest.approx(6 / 8) and lines[0]["metric"] == "relative_score"
     assert lines[1]["status"] == "judge_failed"
+    assert lines[0]["extra"] == {"visual_chat_radiology": pytest.approx(6 / 8)}  # per-domain bucket
     prompt = fake_judge.bodies[0]["messages"][1]["content"]
     assert "[Context]\nCT of the liver.\nFigure 1 shows a mass." in prompt
     assert "[Assistant 1]\nA 3 cm mass in the left lobe." in prompt

@@ -285,8 +285,7 @@ def _score_chat(record: Mapping[str, Any], output: str, scorer: Scorer, line: di
     if scorer.judge is None:
         line.update(status="unscored", reason="visual chat needs a judge (--judge-url, --judge-model)")
         return
-    meta = record.get("meta") or {}
-    context = "\n".join(str(meta[k]) for k in ("caption", "mention", "context") if meta.get(k))
+    context = _context(record)
     reference = _last_text(record, "assistant")
     line["gold"] = reference
     try:
@@ -297,6 +296,8 @@ def _score_chat(record: Mapping[str, Any], output: str, scorer: Scorer, line: di
     line.update(score=verdict.score, judge=verdict.as_dict())
     if verdict.status != "ok":
         line.update(status="judge_failed", reason="judge scores did not parse after retries")
+    if record.get("domain"):  # LLaVA-Med reports the relative score per domain too
+        line["extra"] = {f"visual_chat_{record['domain']}": verdict.score}
 
 
 def _score_similarity(
@@ -346,12 +347,21 @@ def _score_similarity(
         line["score"] = similarity.image_image_scores(scorer.encoder, [image], [reference])[0]
 
 
+def _context(record: Mapping[str, Any]) -> str:
+    """What the judge sees of the image: the caption and the sentences that mention the figure."""
+    meta = record.get("meta") or {}
+    parts = [meta.get("caption"), meta.get("mention"), meta.get("context")]
+    mentions = meta.get("mentions")
+    if isinstance(mentions, list):
+        parts += [m if isinstance(m, str) else (m or {}).get("sentence") for m in mentions]
+    return "\n".join(str(p) for p in parts if p)
+
+
 def _interleaved_text(record: Mapping[str, Any], output: str, scorer: Scorer) -> float | None:
     """The text half of an interleaved answer: the judge's relative score (None: unscored)."""
     if scorer.judge is None or not output.strip():
         return 0.0 if scorer.judge is not None else None
-    meta = record.get("meta") or {}
-    context = "\n".join(str(meta[k]) for k in ("caption", "mention", "context") if meta.get(k))
+    context = _context(record)
     try:
         verdict = scorer.judge.relative(
             f"{record['id']}:text",
