@@ -139,11 +139,11 @@ def setup_engine(
     )
     if media is not None:
         engine.media = media
-        engine.image_writer = _image_writer(model_dir, media)
+        engine.image_writer = _image_writer(model_dir, media, runner.device)
     return engine
 
 
-def _image_writer(model_dir: Path, media: MediaStore):
+def _image_writer(model_dir: Path, media: MediaStore, device: Any = "cpu"):
     """codes -> image ref {sha256, path, width, height, tokens, vq}, via the vision decoder.
 
     Without the decoder (vision library missing, or a model directory without decoder weights)
@@ -157,7 +157,7 @@ def _image_writer(model_dir: Path, media: MediaStore):
         )
         return None
     try:
-        decoder = load_vq_decoder(model_dir)
+        decoder = load_vq_decoder(model_dir, device=device)
     except (FileNotFoundError, KeyError, ValueError) as exc:
         log.warning(
             "cannot load the VQ decoder of %s (%s): generated images are kept as tokens", model_dir, exc
