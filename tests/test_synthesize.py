@@ -295,8 +295,10 @@ def test_near_dup_index_agrees_with_brute_force():
     rng = np.random.default_rng(0)
     hashes = [int(x) for x in rng.integers(0, 2**63, 400, dtype=np.int64)]
     hashes += [h ^ (1 << int(rng.integers(0, 64))) ^ (1 << int(rng.integers(0, 64))) for h in hashes[:100]]
-    for threshold in (0, 3, 6):
+    for threshold, switch_at in [(0, None), (3, None), (6, None), (1, 100), (4, 100), (7, 100)]:
         index: NearDupIndex[int] = NearDupIndex(threshold)
+        if switch_at is not None:  # force the large-n regime (wide bands probed one bit away) early
+            index._switch_at = switch_at
         for i, h in enumerate(hashes):
             brute = [(hamming(h, k), j) for j, k in enumerate(hashes[:i]) if hamming(h, k) <= threshold]
             found = index.nearest(h)
@@ -304,6 +306,7 @@ def test_near_dup_index_agrees_with_brute_force():
             if found:
                 assert found[1] == min(brute)[0]
             index.add(h, i)
+        assert index.radius == (0 if switch_at is None else 1)
 
 
 def test_dedup_exact_and_near(media):

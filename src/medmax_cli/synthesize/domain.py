@@ -19,35 +19,126 @@ from typing import Any
 
 DOMAINS = ("radiology", "histopathology", "other")
 
-_RADIOLOGY = (
-    r"ct|cta|computed tomography|tomograph\w*|mri|mr|magnetic resonance|x-?rays?|radiograph\w*|cxr|"
-    r"chest film|ultrasound|ultrasonograph\w*|sonograph\w*|doppler|pet|spect|angiogra\w*|mammogra\w*|"
-    r"fluoroscop\w*|t1-?weighted|t2-?weighted|flair|dwi|diffusion-weighted|contrast-enhanced|"
-    r"hounsfield|radiolog\w*|mimic-cxr|scan|scans|axial|coronal|sagittal|hypodense|hyperdense|"
-    r"hypointense|hyperintense|opacit\w*|vqa-rad|vqa_rad|slake"
-)
-_HISTOPATHOLOGY = (
-    r"histolog\w*|histopatholog\w*|patholog\w*|h&e|h & e|haematoxylin|hematoxylin|eosin|"
-    r"stain|stained|staining|stains|immunohistochem\w*|ihc|biopsy|biopsies|micrograph\w*|"
-    r"microscop\w*|magnification|tissue sections?|cytolog\w*|mitos\w*|mitotic|glands?|glandular|"
-    r"nuclei|nuclear|lymphocyt\w*|cribriform|follic\w*|carcinoma in situ|dysplas\w*|"
-    r"quilt|pathvqa|path_vqa|pathmmu|path_mmu|whole-slide|whole slide"
-)
-# One pass over the text: each match says which domain's group it came from.
-_PATTERN = re.compile(
-    rf"(?<![\w&-])(?:(?P<radiology>{_RADIOLOGY})|(?P<histopathology>{_HISTOPATHOLOGY}))(?![\w-])",
-    re.IGNORECASE,
-)
+# Keywords per domain: whole tokens, token prefixes (a stem such as "radiograph" also matches
+# "radiographs" and "radiographic") and multi-word phrases. Tokens are lowercase runs of letters,
+# digits and "_", joined by "-" or "&" ("x-ray", "t2-weighted", "h&e", "mimic-cxr").
+_KEYWORDS = {
+    "radiology": (
+        {
+            "ct",
+            "cta",
+            "mri",
+            "mr",
+            "x-ray",
+            "x-rays",
+            "xray",
+            "xrays",
+            "cxr",
+            "ultrasound",
+            "doppler",
+            "pet",
+            "spect",
+            "t1-weighted",
+            "t2-weighted",
+            "t1weighted",
+            "t2weighted",
+            "flair",
+            "dwi",
+            "diffusion-weighted",
+            "contrast-enhanced",
+            "hounsfield",
+            "mimic-cxr",
+            "scan",
+            "scans",
+            "axial",
+            "coronal",
+            "sagittal",
+            "hypodense",
+            "hyperdense",
+            "hypointense",
+            "hyperintense",
+            "vqa-rad",
+            "vqa_rad",
+            "slake",
+        },
+        (
+            "tomograph",
+            "radiograph",
+            "ultrasonograph",
+            "sonograph",
+            "angiogra",
+            "mammogra",
+            "fluoroscop",
+            "radiolog",
+            "opacit",
+        ),
+        ("computed tomography", "magnetic resonance", "chest film"),
+    ),
+    "histopathology": (
+        {
+            "h&e",
+            "haematoxylin",
+            "hematoxylin",
+            "eosin",
+            "stain",
+            "stained",
+            "staining",
+            "stains",
+            "ihc",
+            "biopsy",
+            "biopsies",
+            "magnification",
+            "mitotic",
+            "gland",
+            "glands",
+            "glandular",
+            "nuclei",
+            "nuclear",
+            "cribriform",
+            "quilt",
+            "pathvqa",
+            "path_vqa",
+            "pathmmu",
+            "path_mmu",
+            "whole-slide",
+        },
+        (
+            "histolog",
+            "histopatholog",
+            "patholog",
+            "immunohistochem",
+            "micrograph",
+            "microscop",
+            "cytolog",
+            "mitos",
+            "lymphocyt",
+            "follic",
+            "dysplas",
+        ),
+        ("h & e", "tissue section", "carcinoma in situ", "whole slide"),
+    ),
+}
+_TOKEN = re.compile(r"[a-z0-9_]+(?:[-&][a-z0-9_]+)*")
 
 
 def classify_text(text: str) -> str:
-    """The domain of a piece of text by the keyword rule above."""
+    """The domain of a piece of text by the keyword rule above (one tokenising pass, set lookups)."""
+    lower = text.lower()
     hits = {"radiology": 0, "histopathology": 0}
     first: dict[str, int] = {}
-    for match in _PATTERN.finditer(text):
-        domain = match.lastgroup or "other"
-        hits[domain] += 1
-        first.setdefault(domain, match.start())
+    for match in _TOKEN.finditer(lower):
+        token = match.group()
+        for domain, (words, prefixes, _) in _KEYWORDS.items():
+            if token in words or token.startswith(prefixes):
+                hits[domain] += 1
+                first.setdefault(domain, match.start())
+    for domain, (_, _, phrases) in _KEYWORDS.items():
+        for phrase in phrases:
+            at = lower.find(phrase)
+            while at >= 0:
+                hits[domain] += 1
+                first[domain] = min(first.get(domain, at), at)
+                at = lower.find(phrase, at + 1)
     if not any(hits.values()):
         return "other"
     # more hits win; on a tie the domain whose keyword comes first

@@ -7,9 +7,7 @@ images differ by ~32. A difference hash (dHash) was tried first: on smooth image
 radiographs it put a lateral and a posteroanterior view 2 bits apart, pHash puts them 8-10 apart.
 
 `NearDupIndex` finds a stored hash within Hamming distance `t` without comparing against all of
-them: the 64 bits are cut into t+1 bands; two hashes within distance t agree exactly on at least
-one band (pigeonhole), so only hashes sharing a band value are compared. That turns the naive
-O(n^2) scan into ~O(n) for the thresholds that matter (t <= 8).
+them (multi-index hashing, see the class), which turns the naive O(n^2) scan into ~O(n).
 """
 
 from __future__ import annotations
@@ -51,24 +49,44 @@ def hamming(a: int, b: int) -> int:
     return (a ^ b).bit_count()
 
 
-def _bands(threshold: int) -> list[tuple[int, int]]:
-    """(shift, mask) of the t+1 contiguous bit bands that cover 64 bits."""
-    n = threshold + 1
+def _bands(n: int) -> list[tuple[int, int, int]]:
+    """(shift, mask, width) of n contiguous bit bands that cover the 64 bits."""
     edges = [round(i * BITS / n) for i in range(n + 1)]
-    return [(edges[i], (1 << (edges[i + 1] - edges[i])) - 1) for i in range(n)]
+    return [(edges[i], (1 << (edges[i + 1] - edges[i])) - 1, edges[i + 1] - edges[i]) for i in range(n)]
 
 
 class NearDupIndex(Generic[V]):
-    """Hashes with a payload; `nearest(h)` returns the closest stored one within the threshold."""
+    """Hashes with a payload; `nearest(h)` returns the closest stored one within the threshold.
+
+    Multi-index hashing in two regimes, both exact (no pair within t bits is ever missed):
+    - small n: t+1 bands probed at their exact value; two hashes within t bits agree on at least one
+      band (pigeonhole). Cheap probes, but the candidates per probe grow as n / 2**(64/(t+1)).
+    - large n: m = (t+2)//2 wider bands, each probed at its value and at every value one bit away;
+      two hashes within t bits differ by at most t//m <= 1 bit in some band (if every band differed
+      by 2 or more they would differ by >= 2m > t). ~64+m probes, almost no stray candidates.
+    The index switches (rebuilding its tables once) when the first regime's expected candidates
+    per query exceed the second's probes, so the search stays near O(n) at any size.
+    """
 
     def __init__(self, threshold: int):
         if not 0 <= threshold <= MAX_THRESHOLD:
             raise ValueError(f"near-duplicate threshold must be 0..{MAX_THRESHOLD} bits, got {threshold}")
         self.threshold = threshold
-        self._bands = _bands(threshold)
-        self._tables: list[dict[int, list[int]]] = [defaultdict(list) for _ in self._bands]
         self._hashes: list[int] = []
         self._values: list[V] = []
+        wide = (threshold + 2) // 2
+        self._switch_at = (
+            (64 + wide) * 2 ** (BITS / (threshold + 1)) / (threshold + 1) if threshold else float("inf")
+        )
+        self._configure(threshold + 1, 0)
+
+    def _configure(self, n_bands: int, radius: int) -> None:
+        self.radius = radius
+        self._bands = _bands(n_bands)
+        self._tables: list[dict[int, list[int]]] = [defaultdict(list) for _ in self._bands]
+        for slot, value_hash in enumerate(self._hashes):
+            for table, (shift, mask, _) in zip(self._tables, self._bands, strict=True):
+                table[(value_hash >> shift) & mask].append(slot)
 
     def __len__(self) -> int:
         return len(self._hashes)
@@ -77,17 +95,23 @@ class NearDupIndex(Generic[V]):
         slot = len(self._hashes)
         self._hashes.append(value_hash)
         self._values.append(value)
-        for table, (shift, mask) in zip(self._tables, self._bands, strict=True):
+        for table, (shift, mask, _) in zip(self._tables, self._bands, strict=True):
             table[(value_hash >> shift) & mask].append(slot)
+        if self.radius == 0 and len(self._hashes) > self._switch_at:
+            self._configure((self.threshold + 2) // 2, 1)
 
     def nearest(self, value_hash: int) -> tuple[V, int] | None:
         """(payload, distance) of the closest stored hash within the threshold (earliest on ties)."""
         best: tuple[int, int] | None = None  # (distance, slot)
-        for table, (shift, mask) in zip(self._tables, self._bands, strict=True):
-            for slot in table.get((value_hash >> shift) & mask, ()):
-                distance = (self._hashes[slot] ^ value_hash).bit_count()
-                if distance <= self.threshold and (best is None or (distance, slot) < best):
-                    best = (distance, slot)
+        hashes, threshold = self._hashes, self.threshold
+        for table, (shift, mask, width) in zip(self._tables, self._bands, strict=True):
+            key = (value_hash >> shift) & mask
+            probes = [key] if self.radius == 0 else [key, *(key ^ (1 << j) for j in range(width))]
+            for probe in probes:
+                for slot in table.get(probe, ()):
+                    distance = (hashes[slot] ^ value_hash).bit_count()
+                    if distance <= threshold and (best is None or (distance, slot) < best):
+                        best = (distance, slot)
         return None if best is None else (self._values[best[1]], best[0])
 
 
