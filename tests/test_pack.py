@@ -695,3 +695,24 @@ def test_word_path_is_off_for_other_pre_tokenizers(tok):
     wrapped = TextTokenizer(other)
     assert not wrapped._word_path
     assert wrapped.encode_batch(["a b", "a b"]) == [other.encode("a b", add_special_tokens=False).ids] * 2
+
+
+def test_shard_bytes_equal_what_tarfile_writes(tmp_path):
+    """The writer's hand-made USTAR headers are byte for byte what the tarfile module writes."""
+    import io as _io
+
+    from medmax_cli.pack.shards import ROW_KEY, row_members, tar_member_info
+
+    rows = [
+        make_row([Sample(np.arange(n, dtype=np.int32), np.arange(n, dtype=np.int32), id=f"s{n}")])
+        for n in (1, 127, 128, 1000, 70000)
+    ]
+    with ShardWriter(tmp_path, max_count=100) as writer:
+        for row in rows:
+            writer.write(row)
+    buffer = _io.BytesIO()
+    with tarfile.TarFile(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for i, row in enumerate(rows):
+            for name, data in row_members(ROW_KEY % i, row):
+                tar.addfile(tar_member_info(name, len(data)), _io.BytesIO(data))
+    assert (tmp_path / "shard-000000.tar").read_bytes() == buffer.getvalue()

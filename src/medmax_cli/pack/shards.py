@@ -97,6 +97,40 @@ def row_members(key: str, row: PackedRow) -> list[tuple[str, bytes]]:
     ]
 
 
+def tar_member_info(name: str, size: int) -> tarfile.TarInfo:
+    """The fixed, reproducible header fields of every shard member."""
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+_HEADER_TEMPLATES: dict[tuple[int, str], bytes] = {}
+
+
+def ustar_header(name: str, size: int) -> bytes:
+    """The 512-byte USTAR header `tarfile` writes for `tar_member_info(name, size)`, made by patching
+    a cached template (same name length and suffix) instead of formatting every field each time."""
+    suffix = name[name.index(".") :] if "." in name else ""
+    key = (len(name), suffix)
+    template = _HEADER_TEMPLATES.get(key)
+    if template is None:
+        template = tar_member_info(name, 0).tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+        _HEADER_TEMPLATES[key] = template
+    raw = name.encode("utf-8")
+    if len(raw) != len(name) or len(raw) > 100:
+        return tar_member_info(name, size).tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+    header = bytearray(template)
+    header[0 : len(raw)] = raw
+    header[124:136] = b"%011o\0" % size
+    header[148:156] = b"        "
+    header[148:155] = b"%06o\0" % sum(header)
+    return bytes(header)
+
+
 def _tar_size(members: list[tuple[str, bytes]]) -> int:
     return sum(512 + -(-len(data) // 512) * 512 for _, data in members)
 
@@ -149,7 +183,7 @@ class ShardWriter:
         self.max_size = max_size
         self.shards: list[ShardInfo] = []
         self.rows_written = 0
-        self._tar: tarfile.TarFile | None = None
+        self._is_open = False
         self._file = None
         self._hasher: _HashingFile | None = None
         self._rows_in_shard = 0
@@ -161,21 +195,19 @@ class ShardWriter:
         key = ROW_KEY % self.rows_written
         members = row_members(key, row)
         size = _tar_size(members)
-        if self._tar is not None and (
+        if self._is_open and (
             self._rows_in_shard >= self.max_count or self._size + size + 1024 > self.max_size
         ):
             self._finish_shard()
-        if self._tar is None:
+        if not self._is_open:
             self._open_shard()
-        assert self._tar is not None
+        assert self._hasher is not None
+        out = self._hasher
         for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mtime = 0
-            info.mode = 0o644
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            self._tar.addfile(info, io.BytesIO(data))
+            out.write(ustar_header(name, len(data)))
+            out.write(data)
+            if len(data) % 512:
+                out.write(bytes(512 - len(data) % 512))
         self._size += size
         self._rows_in_shard += 1
         self.rows_written += 1
@@ -187,13 +219,15 @@ class ShardWriter:
         self._tmp = self.out_dir / f".{SHARD_PATTERN % index}.tmp"
         self._file = open(self._tmp, "wb")
         self._hasher = _HashingFile(self._file)
-        self._tar = tarfile.TarFile(fileobj=self._hasher, mode="w", format=tarfile.USTAR_FORMAT)  # type: ignore[arg-type]
+        self._is_open = True
         self._rows_in_shard = 0
         self._size = 0
 
     def _finish_shard(self) -> None:
-        assert self._tar is not None and self._file is not None and self._hasher is not None and self._tmp
-        self._tar.close()
+        assert self._is_open and self._file is not None and self._hasher is not None and self._tmp
+        # End of archive as tarfile writes it: two zero blocks, then zeros up to a 10,240-byte record.
+        end = self._hasher.position + 2 * 512
+        self._hasher.write(bytes(2 * 512 + (-end) % tarfile.RECORDSIZE))
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
@@ -208,11 +242,12 @@ class ShardWriter:
                 first_row=self.rows_written - self._rows_in_shard,
             )
         )
-        self._tar = self._file = self._hasher = self._tmp = None
+        self._is_open = False
+        self._file = self._hasher = self._tmp = None
 
     def close(self) -> list[ShardInfo]:
         """Finish the open shard; returns every shard written."""
-        if self._tar is not None:
+        if self._is_open:
             self._finish_shard()
         return self.shards
 
@@ -222,7 +257,8 @@ class ShardWriter:
             self._file.close()
         if self._tmp is not None:
             self._tmp.unlink(missing_ok=True)
-        self._tar = self._file = self._hasher = self._tmp = None
+        self._is_open = False
+        self._file = self._hasher = self._tmp = None
 
     def __enter__(self) -> ShardWriter:
         return self
