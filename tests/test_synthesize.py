@@ -392,6 +392,10 @@ def test_passthrough_and_skips(media):
     )
     assert out == [instance, released]
     assert policy.report.counts["visual_chat skipped (no --llm-url)"] == 1
+    qa_only = qa(media, "q-unused", "Is it?", "yes")
+    assert list(synthesize([qa_only, instance], policy=policy, tasks=["captioning"], media=media)) == []
+    assert policy.report.counts["records with no selected task"] == 1
+    assert policy.report.dropped["task not selected"] == 1
     no_image = {"id": "f", "kind": "figure", "source": "jats", "caption": CAPTION, "images": []}
     list(synthesize([no_image], policy=policy, media=media))
     assert policy.report.dropped["figure record has no images"] == 1

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 LLM_TASKS = ("visual_chat",)
 SKIPPED = "visual_chat skipped (no --llm-url)"
+UNUSED = "records with no selected task"
 FIGURE_BUILDERS = (  # order of the instances made from one figure
     ("captioning", captioning.build),
     ("image_generation", image_generation.build),
@@ -73,7 +74,9 @@ def build_record(
     """Every instance (or Drop) one source record gives for the selected tasks."""
     kind = record_kind(record)
     if kind == "instance" and "turns" in record:
-        return [record] if record.get("task") in tasks else []
+        if record.get("task") in tasks:
+            return [record]
+        return [Drop(f"task not selected: {record.get('task')} (--tasks)", str(record.get("task")))]
     if kind == "instance":  # a released row without turns (e.g. MedMax's pre-tokenised rows)
         return [record]
     if not record.get("images"):
@@ -175,6 +178,8 @@ def synthesize(
                 continue
             if client is None and "visual_chat" in tasks and record_kind(record) == "figure":
                 report.count(SKIPPED)
+            elif not outputs:
+                report.count(UNUSED)
             for output in outputs or []:
                 if isinstance(output, Drop):
                     drop(policy, record, output.reason)
