@@ -151,6 +151,25 @@ def test_static_step_matches_eager_step(engine):
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
 
 
+def test_static_step_traces_as_one_graph(engine):
+    """--compile --fuse hands the static step to torch.compile: it must trace whole (no graph break)."""
+    from medmax_cli.generate.decode import left_pad
+
+    runner = engine.runner
+    ids, attn = left_pad(prompts_of(engine, QUESTIONS[:2]), engine.vocab.pad, "cpu")
+    tok, pos, slot = torch.tensor([9100, 9101]), attn.sum(-1), ids.shape[1]
+    outs = []
+    for compiled in (False, True):
+        cache = runner.new_cache(2, ids.shape[1] + 2)
+        runner.prefill(ids, attn, cache)
+        fn = runner._step_static
+        if compiled:
+            fn = torch.compile(fn, backend="aot_eager", fullgraph=True, dynamic=False)
+        with torch.no_grad():
+            outs.append(fn(tok, pos, torch.tensor([slot]), cache))
+    torch.testing.assert_close(outs[0], outs[1])
+
+
 def test_image_mode_yields_framed_codes_and_png(engine):
     rec = instance("img1", "Draw an axial CT slice of the liver.", task="image_generation")
     (out,) = list(generate_stage([rec], engine=engine, config=GenerateConfig(mode="auto")))
