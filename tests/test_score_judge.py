@@ -5,13 +5,10 @@ Runs against a small OpenAI-compatible fake on 127.0.0.1 started and stopped by 
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import orjson
 import pytest
 
+from fakes.llm_server import FakeLLM
 from medmax_cli.score.judge import Judge, NotCached, VerdictCache, openai_chat, parse_correctness, parse_pair
 from medmax_cli.score.stage import Scorer, score_records
 from medmax_cli.score.summary import summarise
@@ -56,60 +53,28 @@ def test_parse_pair(text, pair):
     assert parse_pair(text) == pair
 
 
-class FakeJudge:
-    """Chat-completions fake: a verdict per model answer, recording every request body."""
-
-    def __init__(self):
-        self.bodies: list[dict] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.bodies.append(body)
-                content = outer.reply(body["messages"])
-                data = json.dumps(
-                    {"choices": [{"message": {"role": "assistant", "content": content}}]}
-                ).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @staticmethod
-    def reply(messages: list[dict]) -> str:
-        prompt = messages[1]["content"]
-        reminded = len(messages) > 2
-        if "[Assistant 2]" in prompt:
-            return "8 6\nAssistant 2 misses the location." if "vague" in prompt else "Both are fine."
-        if "Model answer: liver" in prompt:
-            return "Correctness: 1"
-        if "Model answer: kidney" in prompt:
-            return "Correctness: 0"
-        if "Model answer: flaky" in prompt:
-            return "Correctness: 1" if reminded else "I would say it is mostly right."
-        return "The answer seems plausible."  # never parses
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
+def judge_reply(body: dict) -> str:
+    """A scripted judge: a verdict per model answer (the retry turn carries a reminder)."""
+    messages = body["messages"]
+    prompt = messages[1]["content"]
+    reminded = len(messages) > 2
+    if "[Assistant 2]" in prompt:
+        return "8 6\nAssistant 2 misses the location." if "vague" in prompt else "Both are fine."
+    if "Model answer: liver" in prompt:
+        return "Correctness: 1"
+    if "Model answer: kidney" in prompt:
+        return "Correctness: 0"
+    if "Model answer: flaky" in prompt:
+        return "Correctness: 1" if reminded else "I would say it is mostly right."
+    return "The answer seems plausible."  # never parses
 
 
 @pytest.fixture
 def fake_judge():
-    server = FakeJudge()
-    yield server
-    server.close()
+    """The shared OpenAI-compatible fake (tests/fakes/llm_server.py) answering as a judge."""
+    with FakeLLM(judge_reply) as server:
+        server.bodies = server.requests
+        yield server
 
 
 def _items():
@@ -233,3 +198,24 @@ def test_threaded_scoring_keeps_order_and_errors(fake_judge, tmp_path):
     kept = list(score_records(bad, scorer=Scorer(judge=judge), policy=policy, workers=4))
     assert [x["id"] for x in kept] == ["ok", "wrong", "flaky"]
     assert sum(policy.report.dropped.values()) == 2
+
+
+def test_server_faults(fake_judge, tmp_path, medmax):
+    fake_judge.script.append((429, None, {"Retry-After": "0"}))  # retried by the HTTP client
+    judge = Judge(openai_chat(fake_judge.url, "j"), model="j")
+    assert judge.correctness("a", "q", "liver", "liver").score == 1.0
+    assert len(fake_judge.requests) == 2
+    # an endpoint that does not exist stops the run (exit 1), it does not score anything as 0
+    data = orjson.dumps(vqa("ok", "vqa_rad_open", "liver", "liver")) + b"\n"
+    result = medmax(
+        "score",
+        "--judge-url",
+        fake_judge.url.replace("/v1", "/nope"),
+        "--judge-model",
+        "j",
+        "--judge-cache",
+        str(tmp_path / "c"),
+        input=data,
+        check=False,
+    )
+    assert result.returncode == 1 and b"judge" in result.stderr and result.stdout == b""
