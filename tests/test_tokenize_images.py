@@ -191,3 +191,35 @@ def test_real_commands_tokenize_then_detokenize(tiny_model_dir, media, tmp_path,
         "tokenize-images", str(src), "--model", str(tiny_model_dir), "--dtype", "fp16", env=env, check=False
     )
     assert bad.returncode == 2 and b"--dtype" in bad.stderr
+
+
+def test_detokenize_decodes_matching_tokens_and_rejects_others(tiny_model_dir, media, encoder):
+    import torch
+
+    from medmax_cli.vision.detokenize import detokenize
+
+    spec = VQSpec.from_model_dir(tiny_model_dir)
+    vq = vq_fingerprint(tiny_model_dir)
+    codes = encoder.encode(torch.rand(1, 3, spec.resolution, spec.resolution) * 2 - 1)[0].tolist()
+    records = [
+        {"id": "ok", "kind": "figure", "caption": "", "images": [{"tokens": codes, "vq": vq}]},
+        {
+            "id": "foreign",
+            "kind": "figure",
+            "caption": "",
+            "images": [{"tokens": codes, "vq": "0123456789abcdef"}],
+        },
+        {"id": "short", "kind": "figure", "caption": "", "images": [{"tokens": codes[:-1], "vq": vq}]},
+        {"id": "again", "kind": "figure", "caption": "", "images": [{"tokens": codes, "vq": vq}]},
+        {"id": "plain", "kind": "figure", "caption": "", "images": []},
+    ]
+    rejects = io.BytesIO()
+    policy = ErrorPolicy("skip", rejects, stage="detokenize")
+    out = list(detokenize(records, model_dir=tiny_model_dir, media=media, policy=policy, batch_size=2))
+    assert [r["id"] for r in out] == ["ok", "again", "plain"]
+    decoded = out[0]["images"][0]["decoded"]
+    assert decoded == out[1]["images"][0]["decoded"]  # same codes, same PNG, stored once
+    assert Image.open(media.root / decoded["path"]).size == (spec.resolution, spec.resolution)
+    reasons = {e["record_id"]: e["reason"] for e in map(orjson.loads, rejects.getvalue().splitlines())}
+    assert "codebook '0123456789abcdef'" in reasons["foreign"]
+    assert f"has {spec.tokens_per_image - 1} tokens" in reasons["short"]

@@ -52,7 +52,7 @@ def register(app: typer.Typer) -> None:
         ),
         batch_size: int = typer.Option(32, "--batch-size", help="Images per encoder call."),
         workers: int = typer.Option(
-            min(4, os.cpu_count() or 1),
+            min(8, os.cpu_count() or 1),
             "--workers",
             help="Threads decoding and resizing images (0: in the main thread).",
         ),
