@@ -175,12 +175,14 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
             f"{'-' if ci is None else f'{_pct(ci[0])}-{_pct(ci[1])}'} |"
         )
     macro = summary["macro"]
-    for label, avg in [("VQA average", macro)] + [
-        (f"  {q.replace('_', ' ')}", summary["by_question_type"][q]) for q in QUESTION_TYPES
-    ]:
+    averages = [("VQA average", macro, len(VQA_TASKS))] + [
+        (q.replace("_", " "), summary["by_question_type"][q], sum(v[0] == q for v in VQA_TASKS.values()))
+        for q in QUESTION_TYPES
+    ]
+    for label, avg, total in averages:
         ci = avg["ci95"]
         rows.append(
-            f"| **{label.strip()}** ({avg['n_tasks']}/12 tasks) | accuracy | | | | {_pct(avg['mean'])} | | "
+            f"| **{label}** ({avg['n_tasks']}/{total} tasks) | accuracy | | | | {_pct(avg['mean'])} | | "
             f"{'-' if ci is None else f'{_pct(ci[0])}-{_pct(ci[1])}'} |"
         )
     notes = []
