@@ -255,9 +255,9 @@ class BoiAt:
     def __getattr__(self, name):
         return getattr(self.runner, name)
 
-    def logits(self, hidden, weight=None):
-        out = self.runner.logits(hidden, weight)
-        if weight is None:
+    def logits(self, hidden, code_ids=None):
+        out = self.runner.logits(hidden, code_ids)
+        if code_ids is None:
             self.calls += 1
             if self.calls == self.n:
                 out[:, self.boi] += 1e4
@@ -382,7 +382,7 @@ def adapter_dir(tiny_model_dir, tmp_path_factory):
     torch.manual_seed(0)
     model = load_model(tiny_model_dir)
     peft_model = get_peft_model(
-        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
+        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj", "lm_head"])
     )
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
@@ -405,6 +405,17 @@ def test_adapter_changes_output_and_merged_equals_unmerged(engine, tiny_model_di
     unmerged = [o["prediction"] for o in generate_stage(recs, engine=unmerged_engine, config=cfg)]
     assert merged != base
     assert unmerged == merged
+    # image steps read only the code columns of the head: the unmerged lm_head LoRA must count there too
+    from medmax_cli.generate.decode import left_pad
+
+    ids, attn = left_pad(prompts_of(engine, QUESTIONS[:1]), engine.vocab.pad, "cpu")
+    heads = []
+    for eng in (merged_engine, unmerged_engine, engine):
+        hidden = eng.runner.prefill(ids, attn, eng.runner.new_cache(1, ids.shape[1]))
+        heads.append(eng.runner.logits(hidden, eng.code_ids))
+    assert not unmerged_engine.runner.plain_head
+    torch.testing.assert_close(heads[0], heads[1], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(heads[0], heads[2], atol=1e-2)
 
 
 def test_command_in_a_pipe(tiny_model_dir, tmp_path, adapter_dir):

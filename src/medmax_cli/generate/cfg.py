@@ -77,11 +77,10 @@ def generate_images(
     ids, attn = left_pad(rows, pad, dev)
     width = ids.shape[1]
     cache = runner.new_cache(len(rows), width + tokens_per_image)
-    w_codes = runner.code_head(code_ids)  # [K, H]
     hidden = runner.prefill(ids, attn, cache)
     codes = torch.empty((b, tokens_per_image), dtype=torch.long, device=dev)
     for t in range(tokens_per_image):
-        logits = runner.logits(hidden, w_codes).view(b, g, -1)  # [B, g, K]
+        logits = runner.logits(hidden, code_ids).view(b, g, -1)  # [B, g, K]
         if guided:
             logits = combine_cfg(
                 logits[:, 0], logits[:, 1], logits[:, 2], cfg_text=cfg_text, cfg_image=cfg_image

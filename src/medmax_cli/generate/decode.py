@@ -72,7 +72,8 @@ class Runner:
         attn = self.core.layers[0].self_attn
         self.n_heads, self.n_kv, self.head_dim = attn.num_heads, attn.num_key_value_heads, attn.head_dim
         self.scaling = attn.scaling
-        self.head_weight = base.lm_head.weight  # [V, H]
+        self.head_weight = base.lm_head.weight  # [V, H] (the base weight under an unmerged LoRA)
+        self.plain_head = type(base.lm_head) is torch.nn.Linear
         self.device = self.head_weight.device
         self.dtype = self.head_weight.dtype
         self._code_weight: torch.Tensor | None = None
@@ -101,17 +102,21 @@ class Runner:
 
     # ------------------------------------------------------------------ heads
 
-    def code_head(self, code_ids: torch.Tensor) -> torch.Tensor:
-        """lm_head rows of the image-code tokens [K, H] (cached): image steps need only these."""
+    def logits(self, hidden: torch.Tensor, code_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, H] hidden -> [B, V] float32 logits WITHOUT the stock image-token mask; with `code_ids`
+        [K] only the image-code columns [B, K] (an image step multiplies by 8,192 head rows, not 65,536).
+
+        An unmerged adapter on lm_head (finetune can target it) is honoured by calling the module.
+        """
+        if not self.plain_head:
+            out = self.model.lm_head(hidden)
+            return (out if code_ids is None else out.index_select(-1, code_ids)).float()
+        if code_ids is None:
+            return F.linear(hidden, self.head_weight).float()
         if self._code_weight is None or self._code_ids is None or not torch.equal(self._code_ids, code_ids):
             self._code_ids = code_ids
-            self._code_weight = self.head_weight.index_select(0, code_ids).contiguous()
-        return self._code_weight
-
-    def logits(self, hidden: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-        """[B, H] hidden -> [B, V'] float32 logits, WITHOUT the stock image-token mask."""
-        w = self.head_weight if weight is None else weight
-        return F.linear(hidden, w).float()
+            self._code_weight = self.head_weight.index_select(0, code_ids).contiguous()  # [K, H]
+        return F.linear(hidden, self._code_weight).float()
 
     # ------------------------------------------------------------------ forward
 

@@ -7,7 +7,7 @@ and no host synchronisation inside the decode loop.
 Text steps (MedMax evaluation defaults, REFERENCE.md 6): allowed = EOS + text tokens, and BOI only
 when images are allowed and an image block still fits. BOS, padding, SEP, the `<image>`
 placeholder, EOI and every image code are suppressed. Image steps use the image-code rows of the
-head directly (see `decode.Runner.code_head`), so they need no mask.
+head directly (see `decode.Runner.logits`), so they need no mask.
 """
 
 from __future__ import annotations

@@ -51,8 +51,9 @@ def resolve_adapter_dir(path: str | Path) -> Path:
     for cand in (p, p / "adapter"):
         if (cand / "adapter_config.json").is_file():
             return cand
+    hint = f" (a --full run: use --model {p / 'model'})" if (p / "model" / "config.json").is_file() else ""
     raise FileNotFoundError(
-        f"{p}: no adapter_config.json here or in {p / 'adapter'} (not a finetune run/adapter)"
+        f"{p}: no adapter_config.json here or in {p / 'adapter'}: not a finetune run or adapter{hint}"
     )
 
 
