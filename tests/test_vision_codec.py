@@ -201,3 +201,16 @@ def test_fingerprint_follows_encoder_weights_not_the_decoder(vq_dir):
     main["model.vqmodel.encoder.conv_in.bias"] = main["model.vqmodel.encoder.conv_in.bias"] + 1e-3
     save_file(main, str(vq_dir / "model.safetensors"))
     assert vq_fingerprint(vq_dir) != first
+
+
+@pytest.mark.gpu
+def test_cuda_encoder_agrees_with_cpu(tiny_model_dir, encoder):
+    spec = VQSpec.from_model_dir(tiny_model_dir)
+    pixels = torch.randint(0, 256, (16, spec.resolution, spec.resolution, 3), dtype=torch.uint8)
+    cpu = encoder.encode_uint8(pixels)
+    cuda = VQEncoder.from_model_dir(tiny_model_dir, device="cuda", dtype="fp32")
+    handle = cuda.submit_uint8(pixels.pin_memory())
+    agreement = (handle.result() == cpu).float().mean().item()
+    assert agreement > 0.99  # TF32 / cuDNN algorithms may flip a near tie
+    bf16 = VQEncoder.from_model_dir(tiny_model_dir, device="cuda", dtype="bf16", compile=False)
+    assert (bf16.encode_uint8(pixels) == cpu).float().mean().item() > 0.8

@@ -76,14 +76,25 @@ def preprocess_uint8(image: Image.Image, size: int) -> np.ndarray:
     return pixels
 
 
+_LUTS: dict = {}
+
+
+def _lut_on(device: torch.device) -> torch.Tensor:
+    """The table, copied to each device once (a per-batch host->device copy would stall the pipeline)."""
+    import torch
+
+    key = str(device)
+    if key not in _LUTS:
+        _LUTS[key] = torch.from_numpy(UNIT_RANGE_LUT).to(device)
+    return _LUTS[key]
+
+
 def to_unit_range(pixels: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """uint8 [B, H, W, 3] (any device) -> float [B, 3, H, W] in [-1, 1], exactly the reference values.
 
     A gather through the 256-entry table, so the result is bit-identical to `preprocess`.
     """
-    import torch
-
-    lut = torch.from_numpy(UNIT_RANGE_LUT).to(pixels.device)
+    lut = _lut_on(pixels.device)
     out = lut[pixels.long()].permute(0, 3, 1, 2)  # [B, 3, H, W] float32
     return out if dtype is None else out.to(dtype)
 
