@@ -176,6 +176,8 @@ def test_prompt_ids_for_generation(tok, vocab):
     # A trailing user turn (no answer yet) is all prompt.
     open_ = instance("o", [user({"text": "Is there a lesion?"})])
     assert build_prompt_ids(open_, vocab=vocab, tokenizer=tok) == [BOS] + q + [SEP]
+    # A bare `tokenizers.Tokenizer` works too.
+    assert build_prompt_ids(open_, vocab=vocab, tokenizer=tok.tokenizer) == [BOS] + q + [SEP]
 
 
 def test_bad_instances_say_why(tok, vocab):

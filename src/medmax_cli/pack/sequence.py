@@ -88,6 +88,21 @@ def _image_block(instance: Mapping[str, Any], index: int, vocab, cache: dict[int
     return block
 
 
+def text_tokenizer(tokenizer):
+    """`tokenizer` as a `TextTokenizer` (ids as lists, no special tokens added): a bare
+    `tokenizers.Tokenizer` is wrapped, anything else with `encode_batch(texts) -> list[list[int]]`
+    is used as it is."""
+    from medmax_cli.text.tokenizer import TextTokenizer
+
+    if isinstance(tokenizer, TextTokenizer):
+        return tokenizer
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:  # pragma: no cover - tokenizers is a dependency
+        return tokenizer
+    return TextTokenizer(tokenizer) if isinstance(tokenizer, Tokenizer) else tokenizer
+
+
 def _check_train_on(train_on: str) -> None:
     if train_on not in TRAIN_ON:
         raise ValueError(f"train_on must be one of {TRAIN_ON}, not {train_on!r}")
@@ -174,6 +189,7 @@ def build_sequences(
     """Samples for many instances with one batched tokenizer call; a bad instance gives its RecordError
     in its slot (so the caller's error policy decides) instead of failing the batch."""
     _check_train_on(train_on)
+    tokenizer = text_tokenizer(tokenizer)
     wanted: list[list[str] | None] = []
     for instance in instances:
         if instance.get("tokens") is not None:
@@ -223,6 +239,7 @@ def build_prompt_ids(
         ids = _pretokenised(instance, vocab).input_ids
         first_sep = int(np.flatnonzero(ids == vocab.sep)[0])
         return ids[: first_sep + (1 if prompt_format == "sft" else 0)].tolist()
+    tokenizer = text_tokenizer(tokenizer)
     turns = _turns(instance)
     if turns[-1]["role"] == "assistant":
         turns = turns[:-1]
