@@ -1,7 +1,9 @@
 """The score stage: predictions in, one scored line per item out.
 
 A scored line: {"id", "eval_task", "task", "question_type", "metric", "rules", "score",
-"status", "output", "gold", "parsed"?, "cluster"?, "judge"?, "reason"?} where status is
+"status", "output", "gold", "parsed"?, "cluster"?, "judge"?, "reason"?, "extra"?} ("extra":
+second scores of the same item, each its own summary bucket: the text half of an interleaved
+answer, the per-domain visual-chat score), where status is
 - "scored": the rule (or judge / CLIP) gave a score;
 - "missing": no prediction for the item: score 0, the item stays in n;
 - "unscored": nothing could score it (an open item with no judge, a similarity item with
