@@ -83,49 +83,6 @@ def _assert_same_adapter(a, b, atol):
         torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=atol, msg=k)
 
 
-def test_command_trains_saves_adapter_and_merges(medmax, shards, tiny_model_dir, tmp_path):
-    run = tmp_path / "run"
-    result = medmax(
-        "finetune",
-        str(shards),
-        "-o",
-        str(run),
-        "--max-steps",
-        "3",
-        "--save-every",
-        "2",
-        "--lr",
-        "5e-3",
-        "--merge",
-    )  # --model comes from the shards' manifest
-    assert b"finished (3/3 steps)" in result.stderr
-    assert result.stdout == b""
-    rows = _metrics(run)
-    assert [r["step"] for r in rows] == [1, 2, 3]
-    assert {"step", "loss", "lr", "grad_norm", "tokens_per_s", "supervised_tokens"} <= rows[0].keys()
-    assert all(np.isfinite(r["loss"]) and r["supervised_tokens"] > 0 for r in rows)
-    assert (run / "loss.png").stat().st_size > 0 and any((run / "tb").iterdir())
-    saved = json.loads((run / "config.json").read_text())
-    assert saved["lora_r"] == 16 and saved["model"] == str(tiny_model_dir) and saved["max_steps"] == 3
-    assert (run / "checkpoints" / "latest").read_text().strip() == "step-3"
-    assert (run / "checkpoints" / "step-2" / "trainer_state.json").is_file()
-
-    from peft import PeftModel
-    from transformers import ChameleonForConditionalGeneration
-
-    base = ChameleonForConditionalGeneration.from_pretrained(tiny_model_dir)
-    tuned = PeftModel.from_pretrained(base, str(run / "adapter")).eval()
-    merged = ChameleonForConditionalGeneration.from_pretrained(run / "merged").eval()
-    ids = torch.tensor([[0, 9001, 9002, 8710, 9003, 9004]])
-    with torch.no_grad():
-        a = tuned(input_ids=ids).logits
-        b = merged(input_ids=ids).logits
-        c = ChameleonForConditionalGeneration.from_pretrained(tiny_model_dir).eval()(input_ids=ids).logits
-    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-    assert not torch.allclose(a, c, atol=1e-4)  # training changed the model
-    assert (run / "merged" / "tokenizer.json").is_file()
-
-
 def test_stop_and_resume_matches_uninterrupted(shards, tiny_model_dir, tmp_path):
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     _train(_cfg(shards, whole), tiny_model_dir)
@@ -141,34 +98,47 @@ def test_stop_and_resume_matches_uninterrupted(shards, tiny_model_dir, tmp_path)
         _train(_cfg(shards, parts, resume=True, lr=1e-3), tiny_model_dir)
 
 
-def test_two_processes_match_one_with_grad_accum(medmax, shards, tiny_model_dir, tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
+def test_command_two_fsdp_processes_match_one_with_grad_accum_and_merge(
+    medmax, shards, tiny_model_dir, tmp_path
+):
+    """The real command through the launcher: 2 gloo processes with FSDP2 (the multi-GPU default,
+    which also runs on CPU) equal 1 process accumulating 2 micro-batches; outputs load back."""
+    one, run = tmp_path / "one", tmp_path / "run"
     # --no-shuffle: the reader reads each rank's rows shard by shard, so a shuffled global batch
     # depends on the number of processes; in file order, step s holds the same rows either way
-    _train(_cfg(shards, one, max_steps=2, grad_accum=2, shuffle=False), tiny_model_dir)
+    _train(_cfg(shards, one, max_steps=3, grad_accum=2, shuffle=False), tiny_model_dir)
+    flags = "--gpus 2 --strategy fsdp --max-steps 3 --save-every 2 --lr 5e-3 --warmup-ratio 0.25 --no-shuffle"
     result = medmax(
-        "finetune",
-        str(shards),
-        "-o",
-        str(two),
-        "--gpus",
-        "2",
-        "--max-steps",
-        "2",
-        "--lr",
-        "5e-3",
-        "--warmup-ratio",
-        "0.25",
-        "--no-shuffle",
-        "-q",
-        env={"OMP_NUM_THREADS": "1"},
-    )
-    assert result.returncode == 0
-    a, b = _metrics(one), _metrics(two)
+        "finetune", str(shards), "-o", str(run), *flags.split(), "--merge", env={"OMP_NUM_THREADS": "1"}
+    )  # --model comes from the shards' manifest
+    assert b"finished (3/3 steps)" in result.stderr and result.stdout == b""
+    a, b = _metrics(one), _metrics(run)
+    assert [r["step"] for r in b] == [1, 2, 3]
+    assert {"step", "loss", "lr", "grad_norm", "tokens_per_s", "supervised_tokens"} <= b[0].keys()
     assert [r["supervised_tokens"] for r in a] == [r["supervised_tokens"] for r in b]
     np.testing.assert_allclose([r["loss"] for r in a], [r["loss"] for r in b], rtol=1e-5)
     np.testing.assert_allclose([r["grad_norm"] for r in a], [r["grad_norm"] for r in b], rtol=1e-4)
-    _assert_same_adapter(one / "adapter", two / "adapter", atol=1e-5)
+    _assert_same_adapter(one / "adapter", run / "adapter", atol=1e-5)
+    assert (run / "loss.png").stat().st_size > 0 and any((run / "tb").iterdir())
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["lora_r"] == 16 and saved["model"] == str(tiny_model_dir) and saved["gpus"] == 2
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step-3"
+    assert (run / "checkpoints" / "step-2" / "trainer_state.json").is_file()
+
+    from peft import PeftModel
+    from transformers import ChameleonForConditionalGeneration
+
+    ids = torch.tensor([[0, 9001, 9002, 8710, 9003, 9004]])
+    base = ChameleonForConditionalGeneration.from_pretrained(tiny_model_dir).eval()
+    with torch.no_grad():
+        before = base(input_ids=ids).logits
+        tuned = PeftModel.from_pretrained(base, str(run / "adapter")).eval()(input_ids=ids).logits
+        merged = (
+            ChameleonForConditionalGeneration.from_pretrained(run / "merged").eval()(input_ids=ids).logits
+        )
+    torch.testing.assert_close(tuned, merged, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(tuned, before, atol=1e-4)  # training changed the model
+    assert (run / "merged" / "tokenizer.json").is_file()
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(shards, tiny_model_dir, tmp_path, monkeypatch):
