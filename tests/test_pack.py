@@ -287,7 +287,7 @@ def _corpus(n, vq, seed=0, codes_per_image=64):
     return out
 
 
-def _pack(records, out, tok, vocab, vq, **kw):
+def _pack(records, out, tok, vocab, vq, workers=0, **kw):
     settings = PackSettings(**{"seq_len": 512, "pack_buffer": 64, "max_count": 16, **kw})
     policy = ErrorPolicy("fail", stage="pack")
     return pack_to_dir(
@@ -298,6 +298,7 @@ def _pack(records, out, tok, vocab, vq, **kw):
         settings=settings,
         policy=policy,
         model={"dir": "tiny", "vq_fingerprint": vq},
+        workers=workers,
     )
 
 
@@ -338,7 +339,9 @@ def test_no_pack_is_one_sample_per_row_in_order(tmp_path, tok, vocab, vq):
 def test_same_input_and_seed_give_identical_bytes(tmp_path, tok, vocab, vq):
     records = _corpus(120, vq)
     _pack(records, tmp_path / "a", tok, vocab, vq, seed=7)
-    _pack(records, tmp_path / "b", tok, vocab, vq, seed=7)
+    _pack(
+        records, tmp_path / "b", tok, vocab, vq, seed=7, batch_size=16, workers=2
+    )  # any batching, 2 processes
     _pack(records, tmp_path / "c", tok, vocab, vq, seed=8)
     names = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert names == sorted(p.name for p in (tmp_path / "b").iterdir())

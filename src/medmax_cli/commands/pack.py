@@ -76,6 +76,11 @@ def register(app: typer.Typer) -> None:
         max_count: int = typer.Option(1000, "--max-count", help="Rows per shard at most."),
         max_size: str = typer.Option("1G", "--max-size", help="Bytes per shard at most (e.g. 500M, 2G)."),
         batch_size: int = typer.Option(256, "--batch-size", help="Instances per tokenizer call."),
+        workers: int = typer.Option(
+            0,
+            "--workers",
+            help="Processes that tokenise and assemble (0: in this one); same output for any N.",
+        ),
         image_batch_size: int = typer.Option(
             32, "--image-batch-size", help="Images per VQ batch (on-the-fly)."
         ),
@@ -94,6 +99,8 @@ def register(app: typer.Typer) -> None:
         if train_on not in TRAIN_ON:
             raise fail(f"--train-on must be one of {', '.join(TRAIN_ON)}; got {train_on!r}")
         check_choice("--dtype", dtype, ("fp32", "bf16"))
+        if workers < 0:
+            raise fail("--workers must be >= 0")
         if seq_len < 2 or pack_buffer < 1 or max_count < 1 or batch_size < 1 or image_batch_size < 1:
             raise fail("--seq-len must be >= 2; --pack-buffer, --max-count and the batch sizes must be >= 1")
         if output.exists() and not output.is_dir():
@@ -148,6 +155,7 @@ def register(app: typer.Typer) -> None:
                 policy=io.policy,
                 model=model_info,
                 encode_images=encode,
+                workers=workers,
             )
         if not quiet:
             typer.echo(

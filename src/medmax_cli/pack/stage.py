@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from array import array
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from itertools import islice
@@ -20,7 +21,7 @@ import numpy as np
 
 from medmax_cli.pack.binpack import OnePerRow, StreamPacker
 from medmax_cli.pack.manifest import PackStats, build_manifest, write_manifest
-from medmax_cli.pack.sequence import TRAIN_ON, Sample, build_sequences
+from medmax_cli.pack.sequence import TRAIN_ON, Sample, build_sequences, text_tokenizer
 from medmax_cli.pack.shards import PackedRow, ShardWriter, clear_outputs, make_row
 from medmax_cli.pack.truncate import fit_length
 from medmax_cli.records import RecordError, validate
@@ -127,21 +128,16 @@ def _encode_batch(
     return out
 
 
-def samples(
+def _ready_batches(
     records: Iterable[dict[str, Any]],
     *,
-    vocab,
-    tokenizer,
     settings: PackSettings,
     policy: ErrorPolicy,
-    encode_images: ImageEncoder | None = None,
-    expected_vq: str | None = None,
-    check: bool = True,
-) -> Iterator[Sample]:
-    """Samples that fit `settings.seq_len` (truncated when needed), in input order.
-
-    `check` validates each record against the schema (`validate_instance`); pass False only for
-    records already validated."""
+    encode_images: ImageEncoder | None,
+    expected_vq: str | None,
+    check: bool,
+) -> Iterator[list[dict[str, Any]]]:
+    """Batches of valid records whose images all carry tokens of the model's codebook."""
     iterator = iter(records)
     while raw := list(islice(iterator, settings.batch_size)):
         batch = []
@@ -157,19 +153,90 @@ def samples(
                 ready.append(record)
             except RecordError as exc:
                 policy.reject(exc, record)
-        for record, result in zip(
-            ready,
-            build_sequences(ready, vocab=vocab, tokenizer=tokenizer, train_on=settings.train_on),
-            strict=True,
-        ):
+        yield ready
+
+
+def build_batch(
+    batch: list[dict[str, Any]], *, vocab, tokenizer, settings: PackSettings
+) -> list[Sample | RecordError]:
+    """Sequences of a batch (one tokenizer call), length policy applied; errors in their slots."""
+    out: list[Sample | RecordError] = []
+    for result in build_sequences(batch, vocab=vocab, tokenizer=tokenizer, train_on=settings.train_on):
+        if not isinstance(result, RecordError):
             try:
-                if isinstance(result, RecordError):
-                    raise result
-                sample = fit_length(result, settings.seq_len)
+                result = fit_length(result, settings.seq_len)
             except RecordError as exc:
-                policy.reject(exc, record)
-                continue
-            yield sample
+                result = exc
+        out.append(result)
+    return out
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(vocab, tokenizer, settings: PackSettings) -> None:
+    _WORKER.update(vocab=vocab, tokenizer=text_tokenizer(tokenizer), settings=settings)
+
+
+def _worker_build(batch: list[dict[str, Any]]) -> list[Sample | RecordError]:
+    return build_batch(batch, **_WORKER)
+
+
+def samples(
+    records: Iterable[dict[str, Any]],
+    *,
+    vocab,
+    tokenizer,
+    settings: PackSettings,
+    policy: ErrorPolicy,
+    encode_images: ImageEncoder | None = None,
+    expected_vq: str | None = None,
+    check: bool = True,
+    workers: int = 0,
+) -> Iterator[Sample]:
+    """Samples that fit `settings.seq_len` (truncated when needed), in input order.
+
+    `check` validates each record against the schema (`validate_instance`); pass False only for
+    records already validated. `workers` > 0 tokenises and assembles batches in that many processes
+    (order kept, at most 2 batches per worker in flight); reading, validation, image encoding and
+    the error policy stay in this process, so the output is the same for any `workers`."""
+    tokenizer = text_tokenizer(tokenizer)
+    ready_batches = _ready_batches(
+        records,
+        settings=settings,
+        policy=policy,
+        encode_images=encode_images,
+        expected_vq=expected_vq,
+        check=check,
+    )
+
+    def emit(batch: list[dict[str, Any]], results: list[Sample | RecordError]) -> Iterator[Sample]:
+        for record, result in zip(batch, results, strict=True):
+            if isinstance(result, RecordError):
+                policy.reject(result, record)
+            else:
+                yield result
+
+    if workers <= 0:
+        for batch in ready_batches:
+            yield from emit(batch, build_batch(batch, vocab=vocab, tokenizer=tokenizer, settings=settings))
+        return
+    import multiprocessing
+
+    # spawn, not fork: the parent may hold torch and tokenizers thread pools.
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(
+        workers, initializer=_worker_init, initargs=(vocab, tokenizer.tokenizer, settings)
+    ) as pool:
+        window: deque = deque()
+        for batch in ready_batches:
+            window.append((batch, pool.apply_async(_worker_build, (batch,))))
+            while len(window) > 2 * workers:
+                done, result = window.popleft()
+                yield from emit(done, result.get())
+        while window:
+            done, result = window.popleft()
+            yield from emit(done, result.get())
 
 
 def rows(items: Iterable[Sample], settings: PackSettings) -> Iterator[PackedRow]:
@@ -197,12 +264,14 @@ def pack_to_dir(
     model: dict[str, Any] | None = None,
     encode_images: ImageEncoder | None = None,
     check: bool = True,
+    workers: int = 0,
 ) -> dict[str, Any]:
     """Write shards and then the manifest to `out_dir`; returns the manifest.
 
     A previous run's manifest and shards in `out_dir` are removed first. If anything fails, the
     shard being written is deleted and no manifest is written, so the directory never looks finished.
     `check` validates records against the schema here (read them with `check=False`: this is faster).
+    `workers`: processes that tokenise and assemble (see `samples`); the output does not depend on it.
     """
     settings.check()
     out = Path(out_dir)
@@ -229,6 +298,7 @@ def pack_to_dir(
                     encode_images=encode_images,
                     expected_vq=model.get("vq_fingerprint"),
                     check=check,
+                    workers=workers,
                 )
             ),
             settings,
@@ -241,9 +311,11 @@ def pack_to_dir(
         report.count("truncated", stats.truncated)
     report.count("rows", stats.rows)
     report.count("shards", len(shards))
+    # What the shards depend on; batch_size and workers only change how fast they are made.
+    data_settings = {k: v for k, v in asdict(settings).items() if k != "batch_size"}
     special = {name: int(getattr(vocab, name)) for name in ("bos", "eos", "pad", "sep", "boi", "eoi")}
     manifest = build_manifest(
-        settings={**asdict(settings), "special_ids": special, "n_codes": int(vocab.n_codes)},
+        settings={**data_settings, "special_ids": special, "n_codes": int(vocab.n_codes)},
         model=model,
         stats=stats,
         shards=shards,
