@@ -107,6 +107,9 @@ class VQEncoder:
         self.codebook = vq.quantize.embedding.weight.detach().to(self.device, torch.float32)  # [K, D]
         self.vq = vq.to(device=self.device, dtype=self.dtype, memory_format=memory_format).eval()
         self.codebook_sq = (self.codebook**2).sum(dim=1)  # [K]
+        if self.device.type == "cuda":
+            # Fixed input shapes: let cuDNN pick the fastest convolution algorithms once.
+            torch.backends.cudnn.benchmark = True
         self._trunk = self._encode_latents
         if compile:
             self._trunk = torch.compile(self._encode_latents, dynamic=False)
