@@ -26,7 +26,9 @@ def _jsonl(records) -> bytes:
 
 def test_score_lines_summary_bytes_and_report(tmp_path, medmax):
     data = _jsonl(_predictions())
-    first = medmax("score", "--summary", str(tmp_path / "a.json"), "--report", str(tmp_path / "rep"), input=data)
+    first = medmax(
+        "score", "--summary", str(tmp_path / "a.json"), "--report", str(tmp_path / "rep"), input=data
+    )
     medmax("score", "--summary", str(tmp_path / "b.json"), "--cluster-by-image", input=data)
     medmax("score", "--summary", str(tmp_path / "c.json"), input=data)
     lines = [orjson.loads(x) for x in first.stdout.splitlines()]
@@ -52,7 +54,9 @@ def test_score_lines_summary_bytes_and_report(tmp_path, medmax):
 def test_robust_rules_and_expected_items(tmp_path, medmax):
     predictions = _predictions()[1:]  # rad-0 was never generated
     expect = tmp_path / "expect.jsonl"
-    expect.write_bytes(_jsonl(vqa(r["id"], r["meta"]["eval_task"], r["answer"], None) for r in _predictions()))
+    expect.write_bytes(
+        _jsonl(vqa(r["id"], r["meta"]["eval_task"], r["answer"], None) for r in _predictions())
+    )
     result = medmax("score", "--rules", "robust", "--expect", str(expect), "-q", input=_jsonl(predictions))
     lines = {x["id"]: x for x in map(orjson.loads, result.stdout.splitlines())}
     assert lines["rad-0"]["status"] == "missing" and lines["rad-0"]["score"] == 0.0
