@@ -12,6 +12,7 @@ import json
 import logging
 import re
 from collections.abc import Sequence
+from itertools import chain, islice
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -119,16 +120,17 @@ class TextTokenizer:
     def _encode_words(self, texts: Sequence[str], by_words: list[tuple[int, list[str]]], out: list) -> None:
         first, spaced = self._first, self._spaced
         new_first = sorted({w[0] for _, w in by_words if w[0] not in first})
-        new_spaced = sorted({x for _, w in by_words for x in w[1:] if x not in spaced})
+        seen: set[str] = set()
+        for _, words in by_words:
+            seen.update(words)  # C-level; the first word is in there too (harmless: a few extra encodes)
+        new_spaced = sorted(seen.difference(spaced))
         if new_first:
             first.update(zip(new_first, self._encode_whole(new_first), strict=True))
         if new_spaced:
             spaced.update(zip(new_spaced, self._encode_whole([" " + w for w in new_spaced]), strict=True))
+        lookup = spaced.__getitem__
         for i, words in by_words:
-            ids = list(first[words[0]])
-            for word in words[1:]:
-                ids += spaced[word]
-            out[i] = ids
+            out[i] = first[words[0]] + list(chain.from_iterable(map(lookup, islice(words, 1, None))))
         if self._to_verify > 0:
             check = by_words[: self._to_verify]
             self._to_verify -= len(check)
