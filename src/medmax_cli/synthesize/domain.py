@@ -119,6 +119,12 @@ _KEYWORDS = {
     ),
 }
 _TOKEN = re.compile(r"[a-z0-9_]+(?:[-&][a-z0-9_]+)*")
+_WORD_DOMAIN = {word: domain for domain, (words, _, _) in _KEYWORDS.items() for word in words}
+_ALL_PREFIXES = tuple(p for _, prefixes, _ in _KEYWORDS.values() for p in prefixes)
+
+
+def _prefix_domain(token: str) -> str:
+    return next(d for d, (_, prefixes, _) in _KEYWORDS.items() if token.startswith(prefixes))
 
 
 def classify_text(text: str) -> str:
@@ -128,10 +134,13 @@ def classify_text(text: str) -> str:
     first: dict[str, int] = {}
     for match in _TOKEN.finditer(lower):
         token = match.group()
-        for domain, (words, prefixes, _) in _KEYWORDS.items():
-            if token in words or token.startswith(prefixes):
-                hits[domain] += 1
-                first.setdefault(domain, match.start())
+        domain = _WORD_DOMAIN.get(token)
+        if domain is None:
+            if not token.startswith(_ALL_PREFIXES):
+                continue  # most tokens: one dict lookup and one prefix test
+            domain = _prefix_domain(token)
+        hits[domain] += 1
+        first.setdefault(domain, match.start())
     for domain, (_, _, phrases) in _KEYWORDS.items():
         for phrase in phrases:
             at = lower.find(phrase)
