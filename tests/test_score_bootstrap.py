@@ -127,3 +127,9 @@ def test_paired_compare():
     assert result["tasks"]["pmc_vqa"]["diff"] == 0.0
     assert result["macro"]["diff"] == pytest.approx(gain / 3, abs=1e-6)
     assert result["counts"] == {"only_a": 0, "only_b": 0, "unscored_in_either": 0}
+
+
+def test_compare_refuses_duplicate_ids():
+    a = _lines()
+    with pytest.raises(ValueError, match="duplicate id"):
+        compare(a, a + a[:1])

@@ -220,7 +220,10 @@ def register(app: typer.Typer) -> None:
                     except RecordError as exc:
                         raise fail(str(exc), 1) from None
             sides.append(rows)
-        result = compare(sides[0], sides[1], seed=seed, n_boot=n_boot, cluster=cluster)
+        try:
+            result = compare(sides[0], sides[1], seed=seed, n_boot=n_boot, cluster=cluster)
+        except (ValueError, KeyError) as exc:
+            raise fail(f"{exc}", 1) from None
         sys.stdout.buffer.write(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
         sys.stdout.flush()
         typer.echo(markdown_compare(result), err=True, nl=False)

@@ -33,8 +33,7 @@ def compare(
     n_boot: int = N_BOOT,
     cluster: bool = False,
 ) -> dict[str, Any]:
-    a = {x["id"]: x for x in lines_a}
-    b = {x["id"]: x for x in lines_b}
+    a, b = _by_id(lines_a, "A"), _by_id(lines_b, "B")
     pairs: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
     only_a = only_b = unscored = 0
     for rid, x in a.items():
@@ -84,6 +83,15 @@ def compare(
         "macro": macro,
         "tasks": tasks,
     }
+
+
+def _by_id(lines: Iterable[Mapping[str, Any]], side: str) -> dict[str, Mapping[str, Any]]:
+    out: dict[str, Mapping[str, Any]] = {}
+    for line in lines:
+        if line["id"] in out:
+            raise ValueError(f"--compare {side}: duplicate id {line['id']!r}")
+        out[line["id"]] = line
+    return out
 
 
 def markdown_compare(result: Mapping[str, Any]) -> str:
