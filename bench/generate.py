@@ -85,8 +85,13 @@ def random_model(sizes: dict, device: torch.device, dtype: torch.dtype):
     )
     config.vq_config.num_embeddings = N_CODES
     torch.manual_seed(0)
-    with torch.device(device):
-        model = ChameleonForConditionalGeneration(config).to(dtype).eval()
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # build in bf16 directly: no transient fp32 copy of 7B weights
+    try:
+        with torch.device(device):
+            model = ChameleonForConditionalGeneration(config).to(dtype).eval()
+    finally:
+        torch.set_default_dtype(default)
     return model, ChameleonVocab.from_vocabulary_map(vocab_map, len(names))
 
 

@@ -247,7 +247,8 @@ def test_first_image_code_is_guided_argmax_of_three_rows(engine):
 
 
 class BoiAt:
-    """Runner proxy adding a large BOI bias on the n-th full-vocabulary logits call."""
+    """Runner proxy adding a large bias to `token` (BOI by default) on the n-th full-vocabulary logits
+    call (every call when n is None)."""
 
     def __init__(self, runner, boi, n):
         self.runner, self.boi, self.n, self.calls = runner, boi, n, 0
@@ -259,9 +260,19 @@ class BoiAt:
         out = self.runner.logits(hidden, code_ids)
         if code_ids is None:
             self.calls += 1
-            if self.calls == self.n:
+            if self.n is None or self.calls == self.n:
                 out[:, self.boi] += 1e4
         return out
+
+
+def test_min_new_tokens_holds_eos_back(engine):
+    prompts = prompts_of(engine, QUESTIONS[:2])
+    eager_eos = BoiAt(engine.runner, engine.vocab.eos, None)  # EOS wins every step it is allowed
+    kw = dict(budgets=[10, 10], masks=engine.masks, seeds=torch.tensor([1, 2]))
+    assert [r.stop for r in generate_text(eager_eos, prompts, **kw)] == ["eos", "eos"]
+    assert [r.tokens for r in generate_text(eager_eos, prompts, **kw)] == [[], []]
+    res = generate_text(eager_eos, prompts, min_new=[3, 5], **kw)
+    assert [len(r.tokens) for r in res] == [3, 5] and [r.stop for r in res] == ["eos", "eos"]
 
 
 def test_interleaved_text_image_text(engine):

@@ -47,6 +47,7 @@ def register(app: typer.Typer) -> None:
             "--max-new-tokens",
             help="New-token budget per record [text 256; interleaved 256 + one image].",
         ),
+        min_new_tokens: int = typer.Option(0, "--min-new-tokens", help="Suppress EOS until N new tokens."),
         seed: int = typer.Option(0, "--seed", help="Sampling seed (same seed, same output)."),
         batch_size: int = typer.Option(8, "--batch-size", help="Records decoded together."),
         prompt_format: str = typer.Option("sft", "--prompt-format", help="sft (turns closed by SEP) or raw."),
@@ -89,6 +90,7 @@ def register(app: typer.Typer) -> None:
         config = GenerateConfig(
             mode=mode,
             max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens,
             seed=seed,
             batch_size=batch_size,
             prompt_format=prompt_format,

@@ -260,13 +260,15 @@ def generate_text(
     temperature: float = 0.0,
     top_p: float = 1.0,
     check_every: int = 16,
+    min_new: list[int] | None = None,
 ) -> list[TextResult]:
     """Decode text for a batch of prompts until EOS, BOI (when images are allowed) or the budget.
 
     `budgets[b]` is the most new tokens row b may take; BOI is allowed for row b only while
     `allow_image[b]` and at least `masks.image_block` positions remain in its budget and in the
     context (never an image without room). The loop does not synchronise with the host except
-    every `check_every` steps to see whether every row has finished.
+    every `check_every` steps to see whether every row has finished. EOS is suppressed for row b
+    during its first `min_new[b]` steps.
     """
     dev = runner.device
     b = len(prompts)
@@ -283,6 +285,8 @@ def generate_text(
         allow, room - masks.image_block, torch.full_like(room, -1)
     )  # allow while t <= this
 
+    eos_from = torch.tensor(min_new, device=dev) if min_new and any(min_new) else None
+
     ids, attn = left_pad(prompts, masks.pad, dev)
     width = ids.shape[1]
     cache = runner.new_cache(b, width + max_new)
@@ -298,7 +302,8 @@ def generate_text(
         logits = runner.logits(hidden)  # [B, V]
         if repetition_penalty != 1.0:
             logits = apply_repetition_penalty(logits, history, repetition_penalty)
-        logits = masks.apply(logits, boi_allowed=boi_ok_until >= t)
+        eos_ok = None if eos_from is None else eos_from <= t
+        logits = masks.apply(logits, boi_allowed=boi_ok_until >= t, eos_allowed=eos_ok)
         tok = sample(logits, temperature=temperature, top_p=top_p, seeds=seeds, steps=offsets + t)
         tok = torch.where(finished, masks.pad, tok)
         out[:, t] = tok

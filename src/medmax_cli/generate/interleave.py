@@ -69,6 +69,7 @@ def run_rows(
                 temperature=settings.temperature,
                 top_p=settings.top_p,
                 check_every=settings.check_every,
+                min_new=[max(0, settings.min_new_tokens - r.used) for r in text_rows],
             )
             for r, res in zip(text_rows, results, strict=True):
                 text = [t for t in res.tokens if t != vocab.boi]

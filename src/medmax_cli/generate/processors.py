@@ -71,11 +71,13 @@ class TextMasks:
             image_block=tokens_per_image + 2,
         )
 
-    def apply(self, logits: torch.Tensor, *, boi_allowed: torch.Tensor) -> torch.Tensor:
-        """logits [B, V] -> logits with disallowed ids at -inf; boi_allowed bool [B]."""
+    def apply(
+        self, logits: torch.Tensor, *, boi_allowed: torch.Tensor, eos_allowed: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """logits [B, V] -> logits with disallowed ids at -inf; boi_allowed / eos_allowed bool [B]."""
         out = logits.masked_fill(self.blocked, float("-inf"))
-        boi_col = torch.where(
-            boi_allowed, logits[:, self.boi], torch.full_like(logits[:, self.boi], float("-inf"))
-        )
-        out[:, self.boi] = boi_col
+        neg = torch.full_like(logits[:, self.boi], float("-inf"))
+        out[:, self.boi] = torch.where(boi_allowed, logits[:, self.boi], neg)
+        if eos_allowed is not None:  # --min-new-tokens
+            out[:, self.eos] = torch.where(eos_allowed, out[:, self.eos], neg)
         return out
