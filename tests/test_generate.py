@@ -368,6 +368,33 @@ def test_same_seed_same_output(engine):
     assert run(6) != first
 
 
+def test_prompt_formats_and_auto_modes(engine):
+    from medmax_cli.generate.prompt import prompt_ids, resolve_mode
+
+    rec = instance("f", QUESTIONS[0])
+    sft = prompt_ids(rec, vocab=engine.vocab, tokenizer=engine.tokenizer, prompt_format="sft")
+    raw = prompt_ids(rec, vocab=engine.vocab, tokenizer=engine.tokenizer, prompt_format="raw")
+    assert sft[0] == raw[0] == engine.vocab.bos and sft[-1] == engine.vocab.sep and sft[:-1] == raw
+    assert "gold" not in engine.tokenizer.decode(
+        sft
+    )  # the final assistant turn is the answer, not the prompt
+    modes = {
+        t: resolve_mode(instance("m", "x", task=t), "auto")
+        for t in ("vqa", "captioning", "image_generation", "interleaved", "visual_chat")
+    }
+    assert modes == {
+        "vqa": "text",
+        "captioning": "text",
+        "image_generation": "image",
+        "interleaved": "interleaved",
+        "visual_chat": "text",
+    }
+    report = instance("r", "Draw the finding.", task="report_understanding")
+    report["images"] = [{"tokens": [1, 2], "vq": "x"}]
+    report["turns"][1]["content"] = [{"image": 0}]
+    assert resolve_mode(report, "auto") == "image" and resolve_mode(report, "text") == "text"
+
+
 def test_prompt_image_without_tokens_is_rejected(engine):
     rec = instance("noimg", "What is shown?", images=[{"sha256": "0" * 64, "path": "x.png"}])
     with pytest.raises(RecordError, match="no VQ tokens"):
