@@ -8,4 +8,4 @@ medmax synthesize "$DEMO/eval-sources.jsonl" --tasks vqa -o "$DEMO/eval-instance
 # Decontamination, on the side: the bundled eval items reuse the sample figures, so dropping every
 # training instance that shares an image (exact or near) or a question with them leaves only a few.
 medmax synthesize "$DEMO/sources.jsonl" --exclude "$DEMO/eval-sources.jsonl" \
-  --rejects "$DEMO/synthesize-rejects.jsonl" -o "$DEMO/instances.decontaminated.jsonl"
+  --rejects "$DEMO/decontamination-rejects.jsonl" -o "$DEMO/instances.decontaminated.jsonl"
