@@ -721,3 +721,14 @@ def test_shard_bytes_equal_what_tarfile_writes(tmp_path):
             for name, data in row_members(ROW_KEY % i, row):
                 tar.addfile(tar_member_info(name, len(data)), _io.BytesIO(data))
     assert (tmp_path / "shard-000000.tar").read_bytes() == buffer.getvalue()
+
+
+def test_reader_verify_catches_a_changed_shard(tmp_path):
+    _write_rows(tmp_path, [5, 6, 7], max_count=2)
+    PackedShards(tmp_path, verify=True)
+    shard = tmp_path / "shard-000001.tar"
+    data = bytearray(shard.read_bytes())
+    data[600] ^= 1
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="sha256"):
+        PackedShards(tmp_path, verify=True)
