@@ -445,3 +445,26 @@ def test_command_in_a_pipe_is_deterministic(media, tmp_path, medmax):
     assert tasks.count("vqa") == tasks.count("captioning") == 3  # 4 vqa - 1 contaminated; 4 captions capped
     bad = medmax("synthesize", str(src), "--tasks", "captions", env=env, check=False)
     assert bad.returncode == 2 and b"--tasks" in bad.stderr
+
+
+def test_near_dup_groups_grow_from_lists_into_indexes():
+    from medmax_cli.synthesize.filters import SMALL_GROUP, NearDupFilter
+
+    class Planted:
+        def phash_of(self, ref):
+            return ref["h"]
+
+    rng = np.random.default_rng(3)
+    hashes = [int(x) for x in rng.integers(0, 2**63, SMALL_GROUP + 10)]
+    near = NearDupFilter(Planted(), 4)  # type: ignore[arg-type]
+    reasons = [
+        near.check({"id": f"c{i}", "task": "captioning", "images": [{"h": h}]}) for i, h in enumerate(hashes)
+    ]
+    assert reasons == [None] * len(hashes)
+    assert isinstance(near._groups[("captioning", "", "")], NearDupIndex)
+    copy = {"id": "late", "task": "captioning", "images": [{"h": hashes[3] ^ 0b101}]}
+    assert near.check(copy) == "near duplicate: image within 2 bits of c3"
+    # A small group (one VQA question) stays a list and still finds its near copy.
+    q = {"id": "q1", "task": "vqa", "meta": {"question": "Is it?"}, "images": [{"h": hashes[0]}]}
+    assert near.check(q) is None and near.check(dict(q, id="q2", images=[{"h": hashes[0] ^ 1}])) is not None
+    assert isinstance(near._groups[("vqa", "", "is it")], list)

@@ -60,11 +60,18 @@ class ExactDedup:
         return None if first == instance["id"] else f"duplicate: same images and text as {first}"
 
 
+SMALL_GROUP = 32  # below this many kept images a group is a plain list scanned linearly
+
+
 class NearDupFilter:
+    """Near-duplicate images per group. Most VQA groups (one question) hold one or two images, so a
+    group starts as a small list of (hash, id) and becomes a NearDupIndex only when it grows: an
+    index per question would cost a few KB each, a lot for a million questions."""
+
     def __init__(self, hasher: ImageHasher, threshold: int):
         self.hasher = hasher
         self.threshold = threshold
-        self._groups: dict[tuple[str, str, str], NearDupIndex[str]] = {}
+        self._groups: dict[tuple[str, str, str], list[tuple[int, str]] | NearDupIndex[str]] = {}
         self.unhashed = 0
 
     def group(self, instance: Mapping[str, Any]) -> tuple[str, str, str]:
@@ -80,11 +87,25 @@ class NearDupFilter:
         if value is None:
             self.unhashed += 1  # not in the media store: only the exact filter applies
             return None
-        index = self._groups.get(self.group(instance))
-        if index is None:
-            index = self._groups[self.group(instance)] = NearDupIndex(self.threshold)
-        found = index.nearest(value)
-        if found is not None:
-            return f"near duplicate: image within {found[1]} bits of {found[0]}"
-        index.add(value, instance["id"])
+        key = self.group(instance)
+        members = self._groups.setdefault(key, [])
+        if isinstance(members, list):
+            found = (
+                min(((h ^ value).bit_count(), i, rid) for i, (h, rid) in enumerate(members))
+                if members
+                else None
+            )
+            if found is not None and found[0] <= self.threshold:
+                return f"near duplicate: image within {found[0]} bits of {found[2]}"
+            members.append((value, instance["id"]))
+            if len(members) > SMALL_GROUP:
+                index: NearDupIndex[str] = NearDupIndex(self.threshold)
+                for h, rid in members:
+                    index.add(h, rid)
+                self._groups[key] = index
+            return None
+        hit = members.nearest(value)
+        if hit is not None:
+            return f"near duplicate: image within {hit[1]} bits of {hit[0]}"
+        members.add(value, instance["id"])
         return None
