@@ -21,7 +21,9 @@ from medmax_cli.cliutil import (
 HELP = """Build Chameleon token sequences and loss masks, pack them into fixed-length rows and write
 WebDataset shards plus manifest.json to a directory (docs/pack.md).
 
-  medmax synthesize < sources.jsonl | medmax tokenize-images | medmax pack --seq-len 4096 -o shards/
+\b
+  medmax synthesize < sources.jsonl | medmax tokenize-images \\
+    | medmax pack --seq-len 4096 -o shards/
 """
 
 
