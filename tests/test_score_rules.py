@@ -146,3 +146,22 @@ def test_expected_items_without_prediction_score_zero():
 def test_closed_gold_not_yes_no_is_a_record_error():
     with pytest.raises(RecordError, match="yes or no"):
         score_one(vqa("a", "vqa_rad_closed", "left", "left"), Scorer())
+
+
+@pytest.mark.parametrize(
+    ("spelling", "name"),
+    [
+        ("pmc_vqa_mcq", "pmc_vqa"),  # medmax fetch medmax-eval: f"{task_name}_{question_type}"
+        ("PMC-VQA", "pmc_vqa"),
+        ("pathmmu_mcq", "pathmmu"),
+        ("VQARAD_open", "vqa_rad_open"),
+        ("probmed_closed", "probmed_closed"),
+        ("vqa_rad_mcq", "vqa_rad_mcq"),  # not a multiple-choice task: left alone
+        ("captioning_pmc", "captioning_pmc"),
+    ],
+)
+def test_eval_task_spellings(spelling, name):
+    from medmax_cli.score.tasks import canonical_task, eval_task_of
+
+    assert canonical_task(spelling) == name
+    assert eval_task_of({"meta": {"eval_task": spelling}}) == name

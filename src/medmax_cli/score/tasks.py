@@ -39,11 +39,29 @@ METRIC_OF_TASK = {
 }
 
 
+_BY_LETTERS = {name.replace("_", ""): name for name in VQA_TASKS}
+_MC_SUFFIXES = ("_mcq", "_multiple_choice", "_mc")
+
+
+def canonical_task(name: str) -> str:
+    """One of the 12 names for the spellings readers use ("PMC-VQA", "pmc_vqa_mcq", "VQARAD_closed");
+    any other name is returned unchanged."""
+    key = name.strip().lower().replace("-", "_").replace(" ", "_")
+    for suffix in _MC_SUFFIXES:
+        stripped = key.removesuffix(suffix)
+        if (
+            stripped != key
+            and VQA_TASKS.get(_BY_LETTERS.get(stripped.replace("_", ""), ""), ("",))[0] == MULTIPLE_CHOICE
+        ):
+            key = stripped
+    return _BY_LETTERS.get(key.replace("_", ""), name)
+
+
 def eval_task_of(record: Mapping[str, Any]) -> str:
-    """The summary bucket of a record: meta.eval_task, else its task family."""
+    """The summary bucket of a record: meta.eval_task (canonical spelling), else its task family."""
     meta = record.get("meta") or {}
     name = meta.get("eval_task") if isinstance(meta, dict) else None
-    return str(name or record.get("task") or "?")
+    return canonical_task(str(name)) if name else str(record.get("task") or "?")
 
 
 def question_type_of(record: Mapping[str, Any]) -> str | None:
