@@ -7,7 +7,7 @@
 #
 # Environment: MODEL (model dir; default: a tiny demo model built in $OUT/model), ADAPTER (a
 # finetune run or adapter dir), EVAL (MedMax eval parquet file/dir, or a JSONL of qa records;
-# default: the bundled sample), OUT, RULES (medmax|robust), SEED, JUDGE_URL + JUDGE_MODEL (open
+# default: the bundled sample; EVAL_IMAGES when its images are not beside it), OUT, RULES (medmax|robust), SEED, JUDGE_URL + JUDGE_MODEL (open
 # questions), CLIP_MODEL, MEDMAX_MEDIA (default $OUT/media).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +33,7 @@ if [[ -z "${EVAL:-}" ]]; then
 elif [[ "$EVAL" == *.jsonl ]]; then
   medmax fetch jsonl "$EVAL" --root "$(dirname "$EVAL")" -o "$OUT/eval-sources.jsonl"
 else
-  medmax fetch medmax-eval "$EVAL" -o "$OUT/eval-sources.jsonl"
+  medmax fetch medmax-eval "$EVAL" ${EVAL_IMAGES:+--images "$EVAL_IMAGES"} -o "$OUT/eval-sources.jsonl"
 fi
 
 # 3. instances exactly as MedMax asks them (template 0, nothing deduplicated away), image tokens
