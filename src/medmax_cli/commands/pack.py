@@ -175,7 +175,13 @@ def _image_encoder(model_dir: Path, io: StageIO, batch_size: int, device: str, d
     except ImportError:
         return None
 
+    state: dict = {}
+
     def encode(records):
+        if "encoder" not in state:  # built once, on the first batch that needs it (not once per batch)
+            from medmax_cli.vision.encoder import VQEncoder
+
+            state["encoder"] = VQEncoder.from_model_dir(model_dir, device=device, dtype=dtype)
         return tokenize_images(
             records,
             model_dir=model_dir,
@@ -184,6 +190,7 @@ def _image_encoder(model_dir: Path, io: StageIO, batch_size: int, device: str, d
             batch_size=batch_size,
             device=device,
             dtype=dtype,
+            encoder=state["encoder"],
         )
 
     return encode
