@@ -3,7 +3,8 @@
 Default: the tiny model on CPU. `--full`: a random 7B-shaped Chameleon in bf16 on a GPU, plus one
 image's worth of tokens with three-row CFG. `--full --quick`: the same code path with a reduced
 config, runnable on CPU for smoke testing. Prints tokens/s (median of repeats), the ratios and the
-time to first token of each path's FIRST call (including any compilation / CUDA-graph capture).
+time of each path's cold first call making 2 tokens (the first token plus the first decode step, so
+any compilation / CUDA-graph capture is included).
 
     python bench/generate.py                    # tiny, CPU
     python bench/generate.py --full             # 7B-shaped, bf16, CUDA
@@ -104,56 +105,52 @@ def prompt_batch(vocab: ChameleonVocab, batch: int, length: int) -> list[list[in
     ]
 
 
+def _measure(run, n_rows: int, new_tokens: int, repeats: int, device: torch.device) -> tuple[float, float]:
+    """(median tokens/s over warm calls, seconds of the cold first call making 2 tokens).
+
+    The cold call comes first in the process for that path and makes a second token on purpose:
+    decode-step compilation or graph capture happens at the first decode step, so it is included.
+    """
+
+    def timed(n):
+        sync(device)
+        t0 = time.perf_counter()
+        run(n)
+        sync(device)
+        return time.perf_counter() - t0
+
+    cold = timed(2)
+    rates = [n_rows * new_tokens / timed(new_tokens) for _ in range(repeats)]
+    return statistics.median(rates), cold
+
+
 def bench_stock(model, prompts, new_tokens, repeats, cache_implementation=None):
     """Greedy `model.generate`, EOS ignored (min_new_tokens) so every call makes `new_tokens`."""
-    dev = model.device
-    ids = torch.tensor(prompts, device=dev)
+    ids = torch.tensor(prompts, device=model.device)
     kw = dict(do_sample=False, pad_token_id=1, attention_mask=torch.ones_like(ids))
     if cache_implementation:
         kw["cache_implementation"] = cache_implementation
-    sync(dev)
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        model.generate(ids, max_new_tokens=1, **kw)
-    sync(dev)
-    ttft = time.perf_counter() - t0
-    rates = []
-    for _ in range(repeats):
-        sync(dev)
-        t0 = time.perf_counter()
+
+    def run(n):
         with torch.no_grad():
-            out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kw)
-        sync(dev)
-        assert out.shape[1] - ids.shape[1] == new_tokens
-        rates.append(len(prompts) * new_tokens / (time.perf_counter() - t0))
-    return statistics.median(rates), ttft
+            out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, **kw)
+        assert out.shape[1] - ids.shape[1] == n
+
+    return _measure(run, len(prompts), new_tokens, repeats, model.device)
 
 
 def bench_ours(runner, masks, prompts, new_tokens, repeats):
     """Our loop, greedy, no repetition penalty, EOS ignored (same work as the stock call)."""
-    dev = runner.device
     masks = dataclasses.replace(masks, eos=-1)  # never stop early
-    seeds = torch.zeros(len(prompts), dtype=torch.long, device=dev)
+    seeds = torch.zeros(len(prompts), dtype=torch.long, device=runner.device)
 
     def run(n):
-        return generate_text(
+        out = generate_text(
             runner, prompts, budgets=[n] * len(prompts), masks=masks, seeds=seeds, repetition_penalty=1.0
         )
+        assert all(len(r.tokens) == n for r in out)
 
-    sync(dev)
-    t0 = time.perf_counter()
-    run(1)
-    sync(dev)
-    ttft = time.perf_counter() - t0
-    rates = []
-    for _ in range(repeats):
-        sync(dev)
-        t0 = time.perf_counter()
-        out = run(new_tokens)
-        sync(dev)
-        assert all(len(r.tokens) == new_tokens for r in out)
-        rates.append(len(prompts) * new_tokens / (time.perf_counter() - t0))
-    return statistics.median(rates), ttft
+    return _measure(run, len(prompts), new_tokens, repeats, runner.device)
 
 
 def bench_image(runner, vocab, prompt, tpi, repeats):
@@ -235,10 +232,13 @@ def main() -> None:
     ours_rate = list(results.values())[-1][0]
     for name, (rate, ttft) in results.items():
         print(
-            f"{name:28s} {rate:10.1f} tokens/s   first token {ttft * 1000:9.1f} ms   "
+            f"{name:28s} {rate:10.1f} tokens/s   cold first call (2 tokens) {ttft * 1000:9.1f} ms   "
             f"ours/this {ours_rate / rate:5.2f}x"
         )
-    out = {k: {"tokens_per_s": round(r, 2), "ttft_s": round(t, 4)} for k, (r, t) in results.items()}
+    out = {
+        k: {"tokens_per_s": round(r, 2), "cold_first_call_2_tokens_s": round(t, 4)}
+        for k, (r, t) in results.items()
+    }
     if args.full:
         seconds = bench_image(runner, vocab, prompts[0], tpi, repeats)
         print(
