@@ -132,7 +132,7 @@ def register(app: typer.Typer) -> None:
             raise fail(f"cannot load the tokenizer/vocabulary of {model_dir}: {exc}") from None
         prints = model_fingerprints(model_dir, tokenizer.path)
         model_info = {
-            "dir": str(model_dir),
+            "dir": str(model_dir.resolve()),
             "tokenizer_fingerprint": prints["tokenizer"],
             "vq_fingerprint": prints["vq"],
         }

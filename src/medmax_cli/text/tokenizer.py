@@ -3,7 +3,8 @@
 Chameleon/Anole directories ship the text tokenizer as `tokenizer.json` (Hugging Face conversions)
 or `text_tokenizer.json` / `tokenizer/text_tokenizer.json` (the original release). We load it with
 `tokenizers` directly (no transformers wrapper: it is the fast path, and pack calls it millions of
-times), encode many texts per call (see `TextTokenizer`), and never let it add special tokens: BOS/SEP/EOS are placed by `medmax_cli.pack.sequence`.
+times), encode many texts per call (see `TextTokenizer`), and never let it add special tokens:
+BOS/SEP/EOS are placed by `medmax_cli.pack.sequence`.
 """
 
 from __future__ import annotations
