@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
+
+from medmax_cli.atomic import atomic_write_bytes
 
 ALLOWED_FORMATS = {"PNG": "png", "JPEG": "jpg", "GIF": "gif", "BMP": "bmp", "TIFF": "tif", "WEBP": "webp"}
 EXTENSIONS = {ext for ext in ALLOWED_FORMATS.values()} | {"jpeg", "tiff"}
@@ -118,15 +119,7 @@ class MediaStore:
         rel = self.relative_path(sha, ext)
         target = self.root / rel
         if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=f".{ext}")
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(data)
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            atomic_write_bytes(target, data)
         return {"sha256": sha, "path": rel, "width": decoded.width, "height": decoded.height}
 
     def put_image(self, image: Image.Image, *, what: str = "image") -> dict[str, Any]:

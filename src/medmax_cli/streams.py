@@ -11,19 +11,17 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import os
 import tarfile
-import tempfile
 import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO, Any
 
 import orjson
 
+from medmax_cli.atomic import AtomicFile, atomic_write_bytes  # noqa: F401 (re-exported)
 from medmax_cli.media import MediaError, MediaStore, extension_for
 from medmax_cli.records import RecordError, validate
 
@@ -379,31 +377,6 @@ class _PositionTracker:
 
     def flush(self) -> None:
         self.stream.flush()
-
-
-class AtomicFile:
-    """A file that appears under its final name only when closed without error."""
-
-    def __init__(self, path: str | os.PathLike[str], mode: str = "wb"):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        self.handle = os.fdopen(fd, mode)
-
-    def __enter__(self) -> IO[Any]:
-        return self.handle
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self.finish(ok=exc_type is None)
-
-    def finish(self, ok: bool) -> None:
-        if self.handle.closed:
-            return
-        self.handle.close()
-        if ok:
-            os.replace(self._tmp, self.path)
-        else:
-            Path(self._tmp).unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- sharding

@@ -9,11 +9,12 @@ after the article's records are flushed: finished work is marked last.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+from medmax_cli.atomic import atomic_write_bytes
 
 STATE_VERSION = 1
 
@@ -81,14 +82,4 @@ class FetchState:
             "done": self.order,
             "output_bytes": self.output_bytes,
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(orjson.dumps(data))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_bytes(self.path, orjson.dumps(data), fsync=True)

@@ -19,8 +19,6 @@ hold them. Missing, unexpected or mis-shaped keys are an error that names them.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from medmax_cli.atomic import atomic_write_bytes
 from medmax_cli.vision.spec import VQSpec
 from medmax_cli.vision.weights import read_vq_tensors, safetensors_files, strip_vq_prefix
 
@@ -298,7 +297,7 @@ def write_random_decoder(model_dir: str | Path, seed: int = 0) -> Path:
     The codebook and post_quant_conv are copied from the model's VQ weights when it has them, so
     codes decode through the same embedding the encoder quantised to. Same seed, same bytes.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     root = Path(model_dir)
     spec = VQSpec.from_model_dir(root)
@@ -309,16 +308,8 @@ def write_random_decoder(model_dir: str | Path, seed: int = 0) -> Path:
     if safetensors_files(root):
         shared = read_vq_tensors(root, lambda k: k.startswith(("quantize.", "post_quant_conv.")))
         state.update({k: v.to(torch.float32).contiguous() for k, v in shared.items() if k in state})
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{DECODER_FILE}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(
-            state, tmp, metadata={"format": "medmax-vq-decoder", "layout": "vqgan.ckpt", "seed": str(seed)}
-        )
-        os.replace(tmp, root / DECODER_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    data = save(state, metadata={"format": "medmax-vq-decoder", "layout": "vqgan.ckpt", "seed": str(seed)})
+    atomic_write_bytes(root / DECODER_FILE, data)
     return root / DECODER_FILE
 
 
