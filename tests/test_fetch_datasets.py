@@ -83,7 +83,7 @@ def test_medmax_eval_parquet(tmp_path, media):
         {
             "task_name": ["vqa_rad", "pmc_vqa"],
             "question_type": ["closed", "mcq"],
-            "prompt": ["Is it CT?", "Which? A: x B: y"],
+            "prompt": ["Is it CT?", "Which?\nA: x\nB: y\nAnswer with the option's letter."],
             "answer": ["yes", "B"],
             "image_path": ["imgs/x.png", "imgs/x.png"],
         }
@@ -93,6 +93,10 @@ def test_medmax_eval_parquet(tmp_path, media):
     records, _ = run(datasets.read_medmax_eval, tmp_path / "data", media, images=tmp_path)
     assert [r["meta"]["eval_task"] for r in records] == ["vqa_rad_closed", "pmc_vqa_mcq"]
     assert [r["question_type"] for r in records] == ["closed", "multiple_choice"]
+    assert records[1]["options"] == ["x", "y"] and "options" not in records[0]
+    assert all(r["meta"]["verbatim_prompt"] for r in records)
+    assert datasets.options_in_prompt("Q\n(A) one\n(B) two\n(D) skipped") == ["one", "two"]
+    assert datasets.options_in_prompt("no options here") == []
 
 
 def test_vqa_rad(tmp_path, media):

@@ -225,6 +225,25 @@ def test_vqa_formats_exact(media):
     assert isinstance(bad[0], Drop) and "yes/no" in bad[0].reason
 
 
+def test_vqa_verbatim_eval_prompts_are_asked_word_for_word(media):
+    # MedMax's released eval prompts carry the instruction and the options: no template around them.
+    prompt = (
+        "Which organ?\nA: liver\nB: lung\nAnswer with the option's letter from the given choices directly."
+    )
+    meta = {"eval_task": "pmc_vqa", "verbatim_prompt": True}
+    (inst,) = instances_of(qa(media, "e1", prompt, "B", question_type="multiple_choice", meta=meta))
+    assert inst["turns"][0]["content"][1] == {"text": prompt}
+    assert inst["answer"] == "B" and "options" not in inst
+    with_options = qa(
+        media, "e2", prompt, "lung", question_type="multiple_choice", options=["liver", "lung"], meta=meta
+    )
+    (inst,) = instances_of(with_options)
+    assert inst["turns"][0]["content"][1] == {"text": prompt} and inst["answer"] == "B"
+    assert inst["options"] == ["liver", "lung"]
+    (inst,) = instances_of(qa(media, "e3", "Is it CT?", "yes", question_type="closed", meta=meta))
+    assert inst["turns"][0]["content"][1] == {"text": "Is it CT?"}
+
+
 def test_report_understanding_both_directions(media):
     record = validate(
         {

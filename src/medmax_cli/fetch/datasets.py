@@ -9,6 +9,7 @@ yields schema-v1 source records with the licence on each, imports images into th
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +123,19 @@ def _parquet_rows(path: Path) -> Iterator[tuple[str, dict]]:
             yield f"{file}:{index}", row
 
 
+_OPTION_LINE = re.compile(r"^\s*\(?([A-H])\s*[).:]\s*(.+?)\s*$")
+
+
+def options_in_prompt(prompt: str) -> list[str]:
+    """Option texts listed one per line as "A: ...", "A. ...", "(A) ..." (consecutive letters from A)."""
+    options: list[str] = []
+    for line in prompt.splitlines():
+        match = _OPTION_LINE.match(line)
+        if match and ord(match.group(1)) - ord("A") == len(options):
+            options.append(match.group(2))
+    return options if len(options) >= 2 else []
+
+
 def read_medmax_eval(
     path: Path, *, media: MediaStore, policy: ErrorPolicy, images: Path | None = None, **_: Any
 ) -> Iterator[dict]:
@@ -131,6 +145,7 @@ def read_medmax_eval(
 
     def build(row: dict, where: str) -> dict:
         qtype = row["question_type"]
+        options = options_in_prompt(row["prompt"]) if qtype == "mcq" else []
         return {
             "id": make_id("medmax_eval", row["task_name"], qtype, where.rsplit(":", 1)[1]),
             "kind": "qa",
@@ -141,7 +156,10 @@ def read_medmax_eval(
             "answer": str(row["answer"]),
             "question_type": types[qtype],
             "images": [_image(media, root, row["image_path"], f"{where} image")],
-            "meta": {"eval_task": f"{row['task_name']}_{qtype}"},
+            **({"options": options} if options else {}),
+            # The released prompt already holds the instruction (and the lettered options):
+            # synthesize must ask it word for word, as MedMax did.
+            "meta": {"eval_task": f"{row['task_name']}_{qtype}", "verbatim_prompt": True},
         }
 
     yield from _emit(((w, lambda r=r, w=w: build(r, w)) for w, r in _parquet_rows(path)), policy)

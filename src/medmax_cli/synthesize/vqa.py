@@ -66,7 +66,10 @@ def gold_letter(answer: str, options: list[str]) -> str | None:
 
 
 def build(record: Mapping[str, Any], ctx: BuildContext, domain: str) -> Iterator[dict[str, Any] | Drop]:
-    question = clean(str(record.get("question") or ""))
+    meta = record.get("meta") or {}
+    verbatim = bool(meta.get("verbatim_prompt"))  # e.g. the MedMax eval prompts: ask them word for word
+    raw_question = str(record.get("question") or "").strip()
+    question = clean(raw_question)
     answer = clean(str(record.get("answer") or ""))
     if not question or not answer:
         yield Drop("vqa: empty question or answer", TASK)
@@ -85,6 +88,12 @@ def build(record: Mapping[str, Any], ctx: BuildContext, domain: str) -> Iterator
             return
     elif qtype == "multiple_choice":
         options = [clean(str(o)) for o in record.get("options") or []]
+        if verbatim and not options:
+            # The options live only inside the prompt: the gold must then be a letter.
+            options = [""] * MAX_OPTIONS
+            extra_options: list[str] | None = None
+        else:
+            extra_options = options
         if not 2 <= len(options) <= MAX_OPTIONS:
             yield Drop(f"vqa: multiple choice needs 2 to {MAX_OPTIONS} options, got {len(options)}", TASK)
             return
@@ -96,12 +105,15 @@ def build(record: Mapping[str, Any], ctx: BuildContext, domain: str) -> Iterator
         fields["options"] = "\n".join(
             f"{ltr}. {opt}" for ltr, opt in zip(string.ascii_uppercase, options, strict=False)
         )
-        extra["options"] = options
+        if extra_options is not None:
+            extra["options"] = extra_options
     else:
         gold = answer
-    meta = record.get("meta") or {}
     templates = TEMPLATES[qtype]
-    if meta.get("eval_task"):
+    if verbatim:
+        index, template = -1, "{question}"
+        fields = {"question": raw_question}
+    elif meta.get("eval_task"):
         index, template = 0, templates[0]
     else:
         index, template = pick(templates, ctx.seed, record["id"], TASK)
