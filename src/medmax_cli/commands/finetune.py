@@ -38,6 +38,11 @@ def register(app: typer.Typer) -> None:
         lora_alpha: int = _opt(None, "--lora-alpha", help="LoRA alpha [16]."),
         lora_dropout: float = _opt(None, "--lora-dropout", help="LoRA dropout [0.05]."),
         lora_targets: str = _opt(None, "--lora-targets", help="Comma-separated modules [the 7 projections]."),
+        lora_modules_to_save: str = _opt(
+            None,
+            "--lora-modules-to-save",
+            help="Comma-separated modules trained in full, saved in the adapter.",
+        ),
         lr: float = _opt(None, "--lr", help="Peak learning rate [1e-4]."),
         lr_schedule: str = _opt(None, "--lr-schedule", help="cosine or constant, after warm-up [cosine]."),
         warmup_ratio: float = _opt(None, "--warmup-ratio", help="Warm-up fraction of the steps [0.1]."),

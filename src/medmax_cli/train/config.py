@@ -52,6 +52,9 @@ class TrainConfig:
     lora_alpha: int = 16  # MedMax: alpha 16
     lora_dropout: float = 0.05  # MedMax: 0.05
     lora_targets: tuple[str, ...] = field(default=LORA_TARGETS)  # the seven projections
+    lora_modules_to_save: tuple[
+        str, ...
+    ] = ()  # modules trained in full and saved in the adapter (e.g. lm_head)
     # -- optimisation
     lr: float = 1e-4  # MedMax: 1e-4
     lr_schedule: str = "cosine"  # cosine | constant (both after the warm-up)
@@ -94,6 +97,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["lora_targets"] = list(self.lora_targets)
+        d["lora_modules_to_save"] = list(self.lora_modules_to_save)
         return d
 
 
@@ -117,11 +121,11 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 def _coerce(name: str, value: Any) -> Any:
     default = FIELDS[name].default if FIELDS[name].default is not dataclasses.MISSING else None
-    if name == "lora_targets":
+    if name in ("lora_targets", "lora_modules_to_save"):
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise ConfigError("lora_targets must be a list of module names")
+            raise ConfigError(f"{name} must be a list of module names")
         return tuple(value)
     if value is None:
         return None

@@ -128,6 +128,7 @@ def setup_model(cfg: TrainConfig, model_dir: str, env: Env) -> PackedCausalLM:
             lora_alpha=cfg.lora_alpha,
             lora_dropout=cfg.lora_dropout,
             target_modules=list(cfg.lora_targets),
+            modules_to_save=list(cfg.lora_modules_to_save) or None,
             bias="none",
             task_type="CAUSAL_LM",
         )
