@@ -196,3 +196,32 @@ def test_launcher_reads_slurm_and_builds_torchrun_command():
     assert "--master-addr a100-12 --master-port 29600 -m medmax_cli finetune shards" in joined
     assert needs_launch(cfg, env={}) and not needs_launch(cfg, env={"LOCAL_RANK": "0", "WORLD_SIZE": "32"})
     assert "--standalone" in torchrun_command(build_config(None, {"gpus": 2}), ["finetune"])
+
+
+def test_batches_resume_by_step_and_pad_to_block_multiples(shards):
+    from medmax_cli.pack.reader import PackedShards
+    from medmax_cli.train.data import TrainData, supervised_tokens
+
+    data = TrainData(
+        PackedShards(shards),
+        1,
+        2,
+        micro_batch=1,
+        grad_accum=2,
+        seed=3,
+        shuffle=True,
+        pad_id=1,
+        pad_multiple=32,
+    )
+    assert data.steps_per_epoch == 2  # 8 rows / 2 ranks / 2 rows per step
+    it = data.batches(0)
+    first = [next(it) for _ in range(5)]  # crosses into epochs 1 and 2
+    resumed = next(data.batches(3))
+    for a, b in zip(first[3], resumed):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    for step in first:
+        for mb in step:
+            width = mb["input_ids"].shape[1]
+            assert width % 32 == 0 or width == 96
+            assert supervised_tokens(mb) > 0
+    assert data.position(3) == {"epoch": 1, "row": 2}

@@ -46,6 +46,7 @@ class TrainData:
     seed: int
     shuffle: bool
     pad_id: int
+    pad_multiple: int = 1  # pad each micro-batch to a multiple of this (FlexAttention blocks: 128)
 
     @property
     def rows_per_step(self) -> int:
@@ -75,10 +76,16 @@ class TrainData:
             for _ in range(self.steps_per_epoch - step % self.steps_per_epoch):
                 group = [next(rows) for _ in range(self.rows_per_step)]
                 yield [
-                    collate_packed(group[i : i + self.micro_batch], self.pad_id, None)
+                    self._collate(group[i : i + self.micro_batch])
                     for i in range(0, len(group), self.micro_batch)
                 ]
                 step += 1
+
+    def _collate(self, rows: list) -> dict[str, torch.Tensor]:
+        # few distinct shapes: a compiled kernel (flex attention) is not rebuilt for every length
+        longest = max(len(r) for r in rows)
+        width = min(-(-longest // self.pad_multiple) * self.pad_multiple, max(longest, self.shards.seq_len))
+        return collate_packed(rows, self.pad_id, width)
 
 
 def supervised_tokens(batch: dict[str, torch.Tensor]) -> int:

@@ -187,8 +187,17 @@ def wrap_distributed(module: PackedCausalLM, cfg: TrainConfig, env: Env) -> torc
 
 def setup_data(cfg: TrainConfig, env: Env, pad_id: int) -> TrainData:
     shards, _ = open_shards(cfg.shards)
+    attn = resolve_attn(cfg, env.device, compute_dtype(cfg, env.device))
     data = TrainData(
-        shards, env.rank, env.world_size, cfg.micro_batch, cfg.grad_accum, cfg.seed, cfg.shuffle, pad_id
+        shards,
+        env.rank,
+        env.world_size,
+        cfg.micro_batch,
+        cfg.grad_accum,
+        cfg.seed,
+        cfg.shuffle,
+        pad_id,
+        pad_multiple=128 if attn == "flex_attention" else 1,
     )
     if data.steps_per_epoch < 1:
         raise ValueError(
@@ -278,7 +287,7 @@ def train(cfg: TrainConfig, model_dir: str, *, show_progress: bool = True) -> di
     metrics = MetricsLog(run, start_step=start) if env.is_main else None
     stop = min(steps, cfg.stop_after) if cfg.stop_after else steps
     bar = None
-    if env.is_main and show_progress and start < stop:
+    if env.is_main and show_progress and start < stop and sys.stderr.isatty():
         from tqdm import tqdm
 
         bar = tqdm(
@@ -347,6 +356,14 @@ def train(cfg: TrainConfig, model_dir: str, *, show_progress: bool = True) -> di
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{n_tok.item() / seconds:,.0f}")
+            elif env.is_main and show_progress and (step % max(1, steps // 10) == 0 or step == stop):
+                # not a terminal (a log file, SLURM): a line every ~10% instead of a bar
+                print(
+                    f"finetune: step {step}/{steps} loss {loss:.4f} lr {lr:.3g} "
+                    f"{n_tok.item() / seconds:,.0f} tokens/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
             if (cfg.save_every and step % cfg.save_every == 0) or step == stop:
                 ckpt.save(run, step, model, optimizer, scheduler, cfg, env, data.position(step), model_dir)
                 last_saved = step
