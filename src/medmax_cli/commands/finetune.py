@@ -100,6 +100,10 @@ def register(app: typer.Typer) -> None:
                 "--deepspeed: this build trains with FSDP/DDP; the DeepSpeed engine is not wired in yet "
                 "(drop --deepspeed: --gpus N uses FSDP)"
             )
+        import torch
+
+        if torch.cuda.is_available() and cfg.gpus > torch.cuda.device_count():
+            raise fail(f"--gpus {cfg.gpus}: this node has {torch.cuda.device_count()} CUDA devices")
         if needs_launch(cfg):
             relaunch(cfg, sys.argv[1:])
         from medmax_cli.train.recipe import NonFiniteLoss, resolve_training_model, train
