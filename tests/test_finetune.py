@@ -217,7 +217,7 @@ def test_batches_resume_by_step_and_pad_to_block_multiples(shards):
     it = data.batches(0)
     first = [next(it) for _ in range(5)]  # crosses into epochs 1 and 2
     resumed = next(data.batches(3))
-    for a, b in zip(first[3], resumed):
+    for a, b in zip(first[3], resumed, strict=True):
         assert all(torch.equal(a[k], b[k]) for k in a)
     for step in first:
         for mb in step:
