@@ -83,24 +83,67 @@ def _assert_same_adapter(a, b, atol):
         torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=atol, msg=k)
 
 
-def test_stop_and_resume_matches_uninterrupted(shards, tiny_model_dir, tmp_path):
-    whole, parts = tmp_path / "whole", tmp_path / "parts"
-    extra = {"lora_modules_to_save": "lm_head"}  # a fully trained module in the adapter resumes too
-    _train(_cfg(shards, whole, **extra), tiny_model_dir)
-    first = _train(_cfg(shards, parts, stop_after=2, **extra), tiny_model_dir)
+EXTRA = {"lora_modules_to_save": "lm_head"}  # a fully trained module in the adapter must resume too
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(shards, tiny_model_dir, tmp_path_factory) -> Path:
+    """The reference: 4 steps in one go."""
+    whole = tmp_path_factory.mktemp("whole")
+    _train(_cfg(shards, whole, **EXTRA), tiny_model_dir)
+    return whole
+
+
+def test_stop_and_resume_matches_uninterrupted(shards, tiny_model_dir, uninterrupted, tmp_path):
+    parts = tmp_path / "parts"
+    first = _train(_cfg(shards, parts, stop_after=2, **EXTRA), tiny_model_dir)
     assert first["steps"] == 2 and not first["finished"] and not (parts / "adapter").exists()
     # the second half recomputes half the layers in backward: same numbers
     second = _train(
-        _cfg(shards, parts, resume=True, grad_checkpointing=True, grad_checkpointing_fraction=0.5, **extra),
+        _cfg(shards, parts, resume=True, grad_checkpointing=True, grad_checkpointing_fraction=0.5, **EXTRA),
         tiny_model_dir,
     )
     assert second["finished"]
-    a, b = _metrics(whole), _metrics(parts)
+    a, b = _metrics(uninterrupted), _metrics(parts)
     assert [r["step"] for r in b] == [1, 2, 3, 4]
     np.testing.assert_allclose([r["loss"] for r in a], [r["loss"] for r in b], rtol=1e-6)
-    _assert_same_adapter(whole / "adapter", parts / "adapter", atol=1e-6)
+    _assert_same_adapter(uninterrupted / "adapter", parts / "adapter", atol=1e-6)
     with pytest.raises(ConfigError, match="lr"):  # resuming with another schedule is refused
-        _train(_cfg(shards, parts, resume=True, lr=1e-3, **extra), tiny_model_dir)
+        _train(_cfg(shards, parts, resume=True, lr=1e-3, **EXTRA), tiny_model_dir)
+
+
+def test_killed_command_resumes_to_the_same_result(shards, tiny_model_dir, uninterrupted, tmp_path):
+    """SIGKILL the real command right after its first checkpoint, then --resume: same weights."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    flags = "--max-steps 4 --lr 5e-3 --warmup-ratio 0.25 --lora-modules-to-save lm_head -q".split()
+    cmd = [sys.executable, "-m", "medmax_cli", "finetune", str(shards), "-o", str(run), *flags]
+    proc = subprocess.Popen(
+        [*cmd, "--save-every", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    latest = run / "checkpoints" / "latest"
+    try:
+        deadline = time.monotonic() + 120
+        while not latest.is_file() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert latest.is_file(), proc.stderr.read().decode()
+    result = subprocess.run(
+        [*cmd, "--resume"], capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    assert [r["step"] for r in _metrics(run)] == [1, 2, 3, 4]
+    _assert_same_adapter(uninterrupted / "adapter", run / "adapter", atol=1e-6)
+    assert latest.read_text().strip() == "step-4" and not list((run / "checkpoints").glob(".tmp-*"))
 
 
 def test_command_two_fsdp_processes_match_one_with_grad_accum_and_merge(

@@ -117,7 +117,8 @@ def save(
     final = run / CHECKPOINTS / f"step-{step}"
     if env.rank == 0:
         tmp = run / CHECKPOINTS / f".tmp-step-{step}"
-        shutil.rmtree(tmp, ignore_errors=True)
+        for stale in (run / CHECKPOINTS).glob(".tmp-step-*"):  # left by a run killed while saving
+            shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir(parents=True)
         torch.save({"model": model_state, "optimizer": optim_state}, tmp / "trainer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
