@@ -169,9 +169,9 @@ def attn_flops(lengths: list[int], hidden: int, layers: int) -> float:
 
 
 class Runner:
-    def __init__(self, model, device, attn_ours: str, ckpt_fraction: float, chunk: int):
+    def __init__(self, model, device, attn_ours: str, chunk: int):
         self.model, self.device = model, device
-        self.attn_ours, self.ckpt_fraction, self.chunk = attn_ours, ckpt_fraction, chunk
+        self.attn_ours, self.chunk = attn_ours, chunk
         params = [p for p in model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)
         self.image_ids = torch.arange(4, 8196, device=device)
@@ -180,16 +180,25 @@ class Runner:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
 
+    def _compile_layers(self, on: bool):
+        for layer in self.model.get_base_model().model.layers:
+            if on:
+                layer.compile()  # fuses norms, rotary, SiLU, LoRA dropout/adds
+            else:
+                layer._compiled_call_impl = None
+
     def stock_mode(self):
+        self._compile_layers(False)
         self.model.set_attn_implementation("sdpa")
         enable_checkpointing(self.model, 1.0)
 
-    def ours_mode(self):
+    def ours_mode(self, ckpt_fraction: float, compiled: bool):
         self.model.set_attn_implementation(self.attn_ours)
-        if self.ckpt_fraction > 0:
-            enable_checkpointing(self.model, self.ckpt_fraction)
+        if ckpt_fraction > 0:
+            enable_checkpointing(self.model, ckpt_fraction)
         else:
             self.model.gradient_checkpointing_disable()
+        self._compile_layers(compiled)
 
     def stock_step(self, ids: torch.Tensor, labels: torch.Tensor) -> float:
         stock_labels = labels.masked_fill(torch.isin(labels, self.image_ids), -100)  # keep its loss finite
@@ -246,20 +255,48 @@ def report(
     return tokens / seconds, supervised / seconds
 
 
+def parse_variants(spec: str) -> list[tuple[str, float, bool]]:
+    out = []
+    for item in spec.split(","):
+        parts = item.strip().split("+")
+        if not parts[0].startswith("ckpt=") or any(p != "compile" for p in parts[1:]):
+            raise SystemExit(f"bad variant {item!r}: use ckpt=FRACTION or ckpt=FRACTION+compile")
+        out.append((item.strip(), float(parts[0][5:]), "compile" in parts[1:]))
+    return out
+
+
+def run_variant(run: Runner, name, frac, compiled, step, items, warmup, show):
+    """One configuration of our path; a failure (e.g. out of memory, a compile error) is reported, not fatal."""
+    try:
+        run.ours_mode(frac, compiled)
+        ts, peak = run.timed(step, items, warmup)
+        return show(ts, peak)
+    except Exception as exc:  # noqa: BLE001 - a one-shot GPU script reports and goes on
+        print(f"  ours {name}: failed: {type(exc).__name__}: {str(exc)[:300]}")
+        run.opt.zero_grad(set_to_none=True)
+        if run.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny config on CPU (smoke test)")
     ap.add_argument("--steps", type=int, default=4, help="timed steps for (a) [4]")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (flex compiles) [2]")
     ap.add_argument("--mix-rows", type=int, default=4, help="timed packed rows for (b) [4]")
-    ap.add_argument("--ckpt-fraction", type=float, default=0.5, help="ours: share of layers recomputed [0.5]")
+    ap.add_argument(
+        "--variants",
+        default=None,
+        help="ours: comma list of ckpt=FRACTION[+compile] (share of layers recomputed; "
+        "torch.compile per layer) [ckpt=0.5,ckpt=0.5+compile; --quick: ckpt=0.5]",
+    )
     ap.add_argument("--attn", default=None, help="ours: flex_attention (CUDA default) or sdpa")
     ap.add_argument("--chunk", type=int, default=1024, help="ours: loss chunk [1024]")
     ap.add_argument(
         "--peak-tflops", type=float, default=989.0, help="dense bf16 peak for MFU [989: H100/H200]"
     )
     ap.add_argument("--only", choices=["a", "b"], default=None)
-    ap.add_argument("--compile", action="store_true", help="ours: torch.compile each decoder layer")
     args = ap.parse_args()
     warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -272,7 +309,7 @@ def main() -> None:
         args.steps, args.warmup, args.mix_rows = min(args.steps, 2), 1, min(args.mix_rows, 2)
     print(
         f"device: {torch.cuda.get_device_name() if cuda else 'cpu'}; torch {torch.__version__}; "
-        f"shape {shape}; ours: {attn}, checkpointing {args.ckpt_fraction:.0%} of layers, chunk {args.chunk}"
+        f"shape {shape}; ours: {attn}, chunk {args.chunk}"
     )
     t0 = time.perf_counter()
     model, _ = build_model(shape, device, dtype)
@@ -280,10 +317,8 @@ def main() -> None:
     print(
         f"model built in {time.perf_counter() - t0:.1f} s; {n_lin / 1e9:.2f} B linear params in the decoder"
     )
-    run = Runner(model, device, attn, args.ckpt_fraction, args.chunk)
-    if args.compile:
-        for layer in model.get_base_model().model.layers:
-            layer.compile()  # fuses norms/rotary/SiLU; used by both paths after this point
+    run = Runner(model, device, attn, args.chunk)
+    variants = parse_variants(args.variants or ("ckpt=0.5" if args.quick else "ckpt=0.5,ckpt=0.5+compile"))
     rng = np.random.default_rng(0)
     L, T = shape.layers, shape.seq_len
     results = {}
@@ -315,13 +350,23 @@ def main() -> None:
             peak,
             args.peak_tflops,
         )
-        run.ours_mode()
-        ts, peak = run.timed(lambda r: run.ours_step(packed_batch([r], [0], T, device)), rows, args.warmup)
-        ours = report(
-            "ours (doc mask, chunked loss)", T, sup, statistics.median(ts), flops, peak, args.peak_tflops
-        )
-        results["a"] = ours[0] / stock[0]
-        print(f"  ratio ours/stock tokens/s: {results['a']:.2f}x")
+        best = 0.0
+        for name, frac, compiled in variants:
+            got = run_variant(
+                run,
+                name,
+                frac,
+                compiled,
+                lambda r: run.ours_step(packed_batch([r], [0], T, device)),
+                rows,
+                args.warmup,
+                lambda ts, peak, name=name: report(
+                    f"ours {name}", T, sup, statistics.median(ts), flops, peak, args.peak_tflops
+                ),
+            )
+            best = max(best, got[0] if got else 0.0)
+        results["a"] = best / stock[0]
+        print(f"  ratio best ours/stock tokens/s: {results['a']:.2f}x")
 
     if args.only in (None, "b"):
         samples = make_mix(400, shape, rng)
@@ -352,11 +397,23 @@ def main() -> None:
             len(warm),
         )
         stock = report("MedMax (stock, 1 sample/step)", tokens, sup, sum(ts), flops, peak, args.peak_tflops)
-        run.ours_mode()
-        ts, peak = run.timed(lambda r: run.ours_step(packed_batch(samples, r, T, device)), rows, args.warmup)
-        ours = report("ours (packed rows, doc mask)", tokens, sup, sum(ts), flops, peak, args.peak_tflops)
-        results["b"] = ours[1] / stock[1]
-        print(f"  ratio ours/MedMax supervised tokens/s: {results['b']:.2f}x")
+        best = 0.0
+        for name, frac, compiled in variants:
+            got = run_variant(
+                run,
+                name,
+                frac,
+                compiled,
+                lambda r: run.ours_step(packed_batch(samples, r, T, device)),
+                rows,
+                args.warmup,
+                lambda ts, peak, name=name: report(
+                    f"ours packed {name}", tokens, sup, sum(ts), flops, peak, args.peak_tflops
+                ),
+            )
+            best = max(best, got[1] if got else 0.0)
+        results["b"] = best / stock[1]
+        print(f"  ratio best ours/MedMax supervised tokens/s: {results['b']:.2f}x")
     print("summary: " + ", ".join(f"({k}) {v:.2f}x" for k, v in results.items()))
 
 
