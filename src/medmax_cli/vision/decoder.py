@@ -308,7 +308,9 @@ def write_random_decoder(model_dir: str | Path, seed: int = 0) -> Path:
     if safetensors_files(root):
         shared = read_vq_tensors(root, lambda k: k.startswith(("quantize.", "post_quant_conv.")))
         state.update({k: v.to(torch.float32).contiguous() for k, v in shared.items() if k in state})
-    data = save(state, metadata={"format": "medmax-vq-decoder", "layout": "vqgan.ckpt", "seed": str(seed)})
+    # One metadata key: safetensors writes a metadata map in random order, which would make the
+    # file differ from build to build.
+    data = save(state, metadata={"medmax": f"vq-decoder; layout vqgan.ckpt; seed {seed}"})
     atomic_write_bytes(root / DECODER_FILE, data)
     return root / DECODER_FILE
 
