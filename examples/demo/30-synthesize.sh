@@ -1,8 +1,10 @@
-# Task instances from the source records. No LLM endpoint here, so visual_chat is skipped and
-# counted (add --llm-url URL --llm-model NAME to make it); every other task is built, deduplicated
-# and written with its drops counted by reason. Same input + seed = byte-identical output.
-medmax synthesize "$DEMO/sources.jsonl" --seed 0 --rejects "$DEMO/synthesize-rejects.jsonl" \
-  -o "$DEMO/instances.jsonl"
+# Task instances were built in step 20 (fetch | synthesize). No LLM endpoint here, so visual_chat
+# is skipped and counted (add --llm-url URL --llm-model NAME to make it); every other task is built,
+# deduplicated and written with its drops counted by reason. Same input + seed = byte-identical
+# output: rebuild from the saved sources and compare.
+medmax synthesize "$DEMO/sources.jsonl" --seed 0 -q -o "$DEMO/instances.again.jsonl"
+cmp "$DEMO/instances.jsonl" "$DEMO/instances.again.jsonl" && echo "synthesize: rerun is byte-identical" >&2
+rm "$DEMO/instances.again.jsonl"
 # Evaluation items: VQA only, canonical prompts, meta.eval_task kept; nothing is excluded by default.
 medmax synthesize "$DEMO/eval-sources.jsonl" --tasks vqa -o "$DEMO/eval-instances.jsonl"
 # Decontamination, on the side: the bundled eval items reuse the sample figures, so dropping every
