@@ -485,6 +485,11 @@ def test_command_in_a_pipe(tiny_model_dir, tmp_path, adapter_dir):
     assert len(outs[0]["images"][0]["tokens"]) == outs[0]["generation"]["settings"]["tokens_per_image"]
     assert outs[1]["generation"]["settings"]["adapter"].endswith("adapter")
     assert media.path_of(outs[1]["images"][-1]).is_file()
+    # same input, model and seed: byte-identical output (no timings in the records)
+    again = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", cmd.split(" | tee ")[0]], capture_output=True, timeout=300
+    )
+    assert again.returncode == 0 and again.stdout == (tmp_path / "out.jsonl").read_bytes()
     # a bad flag combination exits 2 before reading input
     bad = subprocess.run(
         [sys.executable, "-m", "medmax_cli", "generate", "--no-merge"], capture_output=True, timeout=120

@@ -10,7 +10,6 @@ generated images stored as PNG in the media store (appended to `images` with the
 from __future__ import annotations
 
 import logging
-import time
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -216,9 +215,7 @@ def _make_row(engine: Engine, record: dict[str, Any], cfg: GenerateConfig) -> Ro
     return Row(prompt=ids, mode=mode, seed=row_seed(cfg.seed, record["id"]), budget=budget)
 
 
-def _prediction(
-    engine: Engine, record: dict[str, Any], row: Row, cfg: GenerateConfig, seconds: float
-) -> dict[str, Any]:
+def _prediction(engine: Engine, record: dict[str, Any], row: Row, cfg: GenerateConfig) -> dict[str, Any]:
     out = dict(record)
     images = list(record.get("images") or [])
     content: list[dict[str, Any]] = []
@@ -246,7 +243,6 @@ def _prediction(
         "seed": cfg.seed,
         "new_tokens": row.used,
         "stop": row.stop,
-        "seconds": round(seconds, 3),
     }
     return out
 
@@ -297,7 +293,6 @@ def generate_stage(
     policy = policy or ErrorPolicy()
     settings = config.settings()
     for batch in _batches(records, config.batch_size):
-        started = time.monotonic()
         rows: list[Row | None] = []
         for record in batch:
             try:
@@ -316,12 +311,11 @@ def generate_stage(
                     vocab=engine.vocab,
                     settings=settings,
                 )
-        seconds = (time.monotonic() - started) / max(1, len(live))
         for record, row in zip(batch, rows, strict=True):
             if row is None:
                 continue
             try:
-                out = _prediction(engine, record, row, config, seconds)
+                out = _prediction(engine, record, row, config)
             except (RecordError, MediaError) as exc:
                 policy.reject(exc, record)
                 continue
