@@ -14,6 +14,16 @@ from medmax_cli.train.config import ConfigError, build_config, read_config_file
 N_ROWS = 8
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """In-process references run on one thread, like the subprocesses (OMP_NUM_THREADS=1) they are
+    compared with: a different thread count changes float reduction order, which Adam amplifies."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def shards(tiny_model_dir, tmp_path_factory) -> Path:
     """Packed shards in `medmax pack`'s format: rows of 2-3 samples, some answers are image blocks."""
