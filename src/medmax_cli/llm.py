@@ -21,7 +21,6 @@ import hashlib
 import ipaddress
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from medmax_cli.atomic import atomic_write_bytes
 from medmax_cli.http import HttpClient, HttpError, RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -131,16 +131,8 @@ class ReplyCache:
         return reply if isinstance(reply, str) else None
 
     def put(self, key: str, reply: str, *, model: str, prompt_version: str) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(orjson.dumps({"model": model, "prompt_version": prompt_version, "reply": reply}))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        entry = {"model": model, "prompt_version": prompt_version, "reply": reply}
+        atomic_write_bytes(self._path(key), orjson.dumps(entry))
 
 
 # --------------------------------------------------------------------------- client

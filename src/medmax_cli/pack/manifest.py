@@ -127,7 +127,6 @@ def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> Path:
     path = Path(out_dir) / MANIFEST
     with AtomicFile(path) as handle:
         handle.write(orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
-    path.chmod(0o644)  # mkstemp made it private; shards and manifest are meant to be shared
     return path
 
 

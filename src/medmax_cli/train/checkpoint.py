@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from medmax_cli.atomic import atomic_write_bytes
 from medmax_cli.train.config import ConfigError, TrainConfig, resume_mismatches
 
 CHECKPOINTS = "checkpoints"
@@ -51,9 +52,7 @@ def latest_dir(run: str | Path) -> Path | None:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def save_config(run: Path, cfg: TrainConfig, model_dir: str) -> None:

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from medmax_cli.atomic import atomic_write_bytes
+
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss.png"
 
@@ -28,9 +30,7 @@ class MetricsLog:
         self.run.mkdir(parents=True, exist_ok=True)
         path = self.run / METRICS_FILE
         kept = [m for m in read_metrics(self.run) if m["step"] <= start_step]
-        tmp = path.with_name(f".{METRICS_FILE}.tmp")
-        tmp.write_text("".join(json.dumps(m) + "\n" for m in kept), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_bytes(path, "".join(json.dumps(m) + "\n" for m in kept).encode("utf-8"))
         self.handle = open(path, "a", encoding="utf-8")
         self.tb = None
         try:
