@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from pathlib import Path
 
 import typer
 
 from medmax_cli import __version__, commands
+from medmax_cli.cliutil import MedmaxGroup
 
 app = typer.Typer(
     name="medmax",
@@ -26,7 +28,8 @@ app = typer.Typer(
         "  medmax generate --adapter runs/lora1 < eval.jsonl | medmax score"
     ),
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
+    cls=MedmaxGroup,
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
 )
@@ -40,11 +43,32 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Show the version."
     ),
+    config: Path = typer.Option(
+        None,
+        "--config",
+        envvar="MEDMAX_CONFIG",
+        help="TOML file of settings, one section per command ([pack], [fetch.pmc]); flags override it "
+        "[env MEDMAX_CONFIG]. `medmax CMD --print-config` shows the result.",
+    ),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log lines (-vv: debug)."),
+    log_level: str = typer.Option(
+        None, "--log-level", help="debug, info, warning, error [env MEDMAX_LOG; default warning]."
+    ),
 ) -> None:
     """medmax: biomedical mixed-modal instruction tuning, as pipes."""
+    from medmax_cli.cliutil import fail, read_config
+    from medmax_cli.observe import resolve_log_level, setup_logging
+
+    try:
+        setup_logging(resolve_log_level(verbose, False, log_level))
+    except ValueError as exc:
+        raise fail(f"--log-level: {exc}") from None
+    if config is not None:
+        ctx.default_map = read_config(config, ctx.command)
 
 
 def _register_commands() -> None:

@@ -15,16 +15,21 @@ naming file, record and reason when a record is bad.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import typer
+from typer.core import TyperGroup
 
 from medmax_cli.media import MediaError, MediaStore, default_media_dir
+from medmax_cli.observe import Progress, heartbeat_seconds, stage_stats
 from medmax_cli.records import RecordError
 from medmax_cli.streams import (
     FORMATS,
@@ -56,6 +61,12 @@ ShardOpt = typer.Option(
 )
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar or summary on stderr.")
 
+EXIT_CODES_HELP = (
+    "Exit status: 0 done; 1 bad input (a record, file or server answer; the message names it), "
+    "or more rejects than --max-reject-rate allows (by default: records were rejected and none "
+    "written); 2 bad usage (options)."
+)
+
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print `medmax: error: ...` on stderr and return an Exit to raise."""
@@ -70,6 +81,29 @@ def check_choice(name: str, value: str, choices: tuple[str, ...] | list[str]) ->
 
 def stderr_is_terminal() -> bool:
     return sys.stderr.isatty()
+
+
+@dataclass
+class RunOptions:
+    """The options every stage takes, parsed once by `MedmaxGroup` and read by `StageIO`.
+
+    They travel in a context variable so that a command module declares none of them.
+    """
+
+    command: str = "medmax"
+    settings: dict[str, Any] = field(default_factory=dict)  # the command's resolved parameters
+    stats: Path | None = None
+    max_reject_rate: float | None = None
+    rejects_append: bool = False
+    heartbeat: float | None = None
+
+
+_RUN: contextvars.ContextVar[RunOptions | None] = contextvars.ContextVar("medmax_run", default=None)
+
+
+def run_options() -> RunOptions:
+    """This command's common options (defaults when a StageIO is used outside the CLI)."""
+    return _RUN.get() or RunOptions()
 
 
 class StageIO:
@@ -89,6 +123,7 @@ class StageIO:
         quiet: bool = False,
         validate_input: bool = True,
         progress_unit: str = "rec",
+        written_key: str = "out",
     ):
         check_choice("--format", fmt, FORMATS)
         check_choice("--on-error", on_error, ("fail", "skip"))
@@ -113,13 +148,31 @@ class StageIO:
         self._on_error = on_error
         self._writer: RecordWriter | None = None
         self._atomic: AtomicFile | None = None
+        self.run = run_options()
+        self.written_key = written_key
+        self._started_at = time.time()
+        self._by_hand = False  # the command counts progress itself (tick/set_total)
+        try:
+            heartbeat = heartbeat_seconds(self.run.heartbeat)
+        except ValueError as exc:
+            raise fail(str(exc)) from None
+        self.progress_meter = Progress(
+            stage, self.report, unit=progress_unit, enabled=not quiet, heartbeat=heartbeat
+        )
 
     # -- setup / teardown
     def __enter__(self) -> StageIO:
         rejects_handle: IO[bytes] | None = None
         if self.rejects_path is not None:
-            rejects_handle = self._stack.enter_context(open(self.rejects_path, "ab"))
+            if self.run.rejects_append:
+                rejects_handle = self._stack.enter_context(open(self.rejects_path, "ab"))
+            else:  # this run's rejects replace the last run's, appearing only when the run ends
+                rejects_file = AtomicFile(self.rejects_path, "wb")
+                self._stack.callback(rejects_file.finish, ok=True)
+                rejects_handle = rejects_file.handle
         self.policy = ErrorPolicy(self._on_error, rejects_handle, self.report, stage=self.stage)
+        self._stack.callback(self.progress_meter.close)
+        self.progress_meter.start()
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
@@ -135,11 +188,17 @@ class StageIO:
             self._stack.close()
         if exc_type is None:
             self._summary()
+            rate, limit_hit = self._reject_check()
+            self._write_stats("rejects-exceeded" if limit_hit else "ok", rate)
+            if limit_hit:
+                raise typer.Exit(1)
             return False
         if issubclass(exc_type, BrokenPipeError):
             _silence_stdout()
             self._summary()
+            self._write_stats("ok", None)
             raise typer.Exit(0)
+        self._write_stats("failed", None)
         if issubclass(exc_type, (RecordError, MediaError, StreamError)):
             self._summary()
             typer.echo(f"medmax {self.stage}: error: {exc}", err=True)
@@ -153,6 +212,54 @@ class StageIO:
     def _summary(self) -> None:
         if not self.quiet:
             typer.echo(self.report.summary(), err=True)
+
+    def _reject_check(self) -> tuple[float | None, bool]:
+        """(reject rate, over the limit?). The rate is rejected / (records read + rejected), or
+        rejected / (written + rejected) for a stage without input; with no --max-reject-rate a run
+        fails only when it rejected records and wrote none."""
+        rejected = sum(self.report.dropped.values())
+        written = self.report.counts.get(self.written_key, 0)
+        seen = self.report.counts.get("in", 0) if self.input is not None else written
+        rate = rejected / (seen + rejected) if seen + rejected else 0.0
+        limit = self.run.max_reject_rate
+        if limit is None:
+            over = rejected > 0 and written == 0
+            why = f"all {rejected} records were rejected and none written"
+        else:
+            over = rate > limit
+            why = f"reject rate {rate:.1%} ({rejected} rejected) is above --max-reject-rate {limit:g}"
+        if over:
+            where = f"; reasons in {self.rejects_path}" if self.rejects_path is not None else ""
+            typer.echo(f"medmax {self.stage}: error: {why}{where}", err=True)
+        return rate, over
+
+    def _write_stats(self, status: str, rate: float | None) -> None:
+        if self.run.stats is None:
+            return
+        import orjson
+
+        from medmax_cli.atomic import atomic_write_bytes
+
+        stats = stage_stats(
+            self.report,
+            command=self.run.command,
+            settings=self.run.settings,
+            status=status,
+            started_at=self._started_at,
+            reject_rate=rate,
+        )
+        atomic_write_bytes(self.run.stats, orjson.dumps(stats, option=orjson.OPT_INDENT_2) + b"\n")
+
+    # -- progress
+    def tick(self, n: int = 1) -> None:
+        """Count n units of work by hand (e.g. articles), instead of input or output records."""
+        self._by_hand = True
+        self.progress_meter.update(n)
+
+    def set_total(self, total: int | None) -> None:
+        """The expected number of units (shown with a percentage and an ETA)."""
+        self._by_hand = True
+        self.progress_meter.set_total(total)
 
     # -- streams
     @property
@@ -171,9 +278,16 @@ class StageIO:
             stream, name=name, policy=self.policy, media=self.media, check=self.validate_input
         )
         records = select_shard(records, self.shard)
-        return self.progress(records, desc=f"{self.stage}")
+        return self._counted(records)
+
+    def _counted(self, records: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        meter = self.progress_meter
+        for record in records:
+            meter.update()
+            yield record
 
     def progress(self, iterable: Any, *, desc: str, total: int | None = None, unit: str | None = None) -> Any:
+        """A tqdm bar over a stage's inner loop, on a terminal only."""
         if self.quiet or not stderr_is_terminal():
             return iterable
         from tqdm import tqdm
@@ -205,11 +319,12 @@ class StageIO:
 
     def write(self, record: dict[str, Any]) -> None:
         self.writer.write(record)
+        if self.input is None and not self._by_hand:  # a source stage: progress counts what it wrote
+            self.progress_meter.update()
 
     def write_all(self, records: Any) -> None:
-        writer = self.writer
         for record in records:
-            writer.write(record)
+            self.write(record)
 
 
 def _silence_stdout() -> None:
@@ -219,3 +334,248 @@ def _silence_stdout() -> None:
         os.dup2(devnull, sys.stdout.fileno())
     except (OSError, ValueError):
         pass
+
+
+# --------------------------------------------------------------------------- options every command gets
+#
+# Rather than each command module declaring --stats, --max-reject-rate, -v and friends (and
+# threading them to StageIO), the root group adds them to every command when the click command
+# tree is built, takes them out of the parameters before the command's own function runs, and
+# puts them in the RunOptions context variable that StageIO reads.
+
+
+def _click() -> Any:
+    """The click that typer runs on (typer >= 0.24 ships its own copy as `typer._click`)."""
+    from typer import core
+
+    return core._click
+
+
+def _common_options(
+    mm_verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log lines (-vv: debug)."),
+    mm_log_level: str = typer.Option(
+        None,
+        "--log-level",
+        metavar="LEVEL",
+        help="debug, info, warning, error [env MEDMAX_LOG; default warning].",
+    ),
+    mm_print_config: bool = typer.Option(
+        False,
+        "--print-config",
+        help="Print the settings this command would run with (flags > --config file > defaults) as TOML "
+        "and exit.",
+    ),
+    mm_stats: str = typer.Option(
+        None,
+        "--stats",
+        metavar="FILE",
+        help="Write a JSON of counts, reject reasons, timings, throughput and settings to FILE "
+        "(`medmax stats merge` adds up --shard pieces).",
+    ),
+) -> None:
+    """Template: the options every command gets (typer builds them; `_equip` copies them)."""
+
+
+def _stage_options(
+    mm_max_reject_rate: float = typer.Option(
+        None,
+        "--max-reject-rate",
+        min=0.0,
+        max=1.0,
+        metavar="R",
+        help="Exit 1 when more than this share of records was rejected [default: only when records "
+        "were rejected and none written].",
+    ),
+    mm_rejects_append: bool = typer.Option(
+        False,
+        "--rejects-append",
+        help="Append to --rejects instead of replacing it (each run otherwise overwrites it, atomically).",
+    ),
+    mm_heartbeat: float = typer.Option(
+        None,
+        "--heartbeat",
+        min=0.0,
+        metavar="SECONDS",
+        help="Off a terminal, a progress line on stderr every SECONDS [env MEDMAX_HEARTBEAT; 30; 0: off].",
+    ),
+) -> None:
+    """Template: the options every stage (a command with --on-error) gets."""
+
+
+def _params_of(template: Callable[..., None]) -> list[Any]:
+    """The click parameters typer builds for a template function's signature."""
+    app = typer.Typer(add_completion=False)
+    app.command()(template)
+    return list(typer.main.get_command(app).params)
+
+
+def _is_stage(command: Any) -> bool:
+    """A stage is a command with an error policy (it reads or writes records through StageIO)."""
+    return any(getattr(p, "name", None) == "on_error" for p in command.params)
+
+
+def _equip(command: Any, path: str) -> None:
+    """Add the common options to a click command (recursing into groups) and wrap its callback."""
+    if hasattr(command, "commands"):  # a group (e.g. `fetch`): equip its commands
+        for name, sub in command.commands.items():
+            _equip(sub, f"{path} {name}")
+        return
+    if getattr(command, "_medmax_equipped", False):
+        return
+    taken = {opt for p in command.params for opt in getattr(p, "opts", []) + getattr(p, "secondary_opts", [])}
+    extra = _params_of(_common_options) + (_params_of(_stage_options) if _is_stage(command) else [])
+    for option in extra:
+        if not set(option.opts) & taken:
+            command.params.append(option)
+    if _is_stage(command):
+        command.epilog = ((command.epilog or "") + "\n\n" + EXIT_CODES_HELP).strip()
+    inner = command.callback
+
+    def callback(**params: Any) -> Any:
+        mine = {k: params.pop(k) for k in list(params) if k.startswith("mm_")}
+        ctx = _click().globals.get_current_context()
+        from medmax_cli.observe import resolve_log_level, setup_logging
+
+        try:
+            level = resolve_log_level(
+                mine.get("mm_verbose", 0), bool(params.get("quiet")), mine.get("mm_log_level")
+            )
+        except ValueError as exc:
+            raise fail(f"--log-level: {exc}") from None
+        setup_logging(level)
+        if mine.get("mm_print_config"):
+            typer.echo(settings_toml(path, ctx, params), nl=False)
+            raise typer.Exit(0)
+        options = RunOptions(
+            command=path,
+            settings={k: _plain(v) for k, v in params.items()},
+            stats=Path(mine["mm_stats"]) if mine.get("mm_stats") else None,
+            max_reject_rate=mine.get("mm_max_reject_rate"),
+            rejects_append=bool(mine.get("mm_rejects_append")),
+            heartbeat=mine.get("mm_heartbeat"),
+        )
+        token = _RUN.set(options)
+        try:
+            return inner(**params) if inner is not None else None
+        finally:
+            _RUN.reset(token)
+
+    command.callback = callback
+    command._medmax_equipped = True
+
+
+def _plain(value: Any) -> Any:
+    """A parameter value as JSON/TOML can hold it."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _toml_value(value: Any) -> str:
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
+def _config_key(param: Any) -> str:
+    """A parameter's key in a config file: its long flag without dashes (`seq-len`), else its name."""
+    longs = [o[2:] for o in getattr(param, "opts", []) if o.startswith("--")]
+    return longs[0] if longs else param.name.replace("_", "-")
+
+
+def _config_keys(command: Any) -> dict[str, str]:
+    """Every spelling a config file may use for a command's parameters -> the parameter name."""
+    keys: dict[str, str] = {}
+    for param in command.params:
+        if not param.name or param.name.startswith("mm_") or param.name in ("help",):
+            continue
+        for spelling in (_config_key(param), param.name, param.name.replace("_", "-")):
+            keys[spelling] = param.name
+        for opt in getattr(param, "opts", []):
+            if opt.startswith("--"):
+                keys[opt[2:]] = param.name
+    return keys
+
+
+def settings_toml(path: str, ctx: Any, params: dict[str, Any]) -> str:
+    """The resolved settings of one command as a TOML section `--config` reads back.
+
+    Each line says where its value came from (flag, config file, environment or default).
+    """
+    ParameterSource = _click().core.ParameterSource  # noqa: N806
+
+    section = ".".join(path.split()[1:])
+    lines = [f"[{section}]"]
+    sources = {
+        ParameterSource.COMMANDLINE: "flag",
+        ParameterSource.DEFAULT_MAP: "config file",
+        ParameterSource.ENVIRONMENT: "environment",
+    }
+    by_name = {p.name: p for p in ctx.command.params}
+    for name, value in params.items():
+        source = sources.get(ctx.get_parameter_source(name), "default")
+        key = _config_key(by_name[name]) if name in by_name else name
+        value = _plain(value)
+        if value is None:
+            lines.append(f"# {key} = (unset)  # {source}")
+        else:
+            lines.append(f"{key} = {_toml_value(value)}  # {source}")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- --config FILE
+
+
+def read_config(path: Path, group: Any) -> dict[str, Any]:
+    """A TOML file with one section per command ([pack], [fetch.pmc]) as a click default_map.
+
+    Keys are option names with - or _ (`seq-len` or `seq_len`); an unknown section or key is an error.
+    """
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise fail(f"--config {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise fail(f"--config {path}: not valid TOML ({exc})") from None
+
+    def convert(table: dict[str, Any], command: Any, where: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        keys = _config_keys(command) if where else {}
+        subcommands = getattr(command, "commands", {})
+        for key, value in table.items():
+            if key in subcommands and isinstance(value, dict):
+                out[key] = convert(value, subcommands[key], f"{where}.{key}" if where else key)
+                continue
+            name = keys.get(key) or keys.get(key.replace("_", "-"))
+            if name is None:
+                known = ", ".join(
+                    sorted(subcommands)
+                    + sorted({_config_key(p) for p in command.params if p.name in keys.values()})
+                )
+                raise fail(
+                    f"--config {path}: unknown {'section' if not where else 'key'} "
+                    f"{(where + '.' if where else '') + key!r}" + (f" (known: {known})" if known else "")
+                )
+            out[name] = value
+        return out
+
+    return convert(data, group, "")
+
+
+class MedmaxGroup(TyperGroup):
+    """The root click group: every command it holds gets the common options (see `_equip`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        for name, command in self.commands.items():
+            _equip(command, f"medmax {name}")
