@@ -96,6 +96,10 @@ class RunOptions:
     max_reject_rate: float | None = None
     rejects_append: bool = False
     heartbeat: float | None = None
+    stats_written: bool = False
+    started_at: float = field(
+        default_factory=time.time
+    )  # a StageIO wrote --stats; otherwise the command wrapper does
 
 
 _RUN: contextvars.ContextVar[RunOptions | None] = contextvars.ContextVar("medmax_run", default=None)
@@ -249,6 +253,7 @@ class StageIO:
             reject_rate=rate,
         )
         atomic_write_bytes(self.run.stats, orjson.dumps(stats, option=orjson.OPT_INDENT_2) + b"\n")
+        self.run.stats_written = True
 
     # -- progress
     def tick(self, n: int = 1) -> None:
@@ -455,13 +460,41 @@ def _equip(command: Any, path: str) -> None:
             heartbeat=mine.get("mm_heartbeat"),
         )
         token = _RUN.set(options)
+        status = "failed"
         try:
-            return inner(**params) if inner is not None else None
+            result = inner(**params) if inner is not None else None
+            status = "ok"
+            return result
+        except typer.Exit as exc:
+            status = "ok" if exc.exit_code == 0 else "failed"
+            raise
         finally:
             _RUN.reset(token)
+            if options.stats is not None and not options.stats_written:
+                _command_stats(options, status)
 
     command.callback = callback
     command._medmax_equipped = True
+
+
+def _command_stats(options: RunOptions, status: str) -> None:
+    """--stats for a command without a record stream (finetune, validate): settings and time."""
+    import orjson
+
+    from medmax_cli.atomic import atomic_write_bytes
+    from medmax_cli.observe import stage_stats
+    from medmax_cli.streams import RunReport
+
+    report = RunReport(options.command.split()[1] if " " in options.command else options.command)
+    report.started = time.monotonic() - (time.time() - options.started_at)
+    stats = stage_stats(
+        report,
+        command=options.command,
+        settings=options.settings,
+        status=status,
+        started_at=options.started_at,
+    )
+    atomic_write_bytes(options.stats, orjson.dumps(stats, option=orjson.OPT_INDENT_2) + b"\n")
 
 
 def _plain(value: Any) -> Any:

@@ -168,6 +168,12 @@ def register(app: typer.Typer) -> None:
         media_workers: int = typer.Option(4, "--media-workers", min=1, help="Concurrent media downloads."),
         timeout: float = typer.Option(30.0, "--timeout", help="Seconds per request."),
         backoff_base: float = typer.Option(0.5, "--backoff-base", hidden=True),
+        dry_run: bool = typer.Option(
+            False,
+            "--dry-run",
+            help="Ask the search once and print the hit count, requests, expected time at the configured "
+            "rates and the licence mix of the first page; fetch nothing.",
+        ),
         output: str = OutputOpt,
         fmt: str = FormatOpt,
         on_error: str = OnErrorOpt,
@@ -207,6 +213,26 @@ def register(app: typer.Typer) -> None:
             contact=contact,
             retry=RetryPolicy(backoff_base=backoff_base),
         )
+        if dry_run:
+            from medmax_cli.fetch.dryrun import plan_pmc
+
+            with client:
+                try:
+                    plan = plan_pmc(
+                        client,
+                        europepmc_url=europepmc_url,
+                        cloud_url=cloud_url,
+                        query=query,
+                        ids=id_list,
+                        max_articles=max_articles,
+                        page_size=page_size,
+                        shard=shard_spec,
+                    )
+                except HttpError as exc:
+                    raise fail(str(exc), code=1) from None
+            for line in plan.lines():
+                typer.echo(f"medmax fetch pmc --dry-run: {line}", err=True)
+            return
         resumable_file = state_path is not None and output != "-"
         with (
             client,
@@ -219,6 +245,7 @@ def register(app: typer.Typer) -> None:
                 rejects=rejects,
                 media_dir=media_dir,
                 quiet=quiet,
+                progress_unit="articles",
             ) as io,
         ):
             handle = None
@@ -251,7 +278,10 @@ def register(app: typer.Typer) -> None:
                     page_size=page_size,
                     shard=shard_spec,
                     media_workers=media_workers,
+                    on_total=io.set_total,
                 ):
+                    if batch.key:
+                        io.tick()
                     for record in batch.records:
                         writer.write(record)
                     writer.stream.flush()

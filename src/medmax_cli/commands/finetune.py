@@ -69,8 +69,8 @@ def register(app: typer.Typer) -> None:
         master_addr: str = _opt(None, "--master-addr", help="Rendezvous host [SLURM's first host]."),
         master_port: int = _opt(None, "--master-port", help="Rendezvous port [29500]."),
         strategy: str = _opt(None, "--strategy", help="auto, ddp or fsdp [auto: fsdp on GPUs]."),
-        deepspeed: str = _opt(
-            None, "--deepspeed", help="DeepSpeed JSON config (needs the deepspeed package)."
+        deepspeed: str = typer.Option(  # hidden until the DeepSpeed engine is wired in
+            None, "--deepspeed", hidden=True, help="DeepSpeed JSON config (needs the deepspeed package)."
         ),
         save_every: int = _opt(None, "--save-every", help="Checkpoint every N steps [only at the end]."),
         keep_checkpoints: int = _opt(None, "--keep-checkpoints", help="Checkpoints kept [2; 0 = all]."),

@@ -145,6 +145,7 @@ def register(app: typer.Typer) -> None:
             media_dir=media_dir,
             shard=shard,
             quiet=quiet,
+            written_key="samples",  # pack writes shards, not records: a sample packed is a record written
             validate_input=False,  # pack_to_dir validates, with a fast path for token lists
         ) as io:
             encode = _image_encoder(model_dir, io, image_batch_size, device, dtype)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -68,9 +68,17 @@ def read_id_file(lines: Iterable[str]) -> list[str]:
 
 
 def search(
-    client: HttpClient, base: str, query: str, *, page_size: int = 100, cursor: str = "*"
+    client: HttpClient,
+    base: str,
+    query: str,
+    *,
+    page_size: int = 100,
+    cursor: str = "*",
+    on_hit_count: Callable[[int], None] | None = None,
 ) -> Iterator[tuple[str, list[str], str]]:
-    """Europe PMC cursor paging: yields (cursor of this page, PMCIDs on it, next cursor)."""
+    """Europe PMC cursor paging: yields (cursor of this page, PMCIDs on it, next cursor).
+
+    `on_hit_count` hears the query's `hitCount` from the first page (for progress and ETA)."""
     while True:
         data = client.get_json(
             f"{base}/search",
@@ -83,6 +91,9 @@ def search(
             },
         )
         results = (data.get("resultList") or {}).get("result") or []
+        if on_hit_count is not None and isinstance(data.get("hitCount"), int):
+            on_hit_count(data["hitCount"])
+            on_hit_count = None
         ids = []
         for item in results:
             pmcid = item.get("pmcid") or (item.get("id") if item.get("source") == "PMC" else None)
@@ -255,13 +266,27 @@ def fetch_articles(
     page_size: int = 100,
     media_workers: int = 4,
     shard: tuple[int, int] | None = None,
+    on_total: Callable[[int], None] | None = None,
 ) -> Iterator[ArticleBatch]:
     """One batch per article, in discovery order, skipping articles the state marks finished.
 
     With `shard` (i, n) only the articles whose PMCID hashes to shard i are fetched (every shard
     pages through the same search), so n jobs split one crawl without coordination.
+    `on_total` hears how many articles this run expects (hit count or ids, capped by `max_articles`,
+    divided among shards, less those already finished), for a progress bar with an ETA.
     """
     budget = None if max_articles is None else max_articles - len(state.done)
+
+    def expect(matched: int) -> None:
+        if on_total is None:
+            return
+        total = matched if max_articles is None else min(matched, max_articles)
+        if shard is not None:
+            total = -(-total // shard[1])
+        on_total(max(0, total - len(state.done)))
+
+    if ids is not None:
+        expect(len(ids))
 
     def pages() -> Iterator[tuple[str | None, list[str], str | None]]:
         if ids is not None:
@@ -269,7 +294,12 @@ def fetch_articles(
         else:
             assert query is not None
             yield from search(
-                client, europepmc_url.rstrip("/"), query, page_size=page_size, cursor=state.cursor or "*"
+                client,
+                europepmc_url.rstrip("/"),
+                query,
+                page_size=page_size,
+                cursor=state.cursor or "*",
+                on_hit_count=expect,
             )
 
     for _page_cursor, page_ids, next_cursor in pages():
