@@ -1,0 +1,1 @@
+"""`medmax report`: a static HTML page of a whole run (curation, gallery, training, evaluation)."""
