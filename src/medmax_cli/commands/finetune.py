@@ -75,6 +75,12 @@ def register(app: typer.Typer) -> None:
         save_every: int = _opt(None, "--save-every", help="Checkpoint every N steps [only at the end]."),
         keep_checkpoints: int = _opt(None, "--keep-checkpoints", help="Checkpoints kept [2; 0 = all]."),
         log_every: int = _opt(None, "--log-every", help="Metrics line every N steps [1]."),
+        log_to: str = _opt(
+            None,
+            "--log-to",
+            help="Trackers beside RUN/metrics.jsonl: tensorboard, wandb, mlflow, comma list or none "
+            "[tensorboard].",
+        ),
         merge: bool = _opt(None, "--merge", help="Also write RUN/merged (adapter merged into the weights)."),
         resume: bool = _opt(None, "--resume", help="Continue from RUN/checkpoints/latest."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),

@@ -87,6 +87,7 @@ class TrainConfig:
     save_every: int = 0  # checkpoint every N steps (0: only at the end)
     keep_checkpoints: int = 2  # newest checkpoints kept (0: all)
     log_every: int = 1  # metrics line every N steps
+    log_to: str = "tensorboard"  # trackers beside metrics.jsonl: tensorboard,wandb,mlflow or none
     merge: bool = False  # also write RUN/merged (adapter merged into the base weights)
     resume: bool = False  # continue from RUN/checkpoints/latest
 
@@ -159,6 +160,12 @@ def build_config(
 
 def check_config(cfg: TrainConfig) -> None:
     """Value checks that need no files (bad combinations exit 2 before anything is read)."""
+    from medmax_cli.train.metrics import TrackerError, check_loggers
+
+    try:
+        check_loggers(cfg.log_to)
+    except TrackerError as exc:
+        raise ConfigError(str(exc)) from None
     positive = ("lora_r", "epochs", "micro_batch", "grad_accum", "gpus", "nodes", "log_every")
     for name in positive:
         if getattr(cfg, name) < 1:

@@ -284,7 +284,9 @@ def train(cfg: TrainConfig, model_dir: str, *, show_progress: bool = True) -> di
         start = ckpt.load_latest(run, model, optimizer, scheduler, cfg, env)
     elif env.is_main:
         ckpt.save_config(run, cfg, model_dir)
-    metrics = MetricsLog(run, start_step=start) if env.is_main else None
+    metrics = (
+        MetricsLog(run, start_step=start, loggers=cfg.log_to, config=cfg.to_dict()) if env.is_main else None
+    )
     stop = min(steps, cfg.stop_after) if cfg.stop_after else steps
     bar = None
     if env.is_main and show_progress and start < stop and sys.stderr.isatty():
