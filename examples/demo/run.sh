@@ -8,6 +8,7 @@ export DEMO="${DEMO:-demo-out}"
 export MEDMAX_MEDIA="$DEMO/media"
 export MEDMAX_MODEL="$DEMO/model"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+export MEDMAX_STATS_DIR="$DEMO/stats"  # every stage leaves a --stats file there (read by 90-report.sh)
 rm -rf "$DEMO"
 mkdir -p "$DEMO"
 for step in examples/demo/[0-9][0-9]-*.sh; do

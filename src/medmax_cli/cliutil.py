@@ -38,6 +38,7 @@ from medmax_cli.streams import (
     RecordWriter,
     RunReport,
     StreamError,
+    in_shard,
     parse_shard,
     read_records,
     select_shard,
@@ -280,14 +281,19 @@ class StageIO:
             stream = self._stack.enter_context(open(path, "rb"))
             name = str(path)
         records = read_records(
-            stream, name=name, policy=self.policy, media=self.media, check=self.validate_input
+            stream,
+            name=name,
+            policy=_ShardInputPolicy(self.policy, self.shard),
+            media=self.media,
+            check=self.validate_input,
         )
         records = select_shard(records, self.shard)
         return self._counted(records)
 
     def _counted(self, records: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        meter = self.progress_meter
+        meter, count = self.progress_meter, self.report.counts
         for record in records:
+            count["in"] += 1  # records of this shard, so the stats of n shards add up to the input
             meter.update()
             yield record
 
@@ -330,6 +336,33 @@ class StageIO:
     def write_all(self, records: Any) -> None:
         for record in records:
             self.write(record)
+
+
+class _ShardInputPolicy(ErrorPolicy):
+    """The error policy while reading input, so that every bad line is counted by exactly one shard.
+
+    Every `--shard i/n` run reads the whole input; a bad record belongs to the shard its id hashes
+    to, a line without an id (malformed JSON) to shard 0. In skip mode the other shards pass over
+    it (its owner rejects it); in fail mode every shard stops, as the input is broken for all.
+    Records read are counted after the shard filter (in `StageIO._counted`), not here.
+    """
+
+    def __init__(self, inner: ErrorPolicy, shard: tuple[int, int] | None):
+        super().__init__(inner.mode, inner.rejects, RunReport(inner.stage), stage=inner.stage)
+        self.inner = inner
+        self.shard = shard
+
+    def reject(
+        self, error: Exception, raw: Any = None, *, where: str | None = None, record_id: str | None = None
+    ) -> None:
+        if self.mode == "skip" and self.shard is not None:
+            rid = record_id or getattr(error, "record_id", None)
+            if rid is None and isinstance(raw, dict) and isinstance(raw.get("id"), str):
+                rid = raw["id"]
+            owner = in_shard(rid, self.shard) if rid else self.shard[0] == 0
+            if not owner:
+                return
+        self.inner.reject(error, raw, where=where, record_id=record_id)
 
 
 def _silence_stdout() -> None:
@@ -454,7 +487,7 @@ def _equip(command: Any, path: str) -> None:
         options = RunOptions(
             command=path,
             settings={k: _plain(v) for k, v in params.items()},
-            stats=Path(mine["mm_stats"]) if mine.get("mm_stats") else None,
+            stats=Path(mine["mm_stats"]) if mine.get("mm_stats") else _stats_in_dir(path),
             max_reject_rate=mine.get("mm_max_reject_rate"),
             rejects_append=bool(mine.get("mm_rejects_append")),
             heartbeat=mine.get("mm_heartbeat"),
@@ -475,6 +508,15 @@ def _equip(command: Any, path: str) -> None:
 
     command.callback = callback
     command._medmax_equipped = True
+
+
+def _stats_in_dir(command: str) -> Path | None:
+    """With env MEDMAX_STATS_DIR, every command run writes its stats there without a --stats flag."""
+    folder = os.environ.get("MEDMAX_STATS_DIR")
+    if not folder:
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    return Path(folder) / f"{stamp}-{command.removeprefix('medmax ').replace(' ', '-')}-{os.getpid()}.json"
 
 
 def _command_stats(options: RunOptions, status: str) -> None:
