@@ -70,6 +70,7 @@ class PageCheck:
     images: list[dict[str, Any]] = field(default_factory=list)
     console_errors: list[str] = field(default_factory=list)
     screenshot: Path | None = None
+    browser_pid: int = 0  # its process group is gone when check_page returns
 
     @property
     def broken_images(self) -> list[str]:
@@ -199,7 +200,7 @@ def check_page(
     os.close(to_browser_r)
     os.close(from_browser_w)
     pipe = _Pipe(to_browser_w, from_browser_r, time.monotonic() + timeout)
-    result = PageCheck(url=url)
+    result = PageCheck(url=url, browser_pid=proc.pid)
     try:
         targets = pipe.call("Target.getTargets")["targetInfos"]
         page_target = next(t for t in targets if t["type"] == "page")
@@ -247,6 +248,22 @@ def check_page(
     return result
 
 
+def live_group_members(pgid: int) -> list[int]:
+    """Processes of a process group that still run (zombies awaiting their reaper do not count)."""
+    alive = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) ": state ppid pgrp ...
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            alive.append(int(entry.name))
+    return alive
+
+
 def _stop(proc: subprocess.Popen) -> None:
     """End the browser and every process it started (same process group)."""
     try:
@@ -266,6 +283,9 @@ def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.kill()
         proc.wait()
+    deadline = time.monotonic() + 10
+    while live_group_members(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 REQUIRED_SECTIONS = ("stages", "curation", "gallery", "training", "evaluation")
