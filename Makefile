@@ -6,8 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo test test-gpu lint format bench bench-quick bench-gpu eval clean
+.PHONY: install demo test test-browser test-gpu lint format bench bench-quick bench-gpu eval clean
 
 install: $(STAMP)
 
@@ -30,6 +31,13 @@ demo: install
 
 test: install
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q -x --durations=15 tests
+
+# The report in a real browser: headless Chromium (Debian package `chromium`), installed when missing.
+# `make test` runs the same test but skips it, saying so, where no Chromium exists.
+test-browser: install
+	command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
+	MEDMAX_REQUIRE_BROWSER=1 OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q -x tests/test_report.py
 
 test-gpu: install
 	$(BIN)/python -m pytest -q -m gpu tests

@@ -15,6 +15,8 @@ PAGES = {
     "validate": "records.md",
     "init-model": "models.md",
     "detokenize": "tokenize-images.md",
+    "report": "observe.md",
+    "stats": "observe.md",
 }
 
 

@@ -297,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Check a medmax report in headless Chromium.")
     parser.add_argument("page", type=Path)
     parser.add_argument("--screenshot", type=Path)
+    parser.add_argument("--max-height", type=int, default=2400, help="Screenshot height cap in pixels.")
     parser.add_argument(
         "--if-available", action="store_true", help="Exit 0 with a note when no Chromium exists."
     )
@@ -305,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         print("report check: no Chromium here; skipped (apt-get install chromium)", file=sys.stderr)
         return 0
     try:
-        check = check_page(args.page, screenshot=args.screenshot)
+        check = check_page(args.page, screenshot=args.screenshot, max_height=args.max_height)
     except BrowserError as exc:
         print(f"report check: {exc}", file=sys.stderr)
         return 1

@@ -390,7 +390,7 @@ def evaluation_section(files: RunFiles, out: Path, images: _Images, limit: int =
                 f"<td><code>{esc(record.get('id'))}</code><br>{esc(record.get('task'))}</td>"
                 f"<td>{esc(question[:300])}</td>"
                 f"<td>{esc(_prediction_text(record)[:300])}{''.join(generated)}</td>"
-                f"<td>{esc(score.get('reference', ''))}</td>"
+                f"<td>{esc(score.get('gold', record.get('answer', '')))}</td>"
                 f'<td class="n">{"" if value is None else esc(value)} <span class="muted">{esc(status)}</span></td>'
                 "</tr>"
             )
