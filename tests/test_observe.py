@@ -110,7 +110,7 @@ def test_fetch_pmc_heartbeat_counts_articles_against_the_hit_count(tmp_path):
                 "--heartbeat", "0.1", "-o", str(tmp_path / "out.jsonl")]  # fmt: skip
         proc, log = start(args, tmp_path, env={"MEDMAX_MEDIA": str(tmp_path / "m")})
         try:
-            line = wait_for_line(log, "/6 articles", proc)
+            line = wait_for_line(log, " 1/6 articles", proc)  # the first article done, the second held
             assert "%" in line and "articles/s" in line and "ETA" in line
         finally:
             release.set()
