@@ -29,6 +29,8 @@ def run_dir(tmp_path_factory, tiny_model_dir) -> Path:
     run_medmax("synthesize", "--seed", "0", "-o", str(root / "instances.jsonl"), input=sources, env=env)
     run_medmax("tokenize-images", str(root / "instances.jsonl"), "--model", str(tiny_model_dir), "--device", "cpu",
                "-o", str(root / "instances.tok.jsonl"), env=env)  # fmt: skip
+    run_medmax("pack", str(root / "instances.tok.jsonl"), "--model", str(tiny_model_dir), "--seq-len", "512",
+               "-o", str(root / "shards"), env=env)  # fmt: skip
     from medmax_cli.train.metrics import MetricsLog
 
     log = MetricsLog(root / "run", loggers="none")
@@ -79,6 +81,7 @@ def test_report_page_has_every_section_and_its_images_on_disk(report):
     assert "training-0.png" in page and "evaluation-0.png" in page and "tasks.png" in page
     assert "medmax tokenize-images" in page and "medmax synthesize" in page  # the stages table (stats files)
     assert "vqa_rad_closed" in page and "95% CI" in page and "img/" in page.split('id="evaluation"')[1]
+    assert "Packed shards" in page and "medmax pack" in page
     assert "<script" not in page
 
 

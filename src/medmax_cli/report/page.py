@@ -130,14 +130,52 @@ def stages_section(files: RunFiles) -> str:
                 path.name,
             ]
         )
+    packed = _manifests_html(files)
     if not rows:
-        return _section("stages", "Stages", _nothing("no --stats files (run each stage with --stats FILE)."))
+        return _section(
+            "stages", "Stages", _nothing("no --stats files (run each stage with --stats FILE).") + packed
+        )
     table = _table(
         ["command", "shard", "status", "counts", "rejected", "reject rate", "seconds", "file"],
         rows,
         {4, 5, 6},
     )
-    return _section("stages", "Stages", table)
+    return _section("stages", "Stages", table + packed)
+
+
+def _manifests_html(files: RunFiles) -> str:
+    """One row per packed folder (pack's manifest.json): what training will read."""
+    rows = []
+    for path in files.manifests:
+        m = orjson.loads(path.read_bytes())
+        settings = m.get("settings") or {}
+        rows.append(
+            [
+                path.parent.name,
+                m.get("samples"),
+                m.get("rows"),
+                settings.get("seq_len", ""),
+                len(m.get("shards") or []),
+                "" if m.get("efficiency") is None else f"{100 * m['efficiency']:.1f}%",
+                f"{m.get('supervised_tokens', '')}/{m.get('tokens', '')}",
+                m.get("truncated", ""),
+                sum((m.get("rejected") or {}).values()),
+            ]
+        )
+    if not rows:
+        return ""
+    header = [
+        "packed folder",
+        "samples",
+        "rows",
+        "seq len",
+        "shards",
+        "fill",
+        "supervised/tokens",
+        "truncated",
+        "rejected",
+    ]
+    return "<h3>Packed shards</h3>" + _table(header, rows, {1, 2, 3, 4, 5, 7, 8})
 
 
 def curation_section(inputs: ReportInputs, out: Path) -> str:
