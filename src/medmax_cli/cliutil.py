@@ -338,6 +338,16 @@ class StageIO:
             self.write(record)
 
 
+def start_progress(stage: str, report: RunReport, *, unit: str = "rec", quiet: bool = False) -> Progress:
+    """Progress (bar or heartbeat) for a command that reads records without a StageIO (validate);
+    the caller closes it."""
+    try:
+        heartbeat = heartbeat_seconds(run_options().heartbeat)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    return Progress(stage, report, unit=unit, enabled=not quiet, heartbeat=heartbeat).start()
+
+
 class _ShardInputPolicy(ErrorPolicy):
     """The error policy while reading input, so that every bad line is counted by exactly one shard.
 

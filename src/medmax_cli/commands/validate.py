@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import typer
 
-from medmax_cli.cliutil import InputArg, MediaDirOpt, fail
+from medmax_cli.cliutil import InputArg, MediaDirOpt, fail, start_progress
 from medmax_cli.records import RecordError, record_kind
 
 
@@ -51,10 +51,12 @@ def register(app: typer.Typer) -> None:
                 raise fail(f"input file {input} does not exist")
             stream, name = open(input, "rb"), input
         seen_ids: set[str] = set()
+        progress = start_progress("validate", policy.report)
         try:
             for record in read_records(
                 stream, name=name, policy=policy, media=MediaStore(media_dir or default_media_dir())
             ):
+                progress.update()
                 if record["id"] in seen_ids:
                     errors.append(f"{name}: record {record['id']!r}: duplicate id")
                 seen_ids.add(record["id"])
@@ -65,6 +67,8 @@ def register(app: typer.Typer) -> None:
                 n_images += len(record.get("images") or [])
         except StreamError as exc:
             errors.append(str(exc))
+        finally:
+            progress.close()
         summary = {
             "records": sum(kinds.values()),
             "invalid": len(errors),
