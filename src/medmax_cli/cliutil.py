@@ -97,10 +97,8 @@ class RunOptions:
     max_reject_rate: float | None = None
     rejects_append: bool = False
     heartbeat: float | None = None
-    stats_written: bool = False
-    started_at: float = field(
-        default_factory=time.time
-    )  # a StageIO wrote --stats; otherwise the command wrapper does
+    stats_written: bool = False  # a StageIO wrote --stats; otherwise the command wrapper does
+    started_at: float = field(default_factory=time.time)
 
 
 _RUN: contextvars.ContextVar[RunOptions | None] = contextvars.ContextVar("medmax_run", default=None)
@@ -203,7 +201,8 @@ class StageIO:
             self._summary()
             self._write_stats("ok", None)
             raise typer.Exit(0)
-        self._write_stats("failed", None)
+        clean_exit = issubclass(exc_type, typer.Exit) and getattr(exc, "exit_code", 1) == 0
+        self._write_stats("ok" if clean_exit else "failed", None)
         if issubclass(exc_type, (RecordError, MediaError, StreamError)):
             self._summary()
             typer.echo(f"medmax {self.stage}: error: {exc}", err=True)
