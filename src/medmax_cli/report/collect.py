@@ -16,7 +16,9 @@ A run is whatever folders and files the user names: files are recognised by thei
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -110,15 +112,16 @@ def find_files(paths: list[Path]) -> RunFiles:
     return files
 
 
-def read_jsonl(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
-    out = []
+def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """Records one at a time: a corpus of millions of instances with their tokens never sits in memory."""
     with open(path, "rb") as handle:
         for line in handle:
             if line.strip():
-                out.append(orjson.loads(line))
-                if limit is not None and len(out) >= limit:
-                    break
-    return out
+                yield orjson.loads(line)
+
+
+def read_jsonl(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+    return list(islice(iter_jsonl(path), limit))
 
 
 def training_corpus(files: RunFiles) -> Path | None:
@@ -148,7 +151,7 @@ class Curation:
     image_sides: list[tuple[int, int]] = field(default_factory=list)  # (width, height) per distinct image
 
 
-def curation_stats(records: list[dict[str, Any]]) -> Curation:
+def curation_stats(records: Iterable[dict[str, Any]]) -> Curation:
     cur = Curation()
     seen_images: set[str] = set()
     for record in records:
@@ -174,7 +177,7 @@ def reject_reasons(files: RunFiles) -> Counter:
     reasons: Counter = Counter()
     stages_with_files: set[str] = set()
     for path in files.rejects:
-        for entry in read_jsonl(path):
+        for entry in iter_jsonl(path):
             stage = str(entry.get("stage", "?"))
             stages_with_files.add(stage)
             reason = str(entry.get("reason", "?")).split(":", 1)[0].split("(", 1)[0].strip()[:60]

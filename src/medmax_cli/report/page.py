@@ -12,7 +12,9 @@ from __future__ import annotations
 import html
 import shutil
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from medmax_cli.report.collect import (
     RunFiles,
     curation_stats,
     find_files,
+    iter_jsonl,
     read_jsonl,
     reject_reasons,
     training_corpus,
@@ -185,8 +188,7 @@ def curation_section(inputs: ReportInputs, out: Path) -> str:
     if corpus is None:
         parts.append(_nothing("no task instances (output of `medmax synthesize` or `tokenize-images`)."))
     else:
-        records = read_jsonl(corpus)
-        cur = curation_stats(records)
+        cur = curation_stats(iter_jsonl(corpus))
         parts.append(
             f"<p>Corpus <code>{esc(corpus.name)}</code>: {cur.instances} instances, {len(cur.image_sides)} distinct "
             f"images. Other instance files: {esc(', '.join(p.name for p in files.instances if p != corpus) or 'none')}.</p>"
@@ -262,21 +264,20 @@ def _turns_html(record: dict[str, Any], images_html: dict[int, str]) -> str:
     return "".join(out)
 
 
-def _pick_samples(records: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
-    """One instance with images per task first (a tour of the corpus), then the rest in file order."""
-    with_images = [r for r in records if r.get("images")]
-    picked: list[dict[str, Any]] = []
+def _pick_samples(records: Iterable[dict[str, Any]], n: int, scan: int = 20000) -> list[dict[str, Any]]:
+    """One instance with images per task first (a tour of the corpus), then others in file order.
+
+    Looks at the first `scan` instances with images only, so a huge corpus is not read twice."""
+    first_of_task: list[dict[str, Any]] = []
+    others: list[dict[str, Any]] = []
     seen_tasks: set[str] = set()
-    for record in with_images:
-        if record.get("task") not in seen_tasks:
+    for record in islice((r for r in records if r.get("images")), scan):
+        if str(record.get("task")) not in seen_tasks:
             seen_tasks.add(str(record.get("task")))
-            picked.append(record)
-    for record in with_images:
-        if len(picked) >= n:
-            break
-        if record not in picked:
-            picked.append(record)
-    return picked[:n]
+            first_of_task.append(record)
+        elif len(others) < n:
+            others.append(record)
+    return (first_of_task + others)[:n]
 
 
 def _reconstruct(records: list[dict[str, Any]], inputs: ReportInputs) -> dict[str, str]:
@@ -307,7 +308,7 @@ def gallery_section(inputs: ReportInputs, out: Path, images: _Images) -> str:
     corpus = training_corpus(inputs.files)
     if corpus is None or inputs.gallery <= 0:
         return _section("gallery", "Gallery", _nothing("no task instances with images."))
-    samples = _pick_samples(read_jsonl(corpus), inputs.gallery)
+    samples = _pick_samples(iter_jsonl(corpus), inputs.gallery)
     if not samples:
         return _section("gallery", "Gallery", _nothing(f"no instance in {corpus.name} has images."))
     try:
@@ -402,7 +403,7 @@ def evaluation_section(files: RunFiles, out: Path, images: _Images, limit: int =
         parts.append(_table(["task", "n", "scored", "mean", "95% CI"], rows, {1, 2, 3}))
     scores: dict[str, dict[str, Any]] = {}
     for path in files.scores:
-        for line in read_jsonl(path):
+        for line in iter_jsonl(path):
             scores.setdefault(str(line.get("id")), line)
     items = []
     for path in files.predictions:
