@@ -124,11 +124,16 @@ def read_jsonl(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
     return list(islice(iter_jsonl(path), limit))
 
 
+def _head(path: Path, size: int = 1_000_000) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read(size)
+
+
 def training_corpus(files: RunFiles) -> Path | None:
     """The instances file training saw: one whose images carry tokens, else the largest."""
     if not files.instances:
         return None
-    tokenised = [p for p in files.instances if b'"tokens"' in p.read_bytes()[:1_000_000]]
+    tokenised = [p for p in files.instances if b'"tokens"' in _head(p)]
     pool = tokenised or files.instances
     return max(pool, key=lambda p: p.stat().st_size)
 
