@@ -30,7 +30,7 @@ demo: install
 	bash examples/demo/run.sh
 
 test: install
-	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q -x --durations=15 tests
+	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q -x -rs --durations=15 tests
 
 # The report in a real browser: headless Chromium (Debian package `chromium`), installed when missing.
 # `make test` runs the same test but skips it, saying so, where no Chromium exists.
