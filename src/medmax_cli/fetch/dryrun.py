@@ -39,13 +39,16 @@ class CrawlPlan:
             f"requests: {self.search_requests} search + at least {self.article_requests} for articles "
             f"({REQUESTS_PER_ARTICLE} per article, plus one per figure)"
         )
-        rates = ", ".join(f"{host} {rate:g}/s" if rate > 0 else f"{host} unlimited" for host, rate in self.rates.items())
+        rates = ", ".join(
+            f"{host} {rate:g}/s" if rate > 0 else f"{host} unlimited" for host, rate in self.rates.items()
+        )
         out.append(f"rates: {rates}")
         out.append(f"expected time: at least {_duration(self.seconds)} at these rates")
         if self.first_page_licences:
             total = sum(self.first_page_licences.values())
             mix = ", ".join(
-                f"{name} {count} ({100 * count / total:.0f}%)" for name, count in self.first_page_licences.most_common()
+                f"{name} {count} ({100 * count / total:.0f}%)"
+                for name, count in self.first_page_licences.most_common()
             )
             out.append(f"licences on the first page ({total} articles): {mix}")
         return out
@@ -80,7 +83,13 @@ def plan_pmc(
         assert query is not None
         data: dict[str, Any] = client.get_json(
             f"{base}/search",
-            {"query": query, "format": "json", "resultType": "core", "pageSize": page_size, "cursorMark": "*"},
+            {
+                "query": query,
+                "format": "json",
+                "resultType": "core",
+                "pageSize": page_size,
+                "cursorMark": "*",
+            },
         )
         hit_count = int(data.get("hitCount") or 0)
         matched = hit_count
@@ -95,7 +104,10 @@ def plan_pmc(
     article_requests = REQUESTS_PER_ARTICLE * articles
     search_host = urlsplit(base).hostname or base
     cloud_host = urlsplit(cloud_url).hostname or cloud_url
-    rates = {search_host: client.limiter.rate_for(search_host)[1], cloud_host: client.limiter.rate_for(cloud_host)[1]}
+    rates = {
+        search_host: client.limiter.rate_for(search_host)[1],
+        cloud_host: client.limiter.rate_for(cloud_host)[1],
+    }
     seconds = 0.0
     for host, count in ((search_host, search_requests), (cloud_host, article_requests)):
         if rates[host] > 0:
