@@ -48,12 +48,24 @@ def expand_inputs(paths: Iterable[str | Path]) -> list[Path]:
     return found
 
 
+CLOUD_FLAGS = ("license_code", "is_pmc_openaccess", "is_manuscript", "is_historical_ocr", "is_retracted")
+
+
 def apply_cloud_metadata(article: Article, meta: dict[str, Any]) -> Article:
-    """PMC Cloud metadata JSON overrides what the XML says about licence, version and retraction."""
-    if meta.get("license_code"):
-        article.license = normalise_license(str(meta["license_code"]), article.license_url)
+    """PMC Cloud metadata JSON overrides what the XML says about licence, version and retraction,
+    and its flags (author manuscript, historical OCR, ...) are kept in `article.pmc`.
+
+    `license_code` is "CC BY", "CC BY-NC", ..., "TDM" (text and data mining only: licence `tdm`)
+    or null (the XML's licence stands)."""
+    code = meta.get("license_code")
+    if isinstance(code, str) and code.strip():
+        if code.strip().upper() == "TDM":
+            article.license = "tdm"
+        else:
+            article.license = normalise_license(code, article.license_url)
     if meta.get("is_retracted"):
         article.retracted = True
+    article.pmc = {k: meta[k] for k in CLOUD_FLAGS if k in meta}
     if isinstance(meta.get("version"), int):
         article.version = meta["version"]
     if meta.get("pmcid") and not article.pmcid:
