@@ -619,3 +619,11 @@ def test_list_and_dataset_command(medmax, tmp_path):
     )
     out = medmax("fetch", "vqa-rad", str(tmp_path), "-q", env={"MEDMAX_MEDIA": str(tmp_path / "m")}).stdout
     assert orjson.loads(out)["answer"] == "no"
+
+
+def test_completed_credentialed_row_with_tokens_trains(tmp_path, media):
+    row = {"text": "<image>Report?<reserved08706>Clear.", "tokens": [0, 8197, 9, 8196, 8710, 77, 2],
+           "image_path": None, "task": "report_understanding", "source": "mimic_cxr", "credential": "yes"}  # fmt: skip
+    (tmp_path / "train.jsonl").write_bytes(orjson.dumps(row) + b"\n")
+    records, entries, _ = run(datasets.read_medmax, tmp_path, media)
+    assert entries == [] and records[0]["credential"] is True and records[0]["tokens"][-1] == 2

@@ -330,7 +330,7 @@ def _chat_records(
         paths = [paths] if isinstance(paths, str) else list(paths)
         roots = roots_of(file)
         return {
-            "id": make_id(source.replace("-", "_"), file.stem, row.get("id", i)),
+            "id": make_id(source.replace("-", "_"), file.stem, i, row.get("id")),
             "kind": "chat",
             "source": source,
             "license": license,

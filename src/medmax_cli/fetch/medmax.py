@@ -5,8 +5,8 @@ Training rows carry `text` (prompt, `<reserved08706>`, response; images as liter
 rows with text but no tokens become task instances whose turns are the text split on the separator
 (user, assistant, user, ...) and on `<image>` (the row's images in order). Credentialed rows
 (`credential: yes`) ship without tokens or images: once the user has completed them with the
-MIMIC-CXR image paths (MedMax's README explains how) they train like the others; until then they
-are counted as skipped, with that reason.
+MIMIC-CXR image paths (or tokens; MedMax's README explains how) they train like the others;
+until then they are counted as skipped, with that reason.
 
 The evaluation parquet (task_name, question_type, prompt, answer, image_path) holds five families;
 docs/eval-families.md is the contract for the records each becomes (what MedMax's evaluation/*.py
@@ -109,9 +109,9 @@ def read_medmax(
         paths = row.get("image_path") or []
         paths = [paths] if isinstance(paths, str) else [str(p) for p in paths if p]
         text = row.get("text") or ""
-        tokens = row.get("tokens") if not credential else None
+        tokens = row.get("tokens")
         record_id = make_id("medmax", n)
-        if credential and not paths:
+        if credential and not paths and not tokens:
             skip(
                 policy,
                 "credentialed row not completed: add its MIMIC-CXR image_path (see MedMax's README)",
