@@ -424,6 +424,8 @@ def read_rocov2(
     """ROCOv2: `{split}_captions.csv` (ID, Caption) + `{split}_concepts.csv` (ID, CUIs, ';'-joined)
     with images `{split}/{ID}.jpg`; or the Hugging Face parquet (image, image_id, caption, cui)."""
     if path.suffix == ".parquet" or (path.is_dir() and not any(path.glob("*_captions.csv"))):
+        if path.is_dir() and not any(path.rglob("*.parquet")):
+            raise RecordError(f"{path}: no ROCOv2 *_captions.csv nor Hugging Face parquet files")
         yield from _rocov2_parquet(path, media=media, policy=policy)
         return
     files = sorted(path.glob("*_captions.csv")) if path.is_dir() else [path]
@@ -522,6 +524,8 @@ def read_mimic_cxr(
     these reports or images to third-party services (e.g. a hosted LLM in `synthesize`).
     """
     reports = sorted((path / "files").rglob("s*.txt") if (path / "files").exists() else path.rglob("s*.txt"))
+    if not reports:
+        raise RecordError(f"{path}: no MIMIC-CXR reports (files/pNN/pSUBJECT/sSTUDY.txt)")
     image_root = images or path
     splits, views, has_split, has_views = _mimic_tables([path, image_root], policy)
 

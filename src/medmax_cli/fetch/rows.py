@@ -70,7 +70,7 @@ def json_rows(file: Path, policy: ErrorPolicy) -> list[Any] | None:
 
 
 def csv_rows(file: Path, policy: ErrorPolicy, required: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
-    """(line number, row) of a CSV with a header holding `required` (else one file error)."""
+    """(line number, row) of a CSV (or .csv.gz) whose header holds `required` (else one file error)."""
     try:
         handle = (
             gzip.open(file, "rt", newline="", encoding="utf-8")
@@ -88,8 +88,8 @@ def csv_rows(file: Path, policy: ErrorPolicy, required: tuple[str, ...]) -> Iter
             if missing:
                 file_error(policy, file, f"CSV header lacks {', '.join(missing)} (found {', '.join(header)})")
                 return
-            for i, row in enumerate(reader):
-                yield i + 2, row
+            for row in reader:
+                yield reader.line_num, row  # the row's last physical line (quoted fields may span lines)
         except (csv.Error, UnicodeDecodeError, OSError, EOFError) as exc:
             file_error(policy, file, f"unreadable CSV ({exc})")
 
