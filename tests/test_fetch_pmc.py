@@ -256,7 +256,7 @@ def real_shape(pmcid: str) -> bytes:
     return article(
         pmcid,
         """<sec><title>R</title><p>See <xref ref-type="fig" rid="F1 F2">Figures 1 and 2</xref>.</p>
-    <fig id="F1"><label>Figure 1</label><caption><p>Checked.</p></caption><graphic xlink:href="g1"/></fig>
+    <fig id="F1"><label>Figure 1</label><caption><p>Axial CT of the chest showing a left lower lobe mass.</p></caption><graphic xlink:href="g1"/></fig>
     <fig id="F2"><label>Figure 2</label><caption><p>Corrupted.</p></caption><graphic xlink:href="g2"/></fig></sec>""",
     )
 
@@ -308,8 +308,15 @@ def test_real_metadata_shape_md5_checked_and_flags_kept(media, tmp_path, medmax)
             "--rejects", str(tmp_path / "r.jsonl"), "--backoff-base", "0.001",
             env={"MEDMAX_MEDIA": str(tmp_path / "m2")},
         )  # fmt: skip
-    assert len(result.stdout.splitlines()) == 1
-    assert b"rejected 2 (md5 mismatch for http: 2)" in result.stderr, result.stderr
+        assert len(result.stdout.splitlines()) == 1
+        assert b"rejected 2 (md5 mismatch for http: 2)" in result.stderr, result.stderr
+        # the mission's first pipe now gets figures from the bucket's real shape
+        synth = medmax(
+            "synthesize", "--tasks", "captioning,image_generation", input=result.stdout,
+            env={"MEDMAX_MEDIA": str(tmp_path / "m2")},
+        )  # fmt: skip
+    tasks = sorted(orjson.loads(line)["task"] for line in synth.stdout.splitlines())
+    assert tasks == ["captioning", "image_generation"], synth.stderr
 
 
 def _ids(tmp_path, ids: list[str]):
