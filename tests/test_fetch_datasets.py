@@ -381,7 +381,7 @@ def test_vqa_rad_malformed_file_is_a_clear_error(medmax, tmp_path, media):
         list(datasets.read_vqa_rad(tmp_path, media=media, policy=ErrorPolicy()))
 
 
-def test_slake_hf_files_and_languages(tmp_path, media):
+def test_slake_release_files_and_languages(tmp_path, media):
     image(tmp_path / "imgs" / "xmlab1" / "source.jpg", 4, "JPEG")
     row = {
         "img_id": 1, "img_name": "xmlab1/source.jpg", "question": "Which organ?", "answer": "Lung",
@@ -389,7 +389,7 @@ def test_slake_hf_files_and_languages(tmp_path, media):
         "content_type": "Organ", "triple": ["vhead", "_", "_"], "qid": 7,
     }  # fmt: skip
     write_json(tmp_path / "train.json", [row, {**row, "q_lang": "zh", "question": "哪个器官?", "qid": 8}])
-    write_json(tmp_path / "validation.json", [{**row, "qid": 7, "answer_type": "CLOSED", "answer": "Yes"}])
+    write_json(tmp_path / "validate.json", [{**row, "qid": 7, "answer_type": "CLOSED", "answer": "Yes"}])
     write_json(tmp_path / "test.json", [{**row, "qid": 9}])
     records, entries, _ = run(datasets.read_slake, tmp_path, media)
     assert [(r["id"], r["meta"]["split"]) for r in records] == [

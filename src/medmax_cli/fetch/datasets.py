@@ -142,8 +142,8 @@ def read_slake(
     language: str = "en",
     **_: Any,
 ) -> Iterator[dict]:
-    """SLAKE: train.json / validation.json (Hugging Face; the original zip says validate.json) /
-    test.json (img_name, question, answer, answer_type, q_lang, qid, ...) + imgs/."""
+    """SLAKE: train.json / validate.json (BoKelvin/SLAKE; mirrors say validation.json) / test.json
+    (img_name, question, answer, answer_type, q_lang, qid, ...) + imgs/."""
     files = [path] if path.is_file() else [path / n for n in SLAKE_FILES if (path / n).exists()]
     if not files:
         raise RecordError(f"{path}: no SLAKE {', '.join(SLAKE_FILES)}")
@@ -598,7 +598,7 @@ SOURCES: dict[str, Source] = {
             "qa",
             read_vqa_rad,
         ),
-        Source("slake", "cc-by", "SLAKE train/validation/test.json + imgs/", "qa", read_slake),
+        Source("slake", "cc-by", "SLAKE train/validate(validation)/test.json + imgs/", "qa", read_slake),
         Source("pathvqa", "mit", "PathVQA sharded parquet files (Hugging Face release)", "qa", read_pathvqa),
         Source(
             "pmc-vqa",
