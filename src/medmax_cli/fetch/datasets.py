@@ -3,8 +3,8 @@
 Column and file names follow the datasets' own cards/releases (cited per source in docs/fetch.md).
 Every reader yields schema-v1 source records with the licence on each, imports images into the
 media store (paths are resolved inside the dataset folder only), and accounts for every row it
-reads: `in` counts rows read, `rows` the records yielded, and each rejected or skipped row is
-counted under its reason, so in = rows + rejected + skipped. A file that cannot be read at all
+reads: `in` counts rows read, the writer counts `out`, and each rejected or skipped row is
+counted under its reason, so in = out + rejected + skipped. A file that cannot be read at all
 (bad JSON, not parquet, wrong header) is one clear error naming the file, never a traceback.
 `SOURCES` is the registry behind `medmax fetch --list` and `medmax fetch <name> PATH`.
 """
