@@ -38,7 +38,8 @@ class PackSettings:
     pack: bool = True  # False: one sample per row, input order (MedMax parity)
     pack_buffer: int = 2000  # samples collected before a best-fit-decreasing round
     seed: int = 0  # row shuffle
-    train_on: str = "assistant"  # "assistant" | "all": which turns carry labels
+    train_on: str = "assistant"  # "assistant" | "all" | "medmax": which tokens carry labels
+    alpha: str = "white"  # alpha rule every image's tokens must have been made with ("white" | "drop")
     max_count: int = 1000  # rows per shard
     max_size: int = 1 << 30  # bytes per shard
     batch_size: int = 256  # instances per tokenizer call
@@ -49,6 +50,8 @@ class PackSettings:
             raise ValueError("seq_len must be at least 2")
         if self.train_on not in TRAIN_ON:
             raise ValueError(f"train_on must be one of {TRAIN_ON}")
+        if self.alpha not in ("white", "drop"):
+            raise ValueError("alpha must be white or drop")
         if self.pack_buffer < 1 or self.batch_size < 1 or self.max_count < 1 or self.max_size < 1:
             raise ValueError("pack_buffer, batch_size, max_count and max_size must be positive")
 
@@ -93,6 +96,20 @@ def _needs_encoding(record: dict[str, Any], expected_vq: str | None) -> bool:
         if image.get("tokens") is None or (expected_vq is not None and image.get("vq") != expected_vq):
             return True
     return False
+
+
+def _check_alpha(record: dict[str, Any], alpha: str) -> None:
+    """Refuse image tokens made with another alpha rule than the pack's: one pack, one rule."""
+    if record.get("tokens") is not None:
+        return
+    for i, image in enumerate(record.get("images") or []):
+        if isinstance(image, dict) and image.get("tokens") is not None:
+            made = str(image.get("alpha", "white"))
+            if made != alpha:
+                raise RecordError(
+                    f"images[{i}] tokens were made with --alpha {made}, this pack uses --alpha {alpha} "
+                    f"(pack with --alpha {made}, or re-run tokenize-images with --alpha {alpha})"
+                )
 
 
 def _check_vq(record: dict[str, Any], expected_vq: str | None) -> None:
@@ -143,9 +160,12 @@ def _ready_batches(
         batch = []
         for record in raw:
             try:
-                batch.append(validate_instance(record) if check else record)
+                valid = validate_instance(record) if check else record
+                _check_alpha(valid, settings.alpha)
             except RecordError as exc:
                 policy.reject(exc, record)
+                continue
+            batch.append(valid)
         ready = []
         for record in _encode_batch(batch, encode_images, expected_vq):
             try:
