@@ -141,3 +141,39 @@ def test_config_choices_and_resume_lock():
     old = {k: v for k, v in cfg.to_dict().items() if k != "loss_weighting"}  # a run from before the option
     assert any("loss_weighting" in m for m in resume_mismatches(old, cfg))
     assert not resume_mismatches(old, build_config(None, {"loss_weighting": "token"}))
+
+
+def test_bf16_adapters_and_the_dropout_free_path(tiny_model_dir, vocab):
+    """--adapter-dtype bf16 makes every trainable weight bf16; --lora-dropout 0 puts nn.Identity (no
+    dropout output or mask kept for backward) in every adapter; a step still learns."""
+    from medmax_cli.train.recipe import Env, setup_model
+
+    cfg = build_config(
+        None,
+        {
+            "shards": "x",
+            "output": "y",
+            "adapter_dtype": "bf16",
+            "lora_dropout": 0.0,
+            "attn_implementation": "sdpa",
+        },
+    )
+    module = setup_model(cfg, str(tiny_model_dir), Env(0, 1, 0, torch.device("cpu")))
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    assert trainable and {p.dtype for p in trainable} == {torch.bfloat16}
+    dropouts = [m for n, m in module.named_modules() if n.endswith("lora_dropout.default")]
+    assert dropouts and all(isinstance(m, torch.nn.Identity) for m in dropouts)
+    batch = collate_packed([_row(_samples(vocab))], vocab.pad)
+    loss_sum, _ = module(**batch)
+    (loss_sum / supervised_samples(batch)).backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.bfloat16 for p in trainable)
+    assert torch.isfinite(loss_sum) and any(float(p.grad.abs().sum()) > 0 for p in trainable)
+    fp32 = setup_model(
+        build_config(None, {"shards": "x", "output": "y"}),
+        str(tiny_model_dir),
+        Env(0, 1, 0, torch.device("cpu")),
+    )
+    assert {p.dtype for p in fp32.parameters() if p.requires_grad} == {torch.float32}
+    assert any(
+        isinstance(m, torch.nn.Dropout) for n, m in fp32.named_modules() if n.endswith("lora_dropout.default")
+    )

@@ -155,6 +155,10 @@ def setup_model(cfg: TrainConfig, model_dir: str, env: Env) -> PackedCausalLM:
         # activation memory at seq 4096 on a 7B model, at the price of bf16 weights and Adam states.
         # lora_dropout 0 makes peft use nn.Identity: no dropout output or mask is stored either.
         model = get_peft_model(model, lora, autocast_adapter_dtype=cfg.adapter_dtype == "fp32")
+        if cfg.adapter_dtype == "bf16":  # also where the base is fp32 (CPU): what was asked for
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.data = p.data.to(torch.bfloat16)
     if cfg.grad_checkpointing:
         enable_checkpointing(model, cfg.grad_checkpointing_fraction)
     model.train()
