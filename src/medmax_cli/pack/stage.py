@@ -98,20 +98,6 @@ def _needs_encoding(record: dict[str, Any], expected_vq: str | None) -> bool:
     return False
 
 
-def _check_alpha(record: dict[str, Any], alpha: str) -> None:
-    """Refuse image tokens made with another alpha rule than the pack's: one pack, one rule."""
-    if record.get("tokens") is not None:
-        return
-    for i, image in enumerate(record.get("images") or []):
-        if isinstance(image, dict) and image.get("tokens") is not None:
-            made = str(image.get("alpha", "white"))
-            if made != alpha:
-                raise RecordError(
-                    f"images[{i}] tokens were made with --alpha {made}, this pack uses --alpha {alpha} "
-                    f"(pack with --alpha {made}, or re-run tokenize-images with --alpha {alpha})"
-                )
-
-
 def _check_vq(record: dict[str, Any], expected_vq: str | None) -> None:
     if expected_vq is None or record.get("tokens") is not None:
         return
@@ -160,12 +146,9 @@ def _ready_batches(
         batch = []
         for record in raw:
             try:
-                valid = validate_instance(record) if check else record
-                _check_alpha(valid, settings.alpha)
+                batch.append(validate_instance(record) if check else record)
             except RecordError as exc:
                 policy.reject(exc, record)
-                continue
-            batch.append(valid)
         ready = []
         for record in _encode_batch(batch, encode_images, expected_vq):
             try:
@@ -181,7 +164,10 @@ def build_batch(
 ) -> list[Sample | RecordError]:
     """Sequences of a batch (one tokenizer call), length policy applied; errors in their slots."""
     out: list[Sample | RecordError] = []
-    for result in build_sequences(batch, vocab=vocab, tokenizer=tokenizer, train_on=settings.train_on):
+    results = build_sequences(batch, vocab=vocab, tokenizer=tokenizer, train_on=settings.train_on)
+    for record, result in zip(batch, results, strict=True):
+        if not isinstance(result, RecordError) and (problem := _check_alpha(record, settings.alpha)):
+            result = problem
         if not isinstance(result, RecordError):
             try:
                 result = fit_length(result, settings.seq_len)
@@ -189,6 +175,21 @@ def build_batch(
                 result = exc
         out.append(result)
     return out
+
+
+def _check_alpha(record: dict[str, Any], alpha: str) -> RecordError | None:
+    """Image tokens made with another alpha rule than the pack's are refused: one pack, one rule."""
+    if record.get("tokens") is not None:
+        return None
+    for i, image in enumerate(record.get("images") or []):
+        if isinstance(image, dict) and image.get("tokens") is not None:
+            made = str(image.get("alpha", "white"))
+            if made != alpha:
+                return RecordError(
+                    f"images[{i}] tokens were made with --alpha {made}, this pack uses --alpha {alpha} "
+                    f"(pack with --alpha {made}, or re-run tokenize-images with --alpha {alpha})"
+                )
+    return None
 
 
 _WORKER: dict[str, Any] = {}
