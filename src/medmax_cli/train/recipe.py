@@ -151,8 +151,8 @@ def setup_model(cfg: TrainConfig, model_dir: str, env: Env) -> PackedCausalLM:
             task_type="CAUSAL_LM",
         )
         # fp32 adapters (peft's autocast_adapter_dtype): each adapted projection keeps an fp32 copy of
-        # its input for backward. bf16 adapters (the base dtype) keep none: ~2/3 less adapter
-        # activation memory at seq 4096 on a 7B model, at the price of bf16 weights and Adam states.
+        # its input for backward. bf16 adapters (the base dtype) keep none: less activation memory
+        # (bench/train_gpu.py (c) measures it), at the price of bf16 weights and Adam states.
         # lora_dropout 0 makes peft use nn.Identity: no dropout output or mask is stored either.
         model = get_peft_model(model, lora, autocast_adapter_dtype=cfg.adapter_dtype == "fp32")
         if cfg.adapter_dtype == "bf16":  # also where the base is fp32 (CPU): what was asked for
@@ -334,12 +334,13 @@ def train(cfg: TrainConfig, model_dir: str, *, show_progress: bool = True) -> di
                         float(sum(real_tokens(b) for b in micro_batches)),
                         float(sum(supervised_tokens(b) for b in micro_batches)),
                         float(sum(supervised_samples(b) for b in micro_batches)),
-                    ]
+                    ],
+                    device=env.device,  # NCCL reduces CUDA tensors only
                 ),
                 env,
             )
             n_tok, n_sup, n_samples = counts[0], counts[1], counts[2]
-            divisor = (n_samples if cfg.loss_weighting == "sample" else n_sup).clamp(min=1).to(env.device)
+            divisor = (n_samples if cfg.loss_weighting == "sample" else n_sup).clamp(min=1)
             loss_sum = torch.zeros((), device=env.device)
             for i, mb in enumerate(micro_batches):
                 mb = {k: v.to(env.device, non_blocking=True) for k, v in mb.items()}
