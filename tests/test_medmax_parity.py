@@ -14,6 +14,7 @@ github.com/Hritikbansal/medmax commit 20b70558f286e6b221e955cee4cd7c2ef8c1635b:
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -271,3 +272,30 @@ def test_16_bit_full_range_and_8_bit_values_in_16_bit():
     small = _png16(np.full((32, 32), 200))  # an 8-bit image saved as 16-bit keeps its values
     assert bit_depth(np.asarray(small)) == 8
     assert ((preprocess(small, 32)[0] + 1) / 2 * 255).round().unique().tolist() == [200.0]
+
+
+def test_commands_tokenize_drop_then_pack_medmax(tiny_model_dir, media, tmp_path, medmax):
+    """The real commands piped: tokenize-images --alpha drop, then pack refuses to mix rules unless
+    told --alpha drop, and records --train-on medmax and the alpha rule in the manifest."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(_transparent_images()["rgba_png"]), "RGBA").save(buffer, format="PNG")
+    ref = media.put(buffer.getvalue())
+    turns = [
+        {"role": "user", "content": [{"image": 0}, {"text": "What modality?"}]},
+        {"role": "assistant", "content": [{"text": "An MRI."}]},
+        {"role": "user", "content": [{"text": "Which sequence?"}]},
+        {"role": "assistant", "content": [{"text": "T2."}]},
+    ]
+    record = {"id": "c1", "task": "visual_chat", "source": "t", "license": "cc-by", "credential": False,
+              "images": [ref], "turns": turns}  # fmt: skip
+    env = {"MEDMAX_MEDIA": str(media.root)}
+    model = ("--model", str(tiny_model_dir))
+    tokens = medmax("tokenize-images", *model, "--alpha", "drop", "--workers", "0",
+                    input=(json.dumps(record) + "\n").encode(), env=env)  # fmt: skip
+    assert json.loads(tokens.stdout)["images"][0]["alpha"] == "drop"
+    mixed = medmax("pack", "-o", str(tmp_path / "w"), *model, input=tokens.stdout, env=env, check=False)
+    assert mixed.returncode != 0 and b"--alpha drop" in mixed.stderr
+    medmax("pack", "-o", str(tmp_path / "d"), *model, "--alpha", "drop", "--train-on", "medmax",
+           input=tokens.stdout, env=env)  # fmt: skip
+    settings = json.loads((tmp_path / "d" / "manifest.json").read_text())["settings"]
+    assert settings["alpha"] == "drop" and settings["train_on"] == "medmax"
