@@ -11,30 +11,38 @@ from medmax_cli.score.tasks import VQA_TASKS
 from medmax_cli.streams import ErrorPolicy
 from score_helpers import vqa
 
-# (output, gold, medmax, robust)
+# (output, gold, medmax correct, robust answer: "yes" / "no" / None = unparsed, never a guess)
 CLOSED = [
-    ("yes", "yes", True, True),
-    ("Yes.", "yes", True, True),
-    ("YES", "Yes", True, True),
-    ("no", "no", True, True),
-    # "no" inside "normal": MedMax's substring rule calls this wrong, the first-word rule does not
-    ("yes, the study is normal", "yes", False, True),
-    ("normal", "no", True, False),  # the same quirk the other way: "normal" contains "no"
-    ("yes, no", "yes", False, True),
-    ("yes, no", "no", False, False),
-    ("No. Yes", "no", False, True),
-    ("", "yes", False, False),
-    ("", "no", False, False),
-    ("maybe", "no", False, False),
-    ("eyes", "yes", True, False),  # substring of another word
-    ("I don't know", "no", True, False),  # "know" contains "no"
+    ("yes", "yes", True, "yes"),
+    ("Yes.", "yes", True, "yes"),
+    ("YES", "Yes", True, "yes"),
+    ("no", "no", True, "no"),
+    # "no" inside "normal": MedMax's substring rule calls this wrong; robust reads the opening "yes"
+    ("yes, the study is normal", "yes", False, "yes"),
+    ("Yes, there is no effusion.", "yes", False, "yes"),
+    ("normal", "no", True, None),  # the same quirk the other way: "normal" contains "no"
+    ("yes, no", "yes", False, None),  # a hedge: no verdict
+    ("yes, no", "no", False, None),
+    ("No. Yes", "no", False, None),
+    ("yes and no", "yes", False, None),
+    # issue 14: a "no" inside a sentence is not an answer
+    ("No abnormality is seen", "yes", False, None),  # for "Is this study normal?"
+    ("effusion and no pneumothorax", "no", True, None),
+    ("No doubt, yes", "yes", False, None),
+    ("", "yes", False, None),
+    ("", "no", False, None),
+    ("maybe", "no", False, None),
+    ("eyes", "yes", True, None),  # substring of another word
+    ("I don't know", "no", True, None),  # "know" contains "no"
+    ("(No)", "no", True, "no"),
 ]
 
 
 @pytest.mark.parametrize(("output", "gold", "medmax", "robust"), CLOSED)
 def test_closed_rules(output, gold, medmax, robust):
     assert rules_medmax.closed_correct(output, gold) is medmax
-    assert rules_robust.closed_correct(output, gold) is robust
+    assert rules_robust.closed_answer(output) == robust
+    assert rules_robust.closed_correct(output, gold) is (robust == gold.lower())
 
 
 def test_closed_needs_yes_or_no_gold():
@@ -59,8 +67,10 @@ MC = [
     ("It is an mri scan.", "B", False, "B"),
     ("Chest X-ray", "D", False, "D"),  # "X-ray" inside the longer option: the longer exact match
     ("CT or MRI", "A", False, None),  # two option texts
-    ("A CT scan", "A", False, "A"),  # "A" as a letter and "CT" as option A agree
-    ("A MRI scan", "B", False, None),  # letter A and text B disagree: no answer
+    ("A CT scan", "A", False, "A"),  # the article "A", then "CT": option A by its text
+    ("A MRI scan", "B", False, "B"),  # issue 14: an opening article "A" is not option A
+    ("A. MRI", "B", False, None),  # letter A and text B disagree: no answer
+    ("I think it is C", "C", False, "C"),  # the pronoun "I" is no letter either
     ("E", "A", False, None),  # outside the option range
     ("ctx", "A", False, None),  # whole words only
 ]
@@ -108,8 +118,10 @@ def test_stage_lines(rules):
     # open with no judge: unscored (robust: exact match needs no judge)
     assert lines["d"]["status"] == ("scored" if robust else "unscored")
     assert lines["d"]["score"] == (1.0 if robust else None)
-    assert lines["e"]["score"] == 0.0  # an empty answer is wrong without asking anyone
-    assert all(x["rules"] == f"{rules}@1" for x in lines.values())
+    # robust: an empty answer is wrong without asking anyone; medmax sends it to the judge as
+    # MedMax does, so with no judge it is unscored
+    assert lines["e"]["score"] == (0.0 if robust else None)
+    assert all(x["rules"] == f"{rules}@2" for x in lines.values())
 
 
 def test_duplicate_id_is_an_error():

@@ -168,8 +168,9 @@ def test_interleaved_text_half_is_its_own_bucket(media):
         score_records([record, other], scorer=Scorer(encoder=TinyEncoder(), media=media, judge=judge))
     )
     assert lines[0]["extra"] == {"interleaved_text": pytest.approx(6 / 9)}
-    assert lines[1]["extra"] == {"interleaved_text": None}  # the verdict did not parse: unscored
+    # the verdict did not parse: no score, and its status goes to the summary
+    assert lines[1]["extra"] == {"interleaved_text": {"score": None, "status": "judge_failed"}}
     summary = summarise(lines)
     text = summary["tasks"]["interleaved_text"]
-    assert (text["n"], text["scored"], text["metric"]) == (2, 1, "relative_score")
+    assert (text["n"], text["scored"], text["metric"], text["judge_failed"]) == (2, 1, "relative_score", 1)
     assert summary["tasks"]["interleaved"]["mean"] == pytest.approx(1.0, abs=1e-5)
