@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from medmax_cli.records import RecordError
 from medmax_cli.score import rules_medmax, rules_robust
 from medmax_cli.score.stage import Scorer, score_one, score_records
+from medmax_cli.score.summary import summarise
 from medmax_cli.score.tasks import VQA_TASKS
 from medmax_cli.streams import ErrorPolicy
 from score_helpers import vqa
@@ -177,3 +179,73 @@ def test_eval_task_spellings(spelling, name):
 
     assert canonical_task(spelling) == name
     assert eval_task_of({"meta": {"eval_task": spelling}}) == name
+
+
+def test_robust_unparsed_is_counted_not_guessed():
+    records = [
+        vqa("a", "vqa_rad_closed", "yes", "No abnormality is seen"),
+        vqa("b", "vqa_rad_closed", "no", "yes and no"),
+        vqa("c", "pmc_vqa", "A", "A MRI scan", options=OPTIONS),
+        vqa("d", "vqa_rad_closed", "no", "No."),
+    ]
+    lines = {x["id"]: x for x in score_records(records, scorer=Scorer(rules="robust"))}
+    assert [lines[k]["status"] for k in "abcd"] == ["unparsed", "unparsed", "scored", "scored"]
+    assert lines["a"]["score"] is None and lines["a"]["parsed"] is None
+    assert lines["c"]["score"] == 0.0 and lines["c"]["parsed"] == "B"  # the article "A" is no letter
+    summary = summarise(lines.values())
+    closed = summary["tasks"]["vqa_rad_closed"]
+    assert (closed["n"], closed["scored"], closed["unparsed"], closed["mean"]) == (3, 1, 2, 1.0)
+    assert closed["mean_all_items"] == pytest.approx(1 / 3)
+
+
+def test_robust_unparsed_goes_to_the_judge_when_configured():
+    from medmax_cli.score.judge import Judge
+
+    asked = []
+
+    def chat(messages):
+        asked.append(messages[-1]["content"])
+        return "Correctness: 1"
+
+    judge = Judge(chat, model="j", protocol="robust")
+    records = [
+        vqa("a", "vqa_rad_closed", "no", "No abnormality is seen"),
+        vqa("b", "pmc_vqa", "B", "B or maybe C", options=OPTIONS),
+        vqa("c", "vqa_rad_closed", "yes", "Yes."),  # parsed: no call
+    ]
+    lines = {x["id"]: x for x in score_records(records, scorer=Scorer(rules="robust", judge=judge))}
+    assert [(lines[k]["score"], lines[k]["status"], lines[k]["parsed"]) for k in "abc"] == [
+        (1.0, "scored", "judge"),
+        (1.0, "scored", "judge"),
+        (1.0, "scored", "yes"),
+    ]
+    assert len(asked) == 2 and "Ground-truth answer: B. MRI" in asked[1]  # the option's text too
+
+
+def test_missing_id_is_a_record_error_under_skip(tmp_path, medmax):
+    record = vqa("a", "vqa_rad_closed", "yes", "yes")
+    del record["id"]
+    data = orjson.dumps(record) + b"\n" + orjson.dumps(vqa("b", "vqa_rad_closed", "yes", "yes")) + b"\n"
+    rejects = tmp_path / "rejects.jsonl"
+    result = medmax("score", "--on-error", "skip", "--rejects", str(rejects), "-q", input=data)
+    assert [orjson.loads(x)["id"] for x in result.stdout.splitlines()] == ["b"]
+    assert "no 'id'" in orjson.loads(rejects.read_bytes().splitlines()[0])["reason"]
+    failed = medmax("score", "-q", input=data, check=False)
+    assert failed.returncode == 1 and b"id" in failed.stderr and b"Traceback" not in failed.stderr
+
+
+def test_rejected_prediction_stays_in_n_with_expect():
+    predictions = [vqa("a", "vqa_rad_closed", "yes", "yes"), vqa("b", "vqa_rad_closed", "left", "yes")]
+    expected = [vqa("a", "vqa_rad_closed", "yes", None), vqa("b", "vqa_rad_closed", "left", None)]
+    policy = ErrorPolicy("skip")
+    lines = list(score_records(predictions, scorer=Scorer(), policy=policy, expected=expected))
+    assert [(x["id"], x["status"], x["score"]) for x in lines] == [
+        ("a", "scored", 1.0),
+        ("b", "rejected", None),
+    ]
+    assert "yes or no" in lines[1]["reason"]
+    summary = summarise(lines)
+    assert (
+        summary["tasks"]["vqa_rad_closed"]["n"] == 2 and summary["tasks"]["vqa_rad_closed"]["rejected"] == 1
+    )
+    assert summary["macro"]["complete"] is False
