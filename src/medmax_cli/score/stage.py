@@ -434,7 +434,8 @@ def _score_similarity(
     if task == "captioning":
         # reference-free: the input image against the generated caption
         image = load(_image_index(_user_content(record)), "input image")
-        if image is None or not output.strip():
+        # MedMax scores an empty caption too (image_text.py); robust leaves it unscored
+        if image is None or (scorer.rules == "robust" and not output.strip()):
             line.update(status="unscored", reason=line.get("reason") or "no input image or empty caption")
             return
         line["score"] = similarity.image_text_scores(scorer.encoder, [image], [output])[0]
