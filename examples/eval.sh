@@ -11,7 +11,8 @@
 # Environment: MODEL (model dir; default: a tiny demo model built in $OUT/model), ADAPTER (a
 # finetune run or adapter dir), EVAL (MedMax eval parquet file/dir, or a JSONL of qa records;
 # default: the bundled sample; EVAL_IMAGES when its images are not beside it), OUT, RULES (medmax|robust), SEED, JUDGE_URL + JUDGE_MODEL (open
-# questions), CLIP_MODEL, MEDMAX_MEDIA (default $OUT/media).
+# questions), CLIP_MODEL, MEDMAX_MEDIA (default $OUT/media), LONG_TOKENS and MM_OUT_TOKENS (the
+# captioning / visual chat and mm_out budgets, default MedMax's 4096 and 1024).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
@@ -83,9 +84,9 @@ gen() {  # gen PART BUDGET: generate one part (an empty part gives an empty file
 }
 gen short 1
 gen open 60
-gen long 4096
+gen long "${LONG_TOKENS:-4096}"
 gen image ""
-gen mm_out 1024
+gen mm_out "${MM_OUT_TOKENS:-1024}"
 cat "$PARTS"/pred.{short,open,long,image,mm_out}.jsonl > "$OUT/predictions.jsonl"
 cp "$PARTS/expected.jsonl" "$OUT/expected.jsonl"
 if [[ -s "$PARTS/excluded.jsonl" ]]; then
