@@ -227,3 +227,32 @@ def test_complete_counts_dropped_as_medmax_does():
     assert summarise([*lines, extra])["macro"]["complete"] is True
     unparsed = {**extra, "status": "unparsed"}
     assert summarise([*lines, unparsed])["macro"]["complete"] is False
+
+
+def test_score_command_medmax_protocol(tmp_path, medmax):
+    import orjson
+
+    items = [vqa("ok", "slake_open", "liver", "liver"), vqa("chatty", "slake_open", "liver", "chatty")]
+    data = b"".join(orjson.dumps(x) + b"\n" for x in items)
+    with FakeLLM(_reply) as server:
+        result = medmax(
+            "score",
+            "--judge-url",
+            server.url,
+            "--judge-model",
+            "j",
+            "--judge-cache",
+            str(tmp_path / "cache"),
+            "--summary",
+            str(tmp_path / "s.json"),
+            input=data,
+        )
+        assert len(server.requests) == 2 and len(server.requests[0]["messages"]) == 1
+    lines = [orjson.loads(x) for x in result.stdout.splitlines()]
+    assert [x["status"] for x in lines] == ["scored", "dropped"]
+    assert b"dropped 1" in result.stderr and b"Dropped" in result.stderr
+    summary = orjson.loads((tmp_path / "s.json").read_bytes())
+    judge = summary["provenance"]["judge"]
+    assert (judge["protocol"], judge["temperature"], judge["seed"], judge["retries"]) == ("medmax", 0.0, 0, 0)
+    assert judge["prompts"][0] == "medmax-open-v1"
+    assert summary["tasks"]["slake_open"]["dropped"] == 1
