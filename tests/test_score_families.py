@@ -182,3 +182,17 @@ def test_mm_out_text_and_image_halves(media):
     # image_score over the items that made an image (num_images = scored), text over all
     assert (tasks["mm_out"]["n"], tasks["mm_out"]["scored"]) == (2, 1)
     assert (tasks["mm_out_text"]["scored"], tasks["mm_out_text"]["mean"]) == (2, 0.5)
+
+
+def test_visual_chat_medmax_prompt_for_a_synthesized_record(media):
+    """A visual-chat instance built by synthesize (no MedMax eval meta): caption and mentions from
+    the figure, the user turn as the question."""
+    asked = []
+    judge = Judge(lambda m: asked.append(m) or "7 7", model="j", protocol="medmax")
+    record = visual_chat(media, "s1", None, None, "A mass.")
+    record["meta"] = {"caption": "CT.", "mentions": [{"sentence": "Fig 1 shows it."}, "And here."]}
+    (line,) = score_records([record], scorer=Scorer(judge=judge))
+    assert asked[0] == medmax_chat_messages(
+        "", "CT.", "Fig 1 shows it.\nAnd here.", "What does the CT show?", "A 3 cm hypodense mass.", "A mass."
+    )
+    assert line["score"] == 1.0 and "extra" not in line

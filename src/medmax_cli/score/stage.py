@@ -384,7 +384,7 @@ def _score_chat(record: Mapping[str, Any], output: str, scorer: Scorer, line: di
             messages = medmax_chat_messages(
                 str(meta.get("fig_label") or ""),
                 str(meta.get("caption") or ""),
-                str(meta.get("mention") or ""),
+                str(meta.get("mention") or _mentions(meta)),
                 _question(record, scorer),
                 reference,
                 output.strip(),  # visual_chat.py strips the generated text
@@ -466,6 +466,15 @@ def _context(record: Mapping[str, Any]) -> str:
     if isinstance(mentions, list):
         parts += [m if isinstance(m, str) else (m or {}).get("sentence") for m in mentions]
     return "\n".join(str(p) for p in parts if p)
+
+
+def _mentions(meta: Mapping[str, Any]) -> str:
+    """The in-text mentions of a figure record (synthesize's `meta.mentions`), one per line."""
+    mentions = meta.get("mentions")
+    if not isinstance(mentions, list):
+        return ""
+    texts = [m if isinstance(m, str) else (m or {}).get("sentence") for m in mentions]
+    return "\n".join(str(t) for t in texts if t)
 
 
 def _interleaved_text(record: Mapping[str, Any], output: str, scorer: Scorer) -> Any:
