@@ -9,7 +9,7 @@
 # tiny random demo model.
 #
 # Environment: MODEL (model dir; default: a tiny demo model built in $OUT/model), ADAPTER (a
-# finetune run or adapter dir), EVAL (MedMax eval parquet file/dir, or a JSONL of qa records;
+# finetune run or adapter dir), EVAL (MedMax eval parquet file/dir, or a JSONL of source records;
 # default: the bundled sample; EVAL_IMAGES when its images are not beside it), OUT, RULES (medmax|robust), SEED, JUDGE_URL + JUDGE_MODEL (open
 # questions), CLIP_MODEL, MEDMAX_MEDIA (default $OUT/media), LONG_TOKENS and MM_OUT_TOKENS (the
 # captioning / visual chat and mm_out budgets, default MedMax's 4096 and 1024).

@@ -196,3 +196,75 @@ def test_visual_chat_medmax_prompt_for_a_synthesized_record(media):
         "", "CT.", "Fig 1 shows it.\nAnd here.", "What does the CT show?", "A 3 cm hypodense mass.", "A mass."
     )
     assert line["score"] == 1.0 and "extra" not in line
+
+
+def test_fetch_medmax_eval_parquet_to_medmax_scores(tmp_path, medmax):
+    """MedMax's eval parquet (columns task_name, question_type, prompt, answer, image_path) through
+    `fetch medmax-eval | synthesize`, then scored under --rules medmax: each family reaches the
+    judge with exactly the fields MedMax's scripts pass."""
+    import orjson
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from medmax_cli.media import MediaStore
+    from medmax_cli.score.judge import medmax_open_messages
+
+    (tmp_path / "images").mkdir()
+    for i, color in enumerate([(200, 30, 30), (10, 10, 240)]):
+        _image(color).save(tmp_path / "images" / f"{i}.png")
+    chat_answer = repr(
+        {
+            "gpt4_answer": "A mass in the liver.",
+            "fig_caption": "CT of the liver.",
+            "fig_label": "Figure 1",
+            "in_text_mention": "Figure 1 shows the mass.",
+            "domain": {
+                "chest_xray": False,
+                "mri": False,
+                "histology": False,
+                "gross": False,
+                "ct_scan": True,
+            },
+        }
+    )
+    open_prompt = "Answer the question based on this image.\nQuestion: What organ?  \nAnswer:"
+    rows = [
+        ("vqa_rad", "open", open_prompt, "Liver", "images/0.png"),
+        ("image_captioning", "pmc_oa", "", "A CT.", "images/1.png"),
+        ("image_generation", "report", "Chest X-ray with effusion.", "", "images/0.png"),
+        ("visual_chat", "conversation", "<image>\nWhat does it show?", chat_answer, "images/0.png"),
+        ("mm_out", "mm_out", "Show a liver CT.", "Here it is.", "images/1.png"),
+    ]
+    columns = ("task_name", "question_type", "prompt", "answer", "image_path")
+    pq.write_table(
+        pa.table({c: [r[i] for r in rows] for i, c in enumerate(columns)}), tmp_path / "eval.parquet"
+    )
+    env = {"MEDMAX_MEDIA": str(tmp_path / "media")}
+    medmax("fetch", "medmax-eval", str(tmp_path / "eval.parquet"), "-o", str(tmp_path / "src.jsonl"), env=env)
+    tasks = "vqa,captioning,image_generation,visual_chat,interleaved"
+    args = ["--tasks", tasks, "--no-dedup", "--near-dup-bits", "-1", "-o", str(tmp_path / "inst.jsonl")]
+    medmax("synthesize", str(tmp_path / "src.jsonl"), *args, env=env)
+    records = [orjson.loads(x) for x in (tmp_path / "inst.jsonl").read_bytes().splitlines()]
+    for record in records:
+        record["prediction"] = [{"text": "  The LIVER  "}]
+    asked = []
+
+    def chat(messages):
+        asked.append(messages)
+        return "8 6" if "[Assistant 2]" in messages[-1]["content"] else "Correctness: 1"
+
+    judge = Judge(chat, model="j", protocol="medmax")
+    media = MediaStore(tmp_path / "media")
+    lines = {x["eval_task"]: x for x in score_records(records, scorer=Scorer(judge=judge, media=media))}
+    assert asked[0] == medmax_open_messages(open_prompt, "Liver", "  the liver  ")
+    assert asked[1] == medmax_chat_messages(
+        "Figure 1", "CT of the liver.", "Figure 1 shows the mass.", "<image>\nWhat does it show?",
+        "A mass in the liver.", "The LIVER",
+    )  # fmt: skip
+    assert asked[2] == medmax_mm_out_messages("Show a liver CT.", "Here it is.", "  The LIVER  ")
+    assert lines["vqa_rad_open"]["score"] == 1.0
+    assert lines["visual_chat"]["extra"] == {"visual_chat_conversation": 0.75, "visual_chat_ct_scan": 0.75}
+    assert lines["mm_out"]["extra"] == {"mm_out_text": 0.75}
+    # no CLIP model here: the similarity families are unscored, with the reason
+    for name in ("image_captioning_pmc_oa", "image_generation_report", "mm_out"):
+        assert lines[name]["status"] == "unscored" and "--clip-model" in lines[name]["reason"]
