@@ -615,6 +615,140 @@ def _qa_record(rid: str, source: str, image: str, q: str, a: str, qtype: str, op
     return rec
 
 
+# The other MedMax eval families, as `medmax fetch medmax-eval` writes them (docs/eval-families.md):
+# ready instances whose meta carries what MedMax's evaluation/*.py read from each parquet row.
+# (image, source, prompt, reference answer)
+CAPTIONING = [
+    ("PMC9000001_F1.png", "pmc_oa", "", "Axial CT of the abdomen showing a hypodense liver lesion."),
+    ("PMC9000002_F1.jpg", "quilt", "", "H&E stained section with dense nuclei."),
+]
+IMAGE_GENERATION = [
+    ("PMC9000003_F1.png", "report", "Chest X-ray with a dark left lung field.", ""),
+    ("PMC9000004_F2.png", "pmc_oa", "Histology slide with many small nuclei.", ""),
+]
+VISUAL_CHAT = [
+    # image, chat type, prompt (<image> where MedMax's LLaVA-Med rows put it), reference, caption, label,
+    # mention, the LLaVA-Med domain flag that is true
+    (
+        "PMC9000001_F2.png",
+        "conversation",
+        "<image>\nWhat organ is shown?",
+        "The image shows the liver in an axial CT slice.",
+        "Contrast-enhanced CT of the liver.",
+        "Figure 2",
+        "As seen in Figure 2, the lesion enhances.",
+        "ct_scan",
+    ),
+    (
+        "PMC9000002_F2.jpg",
+        "detailed_description",
+        "Describe the image in detail.\n<image>",
+        "A stained tissue section with glandular structures and scattered nuclei.",
+        "Photomicrograph of the biopsy.",
+        "Figure 2",
+        "Figure 2 shows the biopsy.",
+        "histology",
+    ),
+]
+MM_OUT = [
+    ("PMC9000005_F1.png", "Show a brain MRI with a left hemisphere lesion.", "Here is an axial MRI slice."),
+]
+LLAVA_DOMAINS = ("chest_xray", "mri", "histology", "gross", "ct_scan")
+
+
+def _eval_instance(rid, task, images, turns, domain, meta, n) -> dict:
+    return {
+        "id": rid,
+        "kind": "instance",
+        "source": "sample-eval",
+        "license": "cc0",
+        "credential": False,
+        "task": task,
+        "domain": domain,
+        "images": [{"path": f"jats/{im}"} for im in images],
+        "turns": turns,
+        "meta": {**meta, "eval_index": n, "verbatim_prompt": True},
+    }
+
+
+def eval_families() -> list[dict]:
+    """Two captioning, two image generation, two visual chat and one mm_out item."""
+    out = []
+    for n, (image, src, prompt, answer) in enumerate(CAPTIONING):
+        turns = [
+            {"role": "user", "content": [{"image": 0}, {"text": "Please describe this picture."}]},
+            {"role": "assistant", "content": [{"text": answer}]},
+        ]
+        meta = {"eval_task": f"image_captioning_{src}", "eval_family": "image_captioning", "eval_source": src}
+        domain = "histopathology" if src == "quilt" else "radiology"
+        out.append(
+            _eval_instance(
+                f"sample-eval-cap-{n}",
+                "captioning",
+                [image],
+                turns,
+                domain,
+                {**meta, "eval_prompt": prompt},
+                n,
+            )
+        )
+    for n, (image, src, prompt, _) in enumerate(IMAGE_GENERATION):
+        turns = [
+            {"role": "user", "content": [{"text": prompt}]},
+            {"role": "assistant", "content": [{"image": 0}]},
+        ]
+        meta = {"eval_task": f"image_generation_{src}", "eval_family": "image_generation", "eval_source": src}
+        domain = "histopathology" if "Histology" in prompt else "radiology"
+        out.append(
+            _eval_instance(
+                f"sample-eval-gen-{n}",
+                "image_generation",
+                [image],
+                turns,
+                domain,
+                {**meta, "eval_prompt": prompt},
+                0,
+            )
+        )
+    for n, (image, kind, prompt, ref, caption, label, mention, flag) in enumerate(VISUAL_CHAT):
+        question = prompt.replace("<image>", "").strip()
+        if kind == "detailed_description":
+            user = [{"image": 0}, {"text": "Analyze the image in a comprehensive and detailed manner."}]
+        elif prompt.endswith("<image>"):
+            user = [{"text": question}, {"image": 0}]
+        else:
+            user = [{"image": 0}, {"text": question}]
+        turns = [{"role": "user", "content": user}, {"role": "assistant", "content": [{"text": ref}]}]
+        meta = {
+            "eval_task": "visual_chat",
+            "eval_family": "visual_chat",
+            "chat_type": kind,
+            "llava_domain": flag,
+            "caption": caption,
+            "fig_label": label,
+            "mention": mention,
+            "reference_answer": ref,
+            "eval_prompt": prompt,
+        }
+        domain = "histopathology" if flag == "histology" else "radiology"
+        out.append(_eval_instance(f"sample-eval-chat-{n}", "visual_chat", [image], turns, domain, meta, n))
+    for n, (image, prompt, answer) in enumerate(MM_OUT):
+        turns = [
+            {"role": "user", "content": [{"text": prompt}]},
+            {"role": "assistant", "content": [{"text": answer}, {"image": 0}]},
+        ]
+        meta = {
+            "eval_task": "mm_out",
+            "eval_family": "mm_out",
+            "reference_answer": answer,
+            "eval_prompt": prompt,
+        }
+        out.append(
+            _eval_instance(f"sample-eval-mmout-{n}", "interleaved", [image], turns, "radiology", meta, n)
+        )
+    return out
+
+
 def _jsonl(records: list[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False, sort_keys=False) + "\n" for r in records)
 
@@ -654,6 +788,7 @@ def build(out: Path, seed: int = SEED) -> dict[str, int]:
     ]
     (out / "vqa.jsonl").write_text(_jsonl(vqa), encoding="utf-8")
     (out / "eval.jsonl").write_text(_jsonl(ev), encoding="utf-8")
+    (out / "eval-families.jsonl").write_text(_jsonl(eval_families()), encoding="utf-8")
     (out / "LICENSE.md").write_text(LICENSE, encoding="utf-8")
     return {"articles": len(ARTICLES), "figures": n_figs, "vqa": len(vqa), "eval": len(ev)}
 

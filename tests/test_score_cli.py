@@ -36,7 +36,7 @@ def test_score_lines_summary_bytes_and_report(tmp_path, medmax):
     summary = orjson.loads((tmp_path / "a.json").read_bytes())
     assert summary["tasks"]["vqa_rad_closed"]["mean"] == round(8 / 12, 6)
     assert summary["tasks"]["pmc_vqa"]["mean"] == 0.5  # "(B)" is wrong under MedMax's rule
-    assert summary["provenance"]["rules_version"] == "medmax@1"
+    assert summary["provenance"]["rules_version"] == "medmax@2"
     assert summary["provenance"]["input_records"] == 20 and len(summary["provenance"]["input_sha256"]) == 64
     # same input and seed: byte-identical summary; clustering changes the CIs, not the means
     assert (tmp_path / "a.json").read_bytes() == (tmp_path / "c.json").read_bytes()

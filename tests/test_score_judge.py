@@ -153,7 +153,16 @@ def test_visual_chat_relative_score(fake_judge):
 def test_score_command_with_judge_then_offline(fake_judge, tmp_path, medmax):
     data = b"".join(orjson.dumps(r) + b"\n" for r in _items())
     cache = tmp_path / "verdicts"
-    args = ["score", "--judge-model", "judge-a", "--judge-cache", str(cache), "--summary"]
+    args = [
+        "score",
+        "--rules",
+        "robust",
+        "--judge-model",
+        "judge-a",
+        "--judge-cache",
+        str(cache),
+        "--summary",
+    ]
     online = medmax(*args, str(tmp_path / "s1.json"), "--judge-url", fake_judge.url, input=data)
     n_requests = len(fake_judge.bodies)
     offline = medmax(*args, str(tmp_path / "s2.json"), input=data)
@@ -206,9 +215,11 @@ def test_server_faults(fake_judge, tmp_path, medmax):
     assert judge.correctness("a", "q", "liver", "liver").score == 1.0
     assert len(fake_judge.requests) == 2
     # an endpoint that does not exist stops the run (exit 1), it does not score anything as 0
-    data = orjson.dumps(vqa("ok", "vqa_rad_open", "liver", "liver")) + b"\n"
+    data = orjson.dumps(vqa("ok", "vqa_rad_open", "liver", "the liver")) + b"\n"  # not exact: judged
     result = medmax(
         "score",
+        "--rules",
+        "robust",
         "--judge-url",
         fake_judge.url.replace("/v1", "/nope"),
         "--judge-model",

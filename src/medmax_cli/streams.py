@@ -412,5 +412,7 @@ def select_shard(
     records: Iterable[dict[str, Any]], shard: tuple[int, int] | None
 ) -> Iterator[dict[str, Any]]:
     for record in records:
-        if in_shard(record["id"], shard):
+        rid = record.get("id")
+        # a record with no id is passed on: the stage's own check names it (no KeyError here)
+        if not isinstance(rid, str) or in_shard(rid, shard):
             yield record

@@ -57,7 +57,9 @@ def register(app: typer.Typer) -> None:
         judge_cache: Path = typer.Option(
             None, "--judge-cache", help="Verdict cache dir [default .medmax-cache/judge with a judge]."
         ),
-        judge_retries: int = typer.Option(2, "--judge-retries", help="Re-asks for an unparseable verdict."),
+        judge_retries: int = typer.Option(
+            2, "--judge-retries", help="Re-asks for an unparseable verdict (robust; medmax asks once)."
+        ),
         judge_concurrency: int = typer.Option(
             4, "--judge-concurrency", help="Judge requests in flight at once."
         ),
@@ -90,7 +92,7 @@ def register(app: typer.Typer) -> None:
             raise fail(f"--expect file {expect} does not exist")
 
         from medmax_cli.score import summary as summ
-        from medmax_cli.score.judge import CHAT_PROMPT_VERSION, OPEN_PROMPT_VERSION, JudgeError
+        from medmax_cli.score.judge import JudgeError
         from medmax_cli.score.stage import InputHash, score_records
 
         with StageIO(
@@ -137,8 +139,13 @@ def register(app: typer.Typer) -> None:
                 # must give the same summary bytes (call counts go to the stderr line)
                 provenance["judge"] = {
                     "model": scorer.judge.model,
-                    "prompts": [OPEN_PROMPT_VERSION, CHAT_PROMPT_VERSION],
-                    "retries": judge_retries,
+                    "protocol": scorer.judge.protocol,
+                    "prompts": scorer.judge.prompt_versions,
+                    # MedMax set temperature 0 on its client object but never sent it; we send it,
+                    # with a fixed seed, and no max_tokens (as MedMax)
+                    "temperature": 0.0,
+                    "seed": 0,
+                    "retries": judge_retries if scorer.judge.protocol == "robust" else 0,
                 }
                 io.report.count("judge calls", scorer.judge.calls)
             result = summ.summarise(
@@ -157,7 +164,7 @@ def register(app: typer.Typer) -> None:
                 "MEDMAX_JUDGE_API_KEY"
             )  # else the shared MEDMAX_LLM_API_KEY / OPENAI_API_KEY
             chat = openai_chat(judge_url, judge_model, api_key=api_key) if judge_url else None
-            judge = Judge(chat, model=judge_model, cache=cache, retries=judge_retries)
+            judge = Judge(chat, model=judge_model, cache=cache, retries=judge_retries, protocol=rules)
         encoder = None
         if clip_model is not None:
             from medmax_cli.score.similarity import load_encoder

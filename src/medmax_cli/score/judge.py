@@ -1,17 +1,20 @@
-"""LLM-judge verdicts for open VQA and visual chat, parsed strictly and cached.
+"""LLM-judge verdicts for open VQA, visual chat and interleaved text, cached on disk.
 
-MedMax's scorer parsed `Correctness: 1|0` loosely, silently dropped verdicts it could
-not parse and never sent temperature 0. Here: temperature 0 is always sent; a verdict
-that does not parse is asked again (with a reminder of the format) up to `retries`
-times and then reported as `judge_failed` (the item stays in n but is unscored);
-good verdicts are cached on disk keyed by (judge model, prompt version, item id,
-prompt hash), so a rerun is offline and free.
+Two protocols. `medmax`: MedMax's released prompts word for word (evaluation/eval_utils.py
+`compare_messages_gen`, evaluation/visual_chat.py and evaluation/mm_out.py `compare_messages_gen`)
+and MedMax's parsing (substring tests for `Correctness: 1|0`, the first line split on spaces
+for the two scores); one call per item, and a reply MedMax could not score is `dropped` and
+counted, never re-asked. `robust`: our own prompts and a strict parser; a verdict that does not
+parse is asked again (with a reminder of the format) up to `retries` times, then `judge_failed`.
+Temperature 0 (and seed 0) are always sent, no `max_tokens` (a verdict is never cut). Verdicts
+are cached keyed by (judge model, prompt version, item id, prompt hash): a rerun is offline.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 import threading
 from collections.abc import Callable
@@ -85,6 +88,112 @@ def open_messages(question: str, gold: str, output: str) -> Messages:
 def chat_messages(context: str, question: str, reference: str, answer: str) -> Messages:
     user = _CHAT_USER.format(context=context, question=question, reference=reference, answer=answer)
     return [{"role": "system", "content": _CHAT_SYSTEM}, {"role": "user", "content": user}]
+
+
+# --------------------------------------------------------------------------- MedMax's prompts
+
+# MedMax's released judge prompts, word for word (whitespace included): the open-VQA grader of
+# evaluation/eval_utils.py `compare_messages_gen` (one user message, no system message), and the
+# LLaVA-Med-style review of evaluation/visual_chat.py and evaluation/mm_out.py (`conv_to_str`,
+# `compare_messages_gen`; the system message's leading quote is MedMax's).
+MEDMAX_OPEN_VERSION = "medmax-open-v1"
+MEDMAX_CHAT_VERSION = "medmax-chat-v1"
+MEDMAX_MM_OUT_VERSION = "medmax-mm-out-v1"
+
+_MM_INSTRUCTION = (
+    "Given a question about an medical image, there is a correct answer to the question and an answer to "
+    "be determined. If the answer to be determined matches the correct answer or is a good enough answer "
+    "to the question, output 1; otherwise output 0. Evaluate the answer to be determined (1 or 0)."
+)
+_MM_INDENT = " " * 8
+_MM_SYSTEM = "'You are a helpful and precise assistant for checking the quality of the answer."
+_MM_REVIEW = (
+    "We would like to request your feedback on the performance of two AI assistants in response to the "
+    "user question displayed above. The user asks the question on observing an image. For your reference, "
+    "the visual content in the image is represented with caption describing the same image.\n"
+    "  Please rate the helpfulness, relevance, accuracy, level of details of their responses. Each "
+    "assistant receives an overall score on a scale of 1 to 10, where a higher score indicates better "
+    "overall performance.\n"
+    "  Please first output a single line containing only two values indicating the scores for Assistant 1 "
+    "and 2, respectively. The two scores are separated by a space. In the subsequent line, please provide "
+    "a comprehensive explanation of your evaluation, avoiding any potential bias and ensuring that the "
+    "order in which the responses were presented does not affect your judgment."
+)
+
+
+def medmax_open_messages(question: str, true_answer: str, generated_answer: str) -> Messages:
+    """MedMax's open-VQA judge request. The caller passes what MedMax passes: the row's prompt as
+    released, the gold answer as released, the model's answer lower-cased."""
+    i = _MM_INDENT
+    prompt = (
+        f"\n{i}{_MM_INSTRUCTION}\n\n"
+        f"{i}Question:\n"
+        f"{i}- question about the medical image: {question}\n\n\n"
+        f"{i}Answers:\n"
+        f"{i}- correct answer(ground truth): {true_answer}\n\n"
+        f"{i}    answer to be determined: {generated_answer}\n\n\n"
+        f"{i}Task:\n\n"
+        f"{i}- {_MM_INSTRUCTION}\n\n"
+        f"{i}Output Format:\n"
+        f"{i}Correctness: your answer\n\n"
+        f"{i}"
+    )
+    return [{"role": "user", "content": prompt}]
+
+
+def _mm_review(context: str, question: str, ans1: str, ans2: str) -> Messages:
+    user = (
+        f"[Context]\n{context}[Question]\n{question}\n\n"
+        f"[Assistant 1]\n{ans1}\n\n[End of Assistant 1]\n\n"
+        f"[Assistant 2]\n{ans2}\n\n[End of Assistant 2]\n\n"
+        f"[System]\n{_MM_REVIEW}\n\n"
+    )
+    return [{"role": "system", "content": _MM_SYSTEM}, {"role": "user", "content": user}]
+
+
+def medmax_chat_messages(
+    fig_label: str, fig_caption: str, fig_context: str, question: str, ans1: str, ans2: str
+) -> Messages:
+    """MedMax's visual-chat review (evaluation/visual_chat.py): figure label, caption and in-text
+    mention, the row's prompt, the reference (GPT-4) answer as Assistant 1, the model as 2."""
+    context = f"Figure Caption:\n{fig_label}: {fig_caption}\n\nFigure Context:\n\t- {fig_context}\n\n"
+    return _mm_review(context, question, ans1, ans2)
+
+
+def medmax_mm_out_messages(question: str, ans1: str, ans2: str) -> Messages:
+    """MedMax's mm_out text review (evaluation/mm_out.py): an empty [Context] section."""
+    return _mm_review("", question, ans1, ans2)
+
+
+def parse_correctness_medmax(text: str) -> int | None:
+    """MedMax's reading of an open-VQA verdict (evaluation/vqa.py `run_vqa_eval`): 1 if the reply
+    contains `Correctness: 1`, else 0 if it contains `Correctness: 0`, else None (MedMax skips
+    the item). Case and spacing exact; "1" is tested first.
+
+    >>> [parse_correctness_medmax(t) for t in ("Correctness: 10", "Correctness: 0.5", "correctness: 1")]
+    [1, 0, None]
+    """
+    if "Correctness: 1" in text:
+        return 1
+    if "Correctness: 0" in text:
+        return 0
+    return None
+
+
+def parse_pair_medmax(text: str) -> tuple[float, float] | None:
+    """MedMax's reading of a review (visual_chat.py / mm_out.py): the stripped reply's first line,
+    stripped, split on single spaces, must be exactly two numbers; relative score s2/s1. None where
+    MedMax's run would crash (not two fields, not numbers, s1 = 0) or give a non-finite mean."""
+    fields = text.strip().split("\n")[0].strip().split(" ")
+    if len(fields) != 2:
+        return None
+    try:
+        s1, s2 = float(fields[0]), float(fields[1])
+    except ValueError:
+        return None
+    if s1 == 0 or not (math.isfinite(s1) and math.isfinite(s2)):
+        return None
+    return s1, s2
 
 
 # --------------------------------------------------------------------------- strict parsing
@@ -165,7 +274,7 @@ class VerdictCache:
 @dataclass
 class Verdict:
     score: float | None  # 1/0 for correctness, s2/s1 for the relative score; None when unparseable
-    status: str  # "ok" | "judge_failed"
+    status: str  # "ok" | "judge_failed" (robust, after retries) | "dropped" (medmax: MedMax skips it)
     raw: str  # the last reply
     attempts: int  # calls made (0 when cached)
     cached: bool
@@ -174,21 +283,44 @@ class Verdict:
         return {"raw": self.raw, "attempts": self.attempts, "cached": self.cached}
 
 
+PROTOCOLS = ("medmax", "robust")
+
+
 class Judge:
-    """Asks `chat` for verdicts, retries unparseable ones, caches the good ones."""
+    """Asks `chat` for verdicts under one protocol (module docstring), caches them."""
 
     def __init__(
-        self, chat: ChatFn | None, *, model: str, cache: VerdictCache | None = None, retries: int = 2
+        self,
+        chat: ChatFn | None,
+        *,
+        model: str,
+        cache: VerdictCache | None = None,
+        retries: int = 2,
+        protocol: str = "robust",
     ):
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"judge protocol must be one of {', '.join(PROTOCOLS)}; got {protocol!r}")
         self.chat = chat
         self.model = model
         self.cache = cache
         self.retries = retries
+        self.protocol = protocol
         self.calls = 0
         self.failed = 0
+        self.dropped = 0
         self._lock = threading.Lock()
 
+    @property
+    def prompt_versions(self) -> list[str]:
+        if self.protocol == "medmax":
+            return [MEDMAX_OPEN_VERSION, MEDMAX_CHAT_VERSION, MEDMAX_MM_OUT_VERSION]
+        return [OPEN_PROMPT_VERSION, CHAT_PROMPT_VERSION]
+
     def correctness(self, item_id: str, question: str, gold: str, output: str) -> Verdict:
+        """Open VQA. medmax: MedMax's prompt with the answer lower-cased, as its vqa.py does."""
+        if self.protocol == "medmax":
+            messages = medmax_open_messages(question, gold, output.lower())
+            return self._medmax(item_id, MEDMAX_OPEN_VERSION, messages, parse_correctness_medmax)
         messages = open_messages(question, gold, output)
         return self._ask(
             item_id,
@@ -199,6 +331,7 @@ class Judge:
         )
 
     def relative(self, item_id: str, context: str, question: str, reference: str, answer: str) -> Verdict:
+        """Robust protocol's review (LLaVA-Med's prompt): s2/s1."""
         messages = chat_messages(context, question, reference, answer)
 
         def parse(text: str) -> float | None:
@@ -206,6 +339,42 @@ class Judge:
             return None if pair is None else pair[1] / pair[0]
 
         return self._ask(item_id, CHAT_PROMPT_VERSION, messages, _CHAT_REMINDER, parse)
+
+    def medmax_review(self, item_id: str, messages: Messages, version: str) -> Verdict:
+        """MedMax's review (medmax_chat_messages / medmax_mm_out_messages): s2/s1, or dropped."""
+
+        def parse(text: str) -> float | None:
+            pair = parse_pair_medmax(text)
+            return None if pair is None else pair[1] / pair[0]
+
+        return self._medmax(item_id, version, messages, parse)
+
+    def _medmax(
+        self, item_id: str, version: str, messages: Messages, parse: Callable[[str], float | None]
+    ) -> Verdict:
+        """One call, as MedMax: a reply it could not score is dropped (cached too, so a rerun agrees)."""
+        key = VerdictCache.key(self.model, version, item_id, messages)
+        if self.cache is not None and (hit := self.cache.get(key)) is not None:
+            if hit.get("status") == "dropped":
+                with self._lock:
+                    self.dropped += 1
+            return Verdict(hit["score"], hit.get("status", "ok"), hit["raw"], 0, True)
+        if self.chat is None:
+            raise NotCached(f"item {item_id!r}: verdict not in the judge cache and no --judge-url")
+        with self._lock:
+            self.calls += 1
+        raw = self.chat(messages)
+        value = parse(raw)
+        score = None if value is None else float(value)
+        status = "ok" if score is not None else "dropped"
+        if status == "dropped":
+            log.info("judge reply for %s is one MedMax drops: %.80r", item_id, raw)
+            with self._lock:
+                self.dropped += 1
+        if self.cache is not None:
+            entry = {"model": self.model, "prompt": version, "item": item_id, "score": score, "raw": raw}
+            self.cache.put(key, {**entry, "status": status})
+        return Verdict(score, status, raw, 1, False)
 
     def _ask(
         self,
@@ -250,18 +419,17 @@ def _maybe_float(value: int | None) -> float | None:
 
 
 def openai_chat(
-    url: str, model: str, *, api_key: str | None = None, timeout: float = 120.0, max_tokens: int = 256
+    url: str, model: str, *, api_key: str | None = None, timeout: float = 120.0, max_tokens: int | None = None
 ) -> ChatFn:
     """A ChatFn for an OpenAI-compatible endpoint (`.../v1` or `.../chat/completions`), temperature 0.
 
-    Built on the shared client `medmax_cli.llm` (HTTP retries on 429/5xx with Retry-After); the
-    malformed-reply retries and the cache are the judge's own (they need the reminder turn and
-    the item key), so the client gets one attempt per call and no cache.
+    Built on the shared client `medmax_cli.llm` (its egress rules, HTTP retries on 429/5xx with
+    Retry-After); the malformed-reply retries and the cache are the judge's own (they need the
+    reminder turn and the item key), so the client gets one attempt per call and no cache.
+    `max_tokens` is not sent by default (MedMax sent none): a long reply never loses its verdict.
     """
-    try:
-        from medmax_cli import llm
-    except ImportError:  # the shared client is missing: a plain httpx fallback
-        return _httpx_chat(url, model, api_key=api_key, timeout=timeout, max_tokens=max_tokens)
+    from medmax_cli import llm
+
     settings = llm.LLMSettings(
         url=url,
         model=model,
@@ -281,35 +449,5 @@ def openai_chat(
             return f"<no reply: {exc}>"
         except llm.LLMError as exc:
             raise JudgeError(str(exc)) from None
-
-    return chat
-
-
-def _httpx_chat(url: str, model: str, *, api_key: str | None, timeout: float, max_tokens: int) -> ChatFn:
-    import httpx
-
-    endpoint = url.rstrip("/")
-    if not endpoint.endswith("/chat/completions"):
-        endpoint += "/chat/completions"
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    client = httpx.Client(timeout=timeout, headers=headers)
-
-    def chat(messages: Messages) -> str:
-        body = {"model": model, "messages": messages, "temperature": 0, "max_tokens": max_tokens}
-        last: Exception | None = None
-        for _ in range(3):
-            try:
-                response = client.post(endpoint, json=body)
-                if response.status_code >= 500 or response.status_code == 429:
-                    last = JudgeError(f"judge endpoint answered HTTP {response.status_code}")
-                    continue
-                if response.status_code >= 400:
-                    raise JudgeError(
-                        f"judge endpoint answered HTTP {response.status_code}: {response.text[:200]}"
-                    )
-                return str(response.json()["choices"][0]["message"]["content"] or "")
-            except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
-                last = exc
-        raise JudgeError(f"judge endpoint {endpoint} failed: {last}")
 
     return chat

@@ -7,7 +7,7 @@ use `rules_robust` for free-form outputs.
 
 from __future__ import annotations
 
-VERSION = "medmax@1"
+VERSION = "medmax@2"  # @2: MedMax's judge prompt and verdict parsing (issue 14)
 
 
 def closed_correct(output: str, gold: str) -> bool:

@@ -8,7 +8,11 @@ answer, the per-domain visual-chat score), where status is
 - "missing": no prediction for the item: score 0, the item stays in n;
 - "unscored": nothing could score it (an open item with no judge, a similarity item with
   no CLIP model or no image): score null, it lowers coverage;
-- "judge_failed": the judge's verdict did not parse after retries: score null, reported.
+- "judge_failed": the judge's verdict did not parse after retries (robust): score null, reported;
+- "dropped": a judge reply MedMax's parser cannot score (medmax): score null, out of the mean
+  as MedMax keeps it out, counted, and 0 in the summary's all-items figure;
+- "unparsed": robust rules found no clear answer and no judge was asked: score null, counted;
+- "rejected": (with --expect) the item's prediction was rejected as a bad record: score null.
 """
 
 from __future__ import annotations
@@ -24,7 +28,15 @@ import orjson
 from medmax_cli.media import MediaError, MediaStore
 from medmax_cli.records import RecordError, text_of
 from medmax_cli.score import rules_medmax, rules_robust
-from medmax_cli.score.judge import Judge, NotCached
+from medmax_cli.score.judge import (
+    MEDMAX_CHAT_VERSION,
+    MEDMAX_MM_OUT_VERSION,
+    Judge,
+    NotCached,
+    Verdict,
+    medmax_chat_messages,
+    medmax_mm_out_messages,
+)
 from medmax_cli.score.similarity import Encoder
 from medmax_cli.score.tasks import (
     CLOSED,
@@ -92,6 +104,7 @@ def score_records(
     """
     policy = policy or ErrorPolicy()
     seen: set[str] = set()
+    rejected: dict[str, str] = {}  # id -> reason, for items whose prediction a rule rejected
 
     def check_id(record: dict[str, Any]) -> list[dict[str, Any]]:
         rid = record.get("id")
@@ -103,7 +116,11 @@ def score_records(
         return [record]
 
     def one(record: dict[str, Any]) -> list[dict[str, Any]]:
-        line = score_one(record, scorer)
+        try:
+            line = score_one(record, scorer)
+        except (RecordError, MediaError) as exc:
+            rejected[record["id"]] = str(exc)  # check_id ran first: the id is a string
+            raise
         policy.report.count(line["status"])
         return [line]
 
@@ -112,13 +129,36 @@ def score_records(
     else:
         yield from _threaded(records, check_id, one, policy, workers)
     for item in expected or ():
-        if item.get("id") in seen:
+        rid = item.get("id")
+        if rid in rejected:  # its prediction was set aside: the item stays in n, unscored
+            policy.report.count("rejected")
+            yield _rejected_line(item, scorer, rejected.pop(rid))
             continue
-        seen.add(item["id"])
+        if rid in seen:
+            continue
+        seen.add(rid)
         item = {k: v for k, v in item.items() if k != "prediction"}
         line = score_one(item, scorer)
         policy.report.count("missing")
         yield line
+
+
+def _rejected_line(item: Mapping[str, Any], scorer: Scorer, reason: str) -> dict[str, Any]:
+    task = str(item.get("task") or "vqa")
+    return {
+        "id": item["id"],
+        "eval_task": eval_task_of(item),
+        "task": task,
+        "question_type": question_type_of(item) if task == "vqa" else None,
+        "metric": METRIC_OF_TASK.get(task, "accuracy"),
+        "rules": scorer.version,
+        "score": None,
+        "status": "rejected",
+        "output": None,
+        "gold": item.get("answer") if task == "vqa" else None,
+        "cluster": _cluster(item),
+        "reason": f"prediction rejected: {reason}",
+    }
 
 
 def _threaded(
@@ -222,7 +262,7 @@ def score_one(record: Mapping[str, Any], scorer: Scorer) -> dict[str, Any]:
         _score_chat(record, output, scorer, line)
     elif task in ("captioning", "image_generation", "interleaved"):
         if task == "interleaved":
-            line["extra"] = {"interleaved_text": _interleaved_text(record, output, scorer)}
+            line["extra"] = {f"{eval_task}_text": _interleaved_text(record, output, scorer)}
         _score_similarity(record, task, output, scorer, line)
     else:
         line.update(status="unscored", reason=f"no metric for task {task!r}")
@@ -238,8 +278,9 @@ def _score_vqa(record: Mapping[str, Any], output: str, scorer: Scorer, line: dic
     try:
         if qtype == CLOSED:
             if robust:
+                rules_robust.closed_correct(output, gold)  # checks the gold
                 line["parsed"] = rules_robust.closed_answer(output)
-                ok = rules_robust.closed_correct(output, gold)
+                ok = line["parsed"] == gold.strip().lower()
             else:
                 ok = rules_medmax.closed_correct(output, gold)
         elif qtype == MULTIPLE_CHOICE:
@@ -255,51 +296,118 @@ def _score_vqa(record: Mapping[str, Any], output: str, scorer: Scorer, line: dic
             raise RecordError(f"vqa item has no question_type (closed, open, multiple_choice): {qtype!r}")
     except ValueError as exc:
         raise RecordError(str(exc)) from None
+    if robust and line["parsed"] is None:
+        _unparsed(record, output, gold, scorer, line)
+        return
     line["score"] = 1.0 if ok else 0.0
+
+
+def _unparsed(
+    record: Mapping[str, Any], output: str, gold: str, scorer: Scorer, line: dict[str, Any]
+) -> None:
+    """Robust rules found no clear answer: no verdict, unless a judge is there to ask."""
+    line.update(status="unparsed", reason="no clear answer in the output (robust rules never guess)")
+    if scorer.judge is None or not output.strip():
+        return
+    options = record.get("options") or []
+    letter = gold.strip().upper()
+    index = ord(letter[:1] or "?") - ord("A")
+    if line["question_type"] == MULTIPLE_CHOICE and 0 <= index < len(options):
+        gold = f"{letter}. {options[index]}"
+    _ask_correctness(record, output, gold, scorer, line)
+    if line["status"] == "scored":
+        line["parsed"] = "judge"
+
+
+def _protocol(scorer: Scorer) -> str:
+    """The judge's protocol (the command ties it to --rules): which prompts and parsing."""
+    return scorer.judge.protocol if scorer.judge is not None else scorer.rules
+
+
+def _question(record: Mapping[str, Any], scorer: Scorer) -> str:
+    """What the judge is told the question was. medmax: the prompt as MedMax passes it (the eval
+    row's `prompt`, whitespace included: meta.eval_prompt, else the user turn as asked); robust:
+    the bare question (synthesize keeps it in meta) rather than the prompt with its instructions."""
+    meta = record.get("meta") or {}
+    if _protocol(scorer) == "medmax":
+        raw = meta.get("eval_prompt")
+        return raw if isinstance(raw, str) else _last_text(record, "user")
+    return str(meta.get("question") or record.get("question") or _last_text(record, "user"))
 
 
 def _score_open(
     record: Mapping[str, Any], output: str, gold: str, scorer: Scorer, line: dict[str, Any]
 ) -> None:
-    if not output.strip():
-        line["score"] = 0.0  # nothing to judge: an empty answer is wrong
-        return
-    if scorer.rules == "robust" and rules_robust.open_exact(output, gold):
-        line.update(score=1.0, parsed="exact")
-        return
+    if scorer.rules == "robust":
+        if not output.strip():
+            line["score"] = 0.0  # nothing to judge: an empty answer is wrong
+            return
+        if rules_robust.open_exact(output, gold):
+            line.update(score=1.0, parsed="exact")
+            return
     if scorer.judge is None:
         line.update(status="unscored", reason="open question needs a judge (--judge-url, --judge-model)")
         return
-    meta = record.get("meta") or {}
-    # the bare question (synthesize keeps it in meta) rather than the prompt with its answer instructions
-    question = str(meta.get("question") or record.get("question") or _last_text(record, "user"))
+    _ask_correctness(record, output, gold, scorer, line)  # medmax: every answer goes to the judge
+
+
+def _ask_correctness(
+    record: Mapping[str, Any], output: str, gold: str, scorer: Scorer, line: dict[str, Any]
+) -> None:
+    assert scorer.judge is not None
     try:
-        verdict = scorer.judge.correctness(line["id"], question, gold, output)
+        verdict = scorer.judge.correctness(line["id"], _question(record, scorer), gold, output)
     except NotCached as exc:
         line.update(status="unscored", reason=str(exc))
         return
-    line.update(score=verdict.score, judge=verdict.as_dict())
-    if verdict.status != "ok":
+    _apply_verdict(verdict, line)
+
+
+def _apply_verdict(verdict: Verdict, line: dict[str, Any]) -> None:
+    line.update(score=verdict.score, status="scored", judge=verdict.as_dict())
+    line.pop("reason", None)
+    if verdict.status == "judge_failed":
         line.update(status="judge_failed", reason="judge verdict did not parse after retries")
+    elif verdict.status == "dropped":
+        line.update(status="dropped", reason="judge reply MedMax's parser cannot score (MedMax drops it)")
 
 
 def _score_chat(record: Mapping[str, Any], output: str, scorer: Scorer, line: dict[str, Any]) -> None:
+    meta = record.get("meta") or {}
+    reference = str(meta.get("reference_answer") or _last_text(record, "assistant"))
+    line["gold"] = reference
     if scorer.judge is None:
         line.update(status="unscored", reason="visual chat needs a judge (--judge-url, --judge-model)")
         return
-    context = _context(record)
-    reference = _last_text(record, "assistant")
-    line["gold"] = reference
     try:
-        verdict = scorer.judge.relative(line["id"], context, _last_text(record, "user"), reference, output)
+        if _protocol(scorer) == "medmax":
+            messages = medmax_chat_messages(
+                str(meta.get("fig_label") or ""),
+                str(meta.get("caption") or ""),
+                str(meta.get("mention") or _mentions(meta)),
+                _question(record, scorer),
+                reference,
+                output.strip(),  # visual_chat.py strips the generated text
+            )
+            verdict = scorer.judge.medmax_review(line["id"], messages, MEDMAX_CHAT_VERSION)
+        else:
+            question = _last_text(record, "user")
+            verdict = scorer.judge.relative(line["id"], _context(record), question, reference, output)
     except NotCached as exc:
         line.update(status="unscored", reason=str(exc))
         return
-    line.update(score=verdict.score, judge=verdict.as_dict())
-    if verdict.status != "ok":
-        line.update(status="judge_failed", reason="judge scores did not parse after retries")
-    if record.get("domain"):  # LLaVA-Med reports the relative score per domain too
-        line["extra"] = {f"visual_chat_{record['domain']}": verdict.score}
+    _apply_verdict(verdict, line)
+    # MedMax reports the relative score per question type and per LLaVA-Med domain too
+    medmax = _protocol(scorer) == "medmax"
+    buckets = [meta.get("chat_type"), meta.get("llava_domain")] if medmax else [record.get("domain")]
+    extra = {f"{line['eval_task']}_{b}": _extra(verdict.score, line["status"]) for b in buckets if b}
+    if extra:
+        line["extra"] = extra
+
+
+def _extra(score: float | None, status: str) -> float | None | dict[str, Any]:
+    """A second score of an item: the bare value when scored, else with its status."""
+    return score if status == "scored" else {"score": score, "status": status}
 
 
 def _score_similarity(
@@ -326,7 +434,8 @@ def _score_similarity(
     if task == "captioning":
         # reference-free: the input image against the generated caption
         image = load(_image_index(_user_content(record)), "input image")
-        if image is None or not output.strip():
+        # MedMax scores an empty caption too (image_text.py); robust leaves it unscored
+        if image is None or (scorer.rules == "robust" and not output.strip()):
             line.update(status="unscored", reason=line.get("reason") or "no input image or empty caption")
             return
         line["score"] = similarity.image_text_scores(scorer.encoder, [image], [output])[0]
@@ -359,22 +468,38 @@ def _context(record: Mapping[str, Any]) -> str:
     return "\n".join(str(p) for p in parts if p)
 
 
-def _interleaved_text(record: Mapping[str, Any], output: str, scorer: Scorer) -> float | None:
-    """The text half of an interleaved answer: the judge's relative score (None: unscored)."""
-    if scorer.judge is None or not output.strip():
-        return 0.0 if scorer.judge is not None else None
-    context = _context(record)
+def _mentions(meta: Mapping[str, Any]) -> str:
+    """The in-text mentions of a figure record (synthesize's `meta.mentions`), one per line."""
+    mentions = meta.get("mentions")
+    if not isinstance(mentions, list):
+        return ""
+    texts = [m if isinstance(m, str) else (m or {}).get("sentence") for m in mentions]
+    return "\n".join(str(t) for t in texts if t)
+
+
+def _interleaved_text(record: Mapping[str, Any], output: str, scorer: Scorer) -> Any:
+    """The text half of an interleaved answer: the judge's relative score (None: unscored).
+    medmax: mm_out.py's review of every item (text parts joined by spaces), dropped when MedMax
+    could not read the scores; robust: LLaVA-Med's review, an empty text scores 0."""
+    if scorer.judge is None:
+        return None
+    meta = record.get("meta") or {}
+    reference = str(meta.get("reference_answer") or _last_text(record, "assistant"))
     try:
-        verdict = scorer.judge.relative(
-            f"{record['id']}:text",
-            context,
-            _last_text(record, "user"),
-            _last_text(record, "assistant"),
-            output,
-        )
+        if _protocol(scorer) == "medmax":
+            parts = [p["text"] for p in record.get("prediction") or [] if isinstance(p, dict) and "text" in p]
+            messages = medmax_mm_out_messages(_question(record, scorer), reference, " ".join(parts))
+            verdict = scorer.judge.medmax_review(f"{record['id']}:text", messages, MEDMAX_MM_OUT_VERSION)
+        else:
+            if not output.strip():
+                return 0.0
+            verdict = scorer.judge.relative(
+                f"{record['id']}:text", _context(record), _last_text(record, "user"), reference, output
+            )
     except NotCached:
         return None
-    return verdict.score
+    status = {"ok": "scored"}.get(verdict.status, verdict.status)
+    return _extra(verdict.score, status)
 
 
 def _user_content(record: Mapping[str, Any]) -> list[Any]:

@@ -59,7 +59,10 @@ def summarise(
         by_task[str(line["eval_task"])].append(line)
         # a second score of the same item (interleaved: the text's relative score) is its own bucket
         for name, value in (line.get("extra") or {}).items():
-            status = "scored" if value is not None else "unscored"
+            if isinstance(value, Mapping):  # a second score that is not plainly scored: keeps its status
+                value, status = value.get("score"), str(value.get("status") or "unscored")
+            else:
+                status = "scored" if value is not None else "unscored"
             by_task[name].append(
                 {
                     "id": line["id"],
@@ -98,7 +101,12 @@ def summarise(
             "missing": statuses.get("missing", 0),
             "unscored": statuses.get("unscored", 0),
             "judge_failed": statuses.get("judge_failed", 0),
+            "dropped": statuses.get("dropped", 0),
+            "unparsed": statuses.get("unparsed", 0),
+            "rejected": statuses.get("rejected", 0),
             "mean": _r(mean),
+            # every item, those with no score (dropped, unparsed, unscored, ...) counted as 0
+            "mean_all_items": _r(sum(values) / len(items)) if items else None,
             "stderr": _r(se),
             "ci95": _ci(percentile_ci(reps[name]) if name in reps else None),
             "seed": seed_t,
@@ -110,10 +118,12 @@ def summarise(
     macro["unscored_tasks"] = [
         t for t in VQA_TASKS if t in tasks and t not in reps
     ]  # present, nothing scored
+    # complete: every item of the 12 tasks has a score, or is one MedMax itself drops (a judge
+    # reply it cannot parse), which its own number leaves out as the mean here does
     macro["complete"] = (
         not macro["missing_tasks"]
         and not macro["unscored_tasks"]
-        and all(tasks[t]["coverage"] == 1.0 for t in present)
+        and all(tasks[t]["scored"] + tasks[t]["dropped"] == tasks[t]["n"] for t in present)
     )
     by_type = {
         qtype: _average([t for t in present if VQA_TASKS[t][0] == qtype], tasks, reps)
@@ -198,6 +208,18 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
             + ", ".join(macro["unscored_tasks"])
             + "."
         )
+    for key, why in (
+        ("dropped", "judge replies MedMax's parser cannot score, left out of the mean as MedMax does"),
+        ("unparsed", "no clear answer under --rules robust (no judge asked), left out of the mean"),
+        ("rejected", "predictions rejected as bad records (see the rejects file)"),
+    ):
+        counts = [(n, t) for n, t in summary["tasks"].items() if t.get(key)]
+        if counts:
+            notes.append(
+                f"{key.capitalize()} ({why}): "
+                + ", ".join(f"{n} {t[key]} (all-items mean {_pct(t['mean_all_items'])})" for n, t in counts)
+                + "."
+            )
     if notes:
         rows += ["", *notes, "The averages are over the tasks scored; coverage < 100% means unscored items."]
     return "\n".join(rows) + "\n"
