@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from medmax_cli.egress import payload
 from medmax_cli.media import MediaError, MediaStore
 from medmax_cli.records import RecordError, text_of
 from medmax_cli.score import rules_medmax, rules_robust
@@ -103,7 +104,8 @@ def score_records(
         return [record]
 
     def one(record: dict[str, Any]) -> list[dict[str, Any]]:
-        line = score_one(record, scorer)
+        with payload(record):  # the judge's requests carry this record (egress policy)
+            line = score_one(record, scorer)
         policy.report.count(line["status"])
         return [line]
 
