@@ -119,9 +119,7 @@ def _check_images(record: Mapping[str, Any]) -> None:
         tokens = image.get("tokens")
         if tokens is not None:
             if not _token_list(tokens):
-                raise _fail(
-                    f"images[{i}].tokens must be a list of integers in 0..{MAX_TOKEN_ID}", record
-                )
+                raise _fail(f"images[{i}].tokens must be a list of integers in 0..{MAX_TOKEN_ID}", record)
             if "vq" not in image:
                 raise _fail(f"images[{i}] has 'tokens' but no 'vq' (which codebook made them)", record)
 

@@ -78,9 +78,7 @@ class SeenIds:
 
 
 def duplicate_error(record_id: str) -> RecordError:
-    return RecordError(
-        f"duplicate id {record_id!r}: an id may occur once per stream", record_id=record_id
-    )
+    return RecordError(f"duplicate id {record_id!r}: an id may occur once per stream", record_id=record_id)
 
 
 # --------------------------------------------------------------------------- run report
@@ -401,14 +399,18 @@ def _read_tar(
             key, rest = _split_member(member.name)
             value: bytes | _Refused
             if not member.isfile():
-                kind = "symbolic link" if member.issym() else "hard link" if member.islnk() else "special file"
+                kind = (
+                    "symbolic link" if member.issym() else "hard link" if member.islnk() else "special file"
+                )
                 target = f" to {member.linkname!r}" if member.linkname else ""
                 value = _Refused(
                     f"tar member {member.name} is a {kind}{target}: links and special files are refused "
                     "(a sample's members must be regular files)"
                 )
             elif member.size > (line_cap if rest == "json" else member_cap):
-                cap, env = (line_cap, MAX_LINE_BYTES_ENV) if rest == "json" else (member_cap, MAX_MEMBER_BYTES_ENV)
+                cap, env = (
+                    (line_cap, MAX_LINE_BYTES_ENV) if rest == "json" else (member_cap, MAX_MEMBER_BYTES_ENV)
+                )
                 value = _Refused(
                     f"tar member {member.name} is {member.size} bytes, over the {cap}-byte limit (env {env})"
                 )
