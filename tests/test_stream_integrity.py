@@ -213,3 +213,39 @@ def test_a_300_level_meta_is_a_record_error_not_a_writer_crash(media, tmp_path, 
     writer = RecordWriter(io.BytesIO(), policy=ErrorPolicy("skip", rejects))
     writer.write(orjson.loads(line))
     assert b"cannot be written as JSON" in rejects.getvalue()
+
+
+def test_duplicate_ids_from_fetch_and_synthesize_are_record_errors(tmp_path, medmax):
+    import shutil
+
+    from conftest import REPO
+
+    sample = REPO / "examples" / "sample" / "jats"
+    for copy in ("a", "b"):  # the same article twice (a mirror synced into two folders)
+        (tmp_path / copy).mkdir()
+        for name in ("PMC9000001.xml", "PMC9000001_F1.png", "PMC9000001_F2.png"):
+            shutil.copy(sample / name, tmp_path / copy / name)
+    env = {"MEDMAX_MEDIA": str(tmp_path / "media")}
+    args = ["fetch", "jats", str(tmp_path / "a"), str(tmp_path / "b"), "-q"]
+    failed = medmax(*args, env=env, check=False)
+    assert failed.returncode == 1 and b"duplicate id 'PMC9000001-F1'" in failed.stderr
+    rejects = tmp_path / "r.jsonl"
+    skipped = medmax(*args, "--on-error", "skip", "--rejects", str(rejects), env=env)
+    ids = [orjson.loads(x)["id"] for x in skipped.stdout.splitlines()]
+    assert ids and len(ids) == len(set(ids)) and len(rejects.read_bytes().splitlines()) == len(ids)
+    # synthesize reads the doubled stream: the second copy of each figure is rejected, not doubled
+    doubled = skipped.stdout + skipped.stdout
+    out = medmax(
+        "synthesize",
+        "--tasks",
+        "captioning",
+        "-q",
+        "--on-error",
+        "skip",
+        "--rejects",
+        str(rejects),
+        input=doubled,
+        env=env,
+    )
+    instances = [orjson.loads(x)["id"] for x in out.stdout.splitlines()]
+    assert len(instances) == len(set(instances)) == len(ids)

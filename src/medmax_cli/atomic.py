@@ -43,12 +43,28 @@ def _cannot_write(path: Path | str, exc: OSError) -> CannotWrite:
 
 
 def in_place_target(path: Path) -> bool:
-    """True if `path` exists (following links) and is not a regular file or directory."""
+    """True if `path` exists (following links) and is not a regular file or directory, or is a
+    link through /proc or /dev/fd (`/dev/stdout` redirected to a file: that open file is the output)."""
     try:
         mode = os.stat(path).st_mode
     except (FileNotFoundError, NotADirectoryError):
         return False
-    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        return True
+    return stat.S_ISREG(mode) and _links_through_fd_table(path)
+
+
+def _links_through_fd_table(path: Path) -> bool:
+    current = str(path)
+    for _ in range(40):  # the kernel's own limit on link chains
+        if current.startswith(("/proc/", "/dev/fd/")):
+            return True
+        try:
+            target = os.readlink(current)
+        except OSError:
+            return False
+        current = os.path.join(os.path.dirname(current), target)
+    return False
 
 
 class _Guarded:
