@@ -24,7 +24,7 @@ import os
 import tarfile
 import time
 import zlib
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -349,14 +349,17 @@ class _TailTracker:
     def __init__(self, stream: IO[bytes]):
         self.stream = stream
         self.total = 0
-        self.tail = bytearray()
+        self._chunks: deque[bytes] = deque()  # the last reads, at least KEEP bytes when available
+        self._kept = 0
 
     def read(self, size: int = -1) -> bytes:
         data = self.stream.read(size)
-        self.total += len(data)
-        self.tail += data
-        if len(self.tail) > self.KEEP:
-            del self.tail[: len(self.tail) - self.KEEP]
+        if data:
+            self.total += len(data)
+            self._chunks.append(data)
+            self._kept += len(data)
+            while self._kept - len(self._chunks[0]) >= self.KEEP:
+                self._kept -= len(self._chunks.popleft())
         return data
 
     def ends_cleanly(self, offset: int) -> bool:
@@ -364,11 +367,12 @@ class _TailTracker:
         while self.total < offset + 2 * tarfile.BLOCKSIZE:
             if not self.read(offset + 2 * tarfile.BLOCKSIZE - self.total):
                 return False
-        start = self.total - len(self.tail)
-        if offset < start or any(self.tail[offset - start :]):
+        tail = b"".join(self._chunks)
+        start = self.total - len(tail)
+        if offset < start or tail[offset - start :].strip(b"\0"):
             return False
         while chunk := self.read(1 << 16):  # padding to the record size, or a second archive
-            if any(chunk):
+            if chunk.strip(b"\0"):
                 return False
         return True
 
