@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from array import array
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,7 +26,7 @@ TASKS = (
 )
 ROLES = ("user", "assistant")
 QUESTION_TYPES = ("closed", "open", "multiple_choice")
-MAX_TOKEN_ID = 2**31 - 1  # token ids and VQ codes fit an int32 (what embeddings and shards hold)
+MAX_TOKEN_ID = 2**32 - 1  # token ids and VQ codes fit a uint32 (vocabularies and codebooks are far smaller)
 MAX_DEPTH = 64  # nesting of objects/lists in one record; writers (orjson) stop at 255
 _STRING_FIELDS = ("source", "license", "domain", "caption", "answer")
 _IMAGE_STRING_FIELDS = ("path", "url", "vq")
@@ -129,12 +130,15 @@ def _kind(value: Any) -> str:
 
 
 def _token_list(tokens: Any) -> bool:
-    """A list of ints (not bools) in 0..MAX_TOKEN_ID (C-level passes: this runs on every image)."""
+    """A list of ints (not bools, not floats) in 0..MAX_TOKEN_ID: two C-level passes (this runs
+    on every image of every record at every stage boundary)."""
     if type(tokens) is not list:
         return False
-    if not tokens:
-        return True
-    return set(map(type, tokens)) == _INT_ONLY and min(tokens) >= 0 and max(tokens) <= MAX_TOKEN_ID
+    try:
+        array("I", tokens)  # refuses floats, strings, negatives and values over 2**32 - 1
+    except (TypeError, OverflowError):
+        return False
+    return _INT_ONLY.issuperset(map(type, tokens))  # and bools, which array() takes for 0/1
 
 
 _INT_ONLY = {int}
