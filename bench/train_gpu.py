@@ -14,11 +14,21 @@ AdamW), one optimizer step = forward + backward + step:
     path's image labels are set to -100 only so its loss stays finite: its masked head cannot
     learn them, REFERENCE.md 4).
 
+(c) adapter memory (runs first: the figure `finetune --adapter-dtype` needs): our step on the same
+    full rows as (a), per-sample loss weighting (the finetune default), for LoRA adapters in fp32
+    with dropout 0.05 (peft's default dtype, MedMax's dropout) vs bf16 with dropout 0 (no fp32 input
+    copy and no dropout output/mask kept per adapted projection), each with half the layers
+    checkpointed and with none. Same rows and initial weights for every configuration: the first
+    step's loss is printed so that equal work can be checked.
+
 Prints tokens/s, supervised tokens/s, MFU (model FLOPs: 4 x linear params per token for LoRA with
 a frozen base (forward + input gradients) + causal attention, over --peak-tflops), peak memory, and
 the ratios (medians over the timed steps). `--quick` runs a tiny config on CPU as a smoke test.
+`--time-limit` (default 170 s) skips the sections and variants that would start after it (the
+torch.compile variant runs last), so the full run fits in ~240 s; what is skipped is printed.
 
-  python bench/train_gpu.py            # one H100/H200, a few minutes
+  python bench/train_gpu.py            # one H100/H200, ~4 minutes
+  python bench/train_gpu.py --only c   # just the adapter-memory table
   python bench/train_gpu.py --quick    # CPU smoke test
 """
 
@@ -50,13 +60,13 @@ class Shape:
     image_tokens: int  # codes per image (the block adds BOI and EOI)
 
 
+COMPILE_RESERVE = 60.0  # s: a torch.compile variant's warm-up (not measured here; a guess to keep the slot)
 FULL = Shape(4096, 11008, 32, 32, 4096, 1024)
 QUICK = Shape(64, 128, 2, 4, 256, 62)
 
 
 def build_model(shape: Shape, device: torch.device, dtype: torch.dtype):
     """A random Chameleon with the real 65,536-token layout (fake text token names), LoRA attached."""
-    from peft import LoraConfig, get_peft_model
     from transformers import ChameleonConfig, ChameleonForConditionalGeneration
 
     from medmax_cli.model.tiny import VQ_CONFIG, layout_names
@@ -86,12 +96,24 @@ def build_model(shape: Shape, device: torch.device, dtype: torch.dtype):
         torch.set_default_dtype(previous)
     model.requires_grad_(False)
     model.config.use_cache = False
+    return attach_lora(model, "fp32", 0.05), names
+
+
+def attach_lora(base, adapter_dtype: str, dropout: float):
+    """LoRA r16 alpha16 on the seven projections, as `finetune` builds it (--adapter-dtype, --lora-dropout)."""
+    from peft import LoraConfig, get_peft_model
+
     lora = LoraConfig(
-        r=16, lora_alpha=16, lora_dropout=0.05, target_modules=LORA_TARGETS, task_type="CAUSAL_LM"
+        r=16, lora_alpha=16, lora_dropout=dropout, target_modules=LORA_TARGETS, task_type="CAUSAL_LM"
     )
-    model = get_peft_model(model, lora)
+    torch.manual_seed(1)  # the same adapter init for every configuration
+    model = get_peft_model(base, lora, autocast_adapter_dtype=adapter_dtype == "fp32")
+    if adapter_dtype == "bf16":
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data = p.data.to(torch.bfloat16)
     model.train()
-    return model, names
+    return model
 
 
 def linear_params(model) -> int:
@@ -209,7 +231,7 @@ class Runner:
         self.opt.zero_grad(set_to_none=True)
         return float(loss.detach())
 
-    def ours_step(self, b: dict[str, torch.Tensor]) -> float:
+    def ours_step(self, b: dict[str, torch.Tensor], per_sample: bool = False) -> float:
         mask = packed_attention_mask(b["document_ids"], self.attn_ours, torch.bfloat16)
         loss_sum, n = lm_loss(
             self.model,
@@ -219,8 +241,10 @@ class Runner:
             attention_mask=mask,
             document_ids=b["document_ids"],
             chunk_size=self.chunk,
+            per_sample=per_sample,
         )
-        loss = loss_sum / n.clamp(min=1)
+        # per-sample: loss_sum is already a sum of per-sample means; one row of samples per step here
+        loss = loss_sum / (int(b["document_ids"].max()) + 1 if per_sample else n.clamp(min=1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], 1.0)
         self.opt.step()
@@ -279,6 +303,55 @@ def run_variant(run: Runner, name, frac, compiled, step, items, warmup, show):
         return None
 
 
+def adapter_memory(base, shape: Shape, device, attn: str, chunk: int, rows, warmup: int, sup, flops, args):
+    """(c): fp32 + dropout vs bf16 + no dropout adapters, with and without checkpointing."""
+    T = shape.seq_len
+    configs = [
+        (adapter, dropout, frac)
+        for adapter, dropout in (("fp32", 0.05), ("bf16", 0.0))
+        for frac in (0.5, 0.0)
+    ]
+    out = {}
+    for adapter, dropout, frac in configs:
+        name = f"adapters {adapter} dropout {dropout:g} ckpt {frac:g}"
+        model = attach_lora(base, adapter, dropout)
+        run = Runner(model, device, attn, chunk)
+        first: list[float] = []
+
+        def step(r, run=run, first=first):
+            loss = run.ours_step(packed_batch([r], [0], T, device), per_sample=True)
+            if not first:
+                first.append(loss)
+
+        got = run_variant(
+            run,
+            name,
+            frac,
+            False,
+            step,
+            rows,
+            warmup,
+            lambda ts, peak, name=name: (
+                report(name, T, sup, statistics.median(ts), flops, peak, args.peak_tflops)
+                + (statistics.median(ts), peak)
+            ),
+        )
+        if got is not None:
+            print(f"    first-step loss {first[0]:.6f} (equal work: the same rows and initial weights)")
+            out[(adapter, frac)] = got
+        del run
+        base = model.unload()  # the bare model again, for the next adapter configuration
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    if ("fp32", 0.5) in out and ("bf16", 0.0) in out:
+        a, b = out[("fp32", 0.5)], out[("bf16", 0.0)]
+        print(
+            f"  bf16/no-dropout/no-ckpt vs fp32/dropout/ckpt-0.5: {a[2] / b[2]:.2f}x faster step, "
+            f"peak {b[3]:.1f} vs {a[3]:.1f} GiB"
+        )
+    return base
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny config on CPU (smoke test)")
@@ -296,7 +369,10 @@ def main() -> None:
     ap.add_argument(
         "--peak-tflops", type=float, default=989.0, help="dense bf16 peak for MFU [989: H100/H200]"
     )
-    ap.add_argument("--only", choices=["a", "b"], default=None)
+    ap.add_argument("--only", choices=["a", "b", "c"], default=None)
+    ap.add_argument(
+        "--time-limit", type=float, default=170.0, help="skip sections/variants starting after this [170 s]"
+    )
     args = ap.parse_args()
     warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -304,6 +380,19 @@ def main() -> None:
     device = torch.device("cuda" if cuda else "cpu")
     dtype = torch.bfloat16 if cuda else torch.float32
     shape = QUICK if args.quick else FULL
+    started = time.perf_counter()
+
+    def in_time(section: str, reserve: float = 0.0) -> bool:
+        """Start `section` only if `reserve` seconds (its expected length beyond a plain one) remain."""
+        spent = time.perf_counter() - started
+        if spent + reserve > args.time_limit:
+            print(
+                f"({section}) skipped: {spent:.0f} s spent (+{reserve:.0f} s expected), "
+                f"over --time-limit {args.time_limit:.0f} s"
+            )
+            return False
+        return True
+
     attn = args.attn or ("flex_attention" if cuda else "sdpa")
     if args.quick:
         args.steps, args.warmup, args.mix_rows = min(args.steps, 2), 1, min(args.mix_rows, 2)
@@ -322,17 +411,35 @@ def main() -> None:
     rng = np.random.default_rng(0)
     L, T = shape.layers, shape.seq_len
     results = {}
+    full_rows = []
+    while len(full_rows) < args.warmup + args.steps:  # a long text sample: prompt then a long answer
+        ids = np.concatenate([[0], rng.integers(8712, 12808, T - 2), [2]])
+        labels = ids.copy()
+        labels[: T // 4] = -100
+        full_rows.append((ids.astype(np.int64), labels.astype(np.int64)))
+    full_sup = float(sum((r[1][1:] != -100).sum() for r in full_rows[args.warmup :]) / args.steps)
+    full_flops = 4 * n_lin * T + attn_flops([T], shape.hidden, L)
 
-    if args.only in (None, "a"):
+    if args.only in (None, "c"):
+        print(f"(c) adapter memory: full {T}-token rows, ours ({attn}), per-sample loss")
+        base = adapter_memory(
+            model.unload(),
+            shape,
+            device,
+            attn,
+            args.chunk,
+            full_rows,
+            args.warmup,
+            full_sup,
+            full_flops,
+            args,
+        )
+        model = attach_lora(base, "fp32", 0.05)  # (a) and (b) as before: peft's default adapters
+        run = Runner(model, device, attn, args.chunk)
+
+    if args.only in (None, "a") and in_time("a"):
         print(f"(a) full {T}-token rows, one sample per row")
-        rows = []
-        while len(rows) < args.warmup + args.steps:  # a long text sample: prompt then a long answer
-            ids = np.concatenate([[0], rng.integers(8712, 12808, T - 2), [2]])
-            labels = ids.copy()
-            labels[: T // 4] = -100
-            rows.append((ids.astype(np.int64), labels.astype(np.int64)))
-        sup = float(sum((r[1][1:] != -100).sum() for r in rows[args.warmup :]) / args.steps)
-        flops = 4 * n_lin * T + attn_flops([T], shape.hidden, L)
+        rows, sup, flops = full_rows, full_sup, full_flops
         run.stock_mode()
         ts, peak = run.timed(
             lambda r: run.stock_step(
@@ -352,6 +459,8 @@ def main() -> None:
         )
         best = 0.0
         for name, frac, compiled in variants:
+            if not in_time(f"a: ours {name}", COMPILE_RESERVE if compiled else 0.0):
+                break
             got = run_variant(
                 run,
                 name,
@@ -365,10 +474,11 @@ def main() -> None:
                 ),
             )
             best = max(best, got[0] if got else 0.0)
-        results["a"] = best / stock[0]
-        print(f"  ratio best ours/stock tokens/s: {results['a']:.2f}x")
+        if best:  # no ratio when every variant failed or was skipped
+            results["a"] = best / stock[0]
+            print(f"  ratio best ours/stock tokens/s: {results['a']:.2f}x")
 
-    if args.only in (None, "b"):
+    if args.only in (None, "b") and in_time("b"):
         samples = make_mix(400, shape, rng)
         all_rows = pack(samples, T)
         packing = sum(len(s[0]) for s in samples) / (len(all_rows) * T)
@@ -399,6 +509,8 @@ def main() -> None:
         stock = report("MedMax (stock, 1 sample/step)", tokens, sup, sum(ts), flops, peak, args.peak_tflops)
         best = 0.0
         for name, frac, compiled in variants:
+            if not in_time(f"b: ours {name}", COMPILE_RESERVE if compiled else 0.0):
+                break
             got = run_variant(
                 run,
                 name,
@@ -412,8 +524,9 @@ def main() -> None:
                 ),
             )
             best = max(best, got[1] if got else 0.0)
-        results["b"] = best / stock[1]
-        print(f"  ratio best ours/MedMax supervised tokens/s: {results['b']:.2f}x")
+        if best:  # no ratio when every variant failed or was skipped
+            results["b"] = best / stock[1]
+            print(f"  ratio best ours/MedMax supervised tokens/s: {results['b']:.2f}x")
     print("summary: " + ", ".join(f"({k}) {v:.2f}x" for k, v in results.items()))
 
 

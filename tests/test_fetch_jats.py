@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from conftest import SAMPLE
-from fakes.jats_articles import EXPECTED_GOOD, corpus, png
+from fakes.jats_articles import EXPECTED_GOOD, article, corpus, png
 from medmax_cli.fetch.jats import JatsError, candidate_names, normalise_license, parse_jats, safe_href
 from medmax_cli.fetch.local import fetch_jats, fetch_jsonl
 from medmax_cli.records import validate
@@ -200,3 +200,60 @@ def test_shards_partition_the_inputs(tmp_path, media):
         for i in range(3)
     ]
     assert sorted(sum(parts, [])) == sorted(EXPECTED_GOOD)
+
+
+SECRET = b"TOPSECRET-NOT-AN-IMAGE-0123456789"
+LINKED = article(
+    "PMC300001",
+    """<sec><title>L</title><p>See <xref ref-type="fig" rid="F1">Figure 1</xref>.</p>
+    <fig id="F1"><label>Figure 1</label><caption><p>Linked.</p></caption><graphic xlink:href="fig1"/></fig>
+    <fig id="F2"><label>Figure 2</label><caption><p>Inside.</p></caption><graphic xlink:href="fig2"/></fig></sec>""",
+)
+
+
+def test_fetch_jats_never_follows_links_out_of_the_article_folder(tmp_path, media, medmax):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.jpg").write_bytes(SECRET)
+    (outside / "other.xml").write_bytes(LINKED.replace(b"PMC300001", b"PMC300009"))
+    folder = tmp_path / "in" / "PMC300001"
+    folder.mkdir(parents=True)
+    (folder / "PMC300001.xml").write_bytes(LINKED)
+    (folder / "fig1.jpg").symlink_to(outside / "secret.jpg")  # a figure that links out
+    (folder / "fig2.jpg").write_bytes(png(5, fmt="JPEG"))
+    (tmp_path / "in" / "linked.xml").symlink_to(outside / "other.xml")  # an article that links out
+    rejects = io.BytesIO()
+    policy = ErrorPolicy("skip", rejects, stage="fetch")
+    records = list(fetch_jats([tmp_path / "in"], media=media, policy=policy))
+    assert [r["id"] for r in records] == ["PMC300001-F2"]
+    got = rejects_of(rejects)
+    reasons = {r["record_id"] or r["where"]: r["reason"] for r in got}
+    assert "links outside" in reasons["PMC300001-F1"]
+    assert "link that leads outside" in reasons[str(tmp_path / "in" / "linked.xml")]
+    assert b"TOPSECRET" not in rejects.getvalue()
+    assert not any(p.read_bytes() == SECRET for p in media.root.rglob("*") if p.is_file())
+    result = medmax("fetch", "jats", str(folder), check=False, env={"MEDMAX_MEDIA": str(tmp_path / "m")})
+    assert result.returncode == 1 and b"links outside" in result.stderr
+    assert b"TOPSECRET" not in result.stderr + result.stdout and b"Traceback" not in result.stderr
+
+
+def test_fetch_jats_caps_a_package_s_uncompressed_size(tmp_path, media):
+    package = tmp_path / "PMC300001.tar.gz"
+    with tarfile.open(package, "w:gz") as archive:
+        for name, data in {
+            "PMC300001.nxml": LINKED,
+            "fig2.jpg": png(5, fmt="JPEG"),
+            "big.bin": bytes(50_000),
+        }.items():
+            info = tarfile.TarInfo(f"PMC300001/{name}")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    policy = ErrorPolicy("skip", io.BytesIO(), stage="fetch")
+    records = list(fetch_jats([package], media=media, policy=policy, max_package_bytes=40_000))
+    assert records == [] and policy.report.dropped["package refused"] == 1
+    with pytest.raises(
+        Exception, match=r"package refused: over 40000 bytes uncompressed \(at member 'PMC300001/big.bin'\)"
+    ):
+        list(fetch_jats([package], media=media, policy=ErrorPolicy(), max_package_bytes=40_000))
+    fine = list(fetch_jats([package], media=media, policy=ErrorPolicy("skip", io.BytesIO())))
+    assert [r["id"] for r in fine] == ["PMC300001-F2"]

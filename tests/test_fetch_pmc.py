@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import random
@@ -249,3 +250,76 @@ def test_command_reports_a_dead_search_cleanly(tmp_path, medmax):
         check=False,
     )
     assert lost.returncode == 2 and b"not this crawl's output" in lost.stderr
+
+
+def real_shape(pmcid: str) -> bytes:
+    return article(
+        pmcid,
+        """<sec><title>R</title><p>See <xref ref-type="fig" rid="F1 F2">Figures 1 and 2</xref>.</p>
+    <fig id="F1"><label>Figure 1</label><caption><p>Axial CT of the chest showing a left lower lobe mass.</p></caption><graphic xlink:href="g1"/></fig>
+    <fig id="F2"><label>Figure 2</label><caption><p>Corrupted.</p></caption><graphic xlink:href="g2"/></fig></sec>""",
+    )
+
+
+def test_real_metadata_shape_md5_checked_and_flags_kept(media, tmp_path, medmax):
+    """The bucket's metadata as published: string URLs with ?md5=, the JSON possibly only under
+    metadata/, licence codes incl. TDM, author-manuscript flag; a wrong md5 is a reject with that reason."""
+    good, bad = png(21), png(22)
+    arts = [
+        FakeArticle(
+            "PMC200001",
+            1,
+            real_shape("PMC200001"),
+            {"g1.jpg": good, "g2.jpg": bad},
+            license_code="CC BY-NC",
+            bad_md5={"g2.jpg"},
+            manuscript=True,
+            metadata_dir_only=True,
+        ),
+        FakeArticle(
+            "PMC200002", 3, real_shape("PMC200002"), {"g1.jpg": good, "g2.jpg": bad}, license_code="TDM"
+        ),
+        FakeArticle("PMC200003", 1, real_shape("PMC200003"), {"g1.jpg": good}, bad_md5={"PMC200003.1.xml"}),
+    ]
+    with FakeHttpServer() as server:
+        fake = PmcFake(server, arts)
+        meta = orjson.loads(server.routes["/pmc-oa-opendata/metadata/PMC200002.3.json"][2])
+        assert all(isinstance(u, str) and "?md5=" in u for u in meta["media_urls"] + [meta["xml_url"]])
+        assert "/pmc-oa-opendata/PMC200001.1/PMC200001.1.json" not in server.routes
+        records, rejects, policy, _ = run_library(fake, media, tmp_path)
+        ids = sorted(r["id"] for r in records)
+        assert ids == ["PMC200001_1-F1", "PMC200002_3-F1", "PMC200002_3-F2"]
+        first = next(r for r in records if r["id"] == "PMC200001_1-F1")
+        ref = first["images"][0]
+        assert ref["md5"] == hashlib.md5(good).hexdigest()
+        assert hashlib.md5(media.path_of(ref).read_bytes()).hexdigest() == ref["md5"]
+        assert ref["url"] == f"{fake.cloud}/PMC200001.1/g1.jpg"  # s3:// mapped, ?md5= dropped
+        assert first["license"] == "cc-by-nc" and first["article"]["pmc"]["is_manuscript"] is True
+        assert {r["license"] for r in records if r["id"].startswith("PMC200002")} == {"tdm"}
+        reasons = {r["record_id"]: r["reason"] for r in rejects}
+        assert reasons["PMC200001_1-F2"].startswith("md5 mismatch")
+        assert reasons["PMC200003"].startswith("md5 mismatch") and "PMC200003.1.xml" in reasons["PMC200003"]
+        assert policy.report.dropped["md5 mismatch for http"] == 2
+        assert all(not e["query"] for e in server.log if e["path"].endswith((".jpg", ".xml")))
+        # the command's summary counts each reason
+        result = medmax(
+            "fetch", "pmc", "--ids", str(_ids(tmp_path, ["PMC200001", "PMC200003"])),
+            "--europepmc-url", fake.epmc, "--pmc-cloud-url", fake.cloud, "--on-error", "skip",
+            "--rejects", str(tmp_path / "r.jsonl"), "--backoff-base", "0.001",
+            env={"MEDMAX_MEDIA": str(tmp_path / "m2")},
+        )  # fmt: skip
+        assert len(result.stdout.splitlines()) == 1
+        assert b"rejected 2 (md5 mismatch for http: 2)" in result.stderr, result.stderr
+        # the mission's first pipe now gets figures from the bucket's real shape
+        synth = medmax(
+            "synthesize", "--tasks", "captioning,image_generation", input=result.stdout,
+            env={"MEDMAX_MEDIA": str(tmp_path / "m2")},
+        )  # fmt: skip
+    tasks = sorted(orjson.loads(line)["task"] for line in synth.stdout.splitlines())
+    assert tasks == ["captioning", "image_generation"], synth.stderr
+
+
+def _ids(tmp_path, ids: list[str]):
+    path = tmp_path / "ids.txt"
+    path.write_text("\n".join(ids) + "\n")
+    return path

@@ -174,6 +174,14 @@ def test_command_two_fsdp_processes_match_one_with_grad_accum_and_merge(
     assert [r["step"] for r in b] == [1, 2, 3]
     assert {"step", "loss", "lr", "grad_norm", "tokens_per_s", "supervised_tokens"} <= b[0].keys()
     assert [r["supervised_tokens"] for r in a] == [r["supervised_tokens"] for r in b]
+    # --loss-weighting sample (the default) with ranks holding different sample counts: the divisor
+    # is the global sample count of the step, so the update equals one process's (checked below)
+    from medmax_cli.pack.reader import PackedShards
+
+    per_row = [len(r.boundaries) - 1 for r in PackedShards(shards).iter_rows(shuffle=False)]
+    assert any(per_row[2 * s] != per_row[2 * s + 1] for s in range(3))  # rank 0 vs rank 1, same step
+    assert [r["samples"] for r in b] == [per_row[2 * s] + per_row[2 * s + 1] for s in range(3)]
+    assert [r["samples"] for r in a] == [r["samples"] for r in b] and b[0]["loss_weighting"] == "sample"
     np.testing.assert_allclose([r["loss"] for r in a], [r["loss"] for r in b], rtol=1e-5)
     np.testing.assert_allclose([r["grad_norm"] for r in a], [r["grad_norm"] for r in b], rtol=1e-4)
     _assert_same_adapter(one / "adapter", run / "adapter", atol=1e-5)

@@ -111,6 +111,9 @@ def test_bf16_agreement_with_fp32_is_reported(tiny_model_dir, encoder, record_pr
 def test_decoder_loads_the_original_vqgan_ckpt_layout(vq_dir):
     spec = VQSpec.from_model_dir(vq_dir)
     source = _source_decoder(spec)
+    # one VQ-GAN: the checkpoint's codebook is the one the HF weights beside it hold (else refused)
+    codebook = load_file(str(vq_dir / "model.safetensors"))["model.vqmodel.quantize.embedding.weight"]
+    source.quantize.embedding.weight.data.copy_(codebook)
     state = dict(source.state_dict())
     state["encoder.conv_in.weight"] = torch.zeros(1)  # the rest of a VQ-GAN checkpoint is skipped
     state["loss.discriminator.main.0.weight"] = torch.zeros(1)

@@ -9,10 +9,16 @@ consumed before the normal answer: ("status", code, headers, body), ("reset",),
   -> {"hitCount", "nextCursorMark", "resultList": {"result": [{"id", "source": "PMC", "pmcid",
   "isOpenAccess", "license", "doi", "title", "journalTitle", "pubYear", ...}]}}; the last page
   repeats its cursor. GET {base}/{PMCID}/fullTextXML -> JATS.
-- PMC Cloud open-data bucket (pmc-oa-opendata): PMC{n}.{v}/PMC{n}.{v}.json with "pmcid",
-  "version", "license_code", "is_pmc_openaccess", "is_retracted", "xml_url", "text_url",
-  "pdf_url", "media_urls"; files under PMC{n}.{v}/ (s3:// urls in the JSON, as in the bucket);
-  versions found with an S3 ListObjectsV2 request (?list-type=2&prefix=PMC{n}.&delimiter=/).
+- PMC Cloud open-data bucket (pmc-oa-opendata), served at {base}/pmc-oa-opendata standing in for
+  NCBI's documented HTTPS form https://pmc-oa-opendata.s3.amazonaws.com/KEY of s3://pmc-oa-opendata/KEY
+  (docs/fetch.md cites the sources): per article version PMC{n}.{v}/ holding the JATS .xml, the .txt
+  and the media files, and the metadata JSON PMC{n}.{v}/PMC{n}.{v}.json (a copy under
+  metadata/PMC{n}.{v}.json) with "pmcid", "version", "mid", "doi", "license_code" ("CC BY",
+  "CC BY-NC", "CC BY-NC-ND", "TDM" or null), "is_pmc_openaccess", "is_manuscript",
+  "is_historical_ocr", "is_retracted" and the file URLs as the bucket writes them: STRINGS
+  "s3://pmc-oa-opendata/PMC{n}.{v}/FILE?md5=<hex>" ("xml_url", "text_url", "pdf_url" or null, and
+  the list "media_urls"). Versions are found with an S3 ListObjectsV2 request
+  (?list-type=2&prefix=PMC{n}.&delimiter=/). Object requests ignore the query string, like S3.
 """
 
 from __future__ import annotations
@@ -158,6 +164,8 @@ class FakeArticle:
     retracted: bool = False
     in_cloud: bool = True  # False: only Europe PMC fullTextXML has it
     bad_md5: set[str] = field(default_factory=set)  # files whose listed md5 is wrong
+    manuscript: bool = False  # an author manuscript (is_manuscript)
+    metadata_dir_only: bool = False  # the JSON only under metadata/, not beside the files
 
 
 class PmcFake:
@@ -184,30 +192,36 @@ class PmcFake:
         if not a.in_cloud:
             return
         prefix = f"{a.pmcid}.{a.version}"
+        text = b"Plain text of the article."
+
+        def url(name: str, data: bytes, *, wrong: bool = False) -> str:
+            md5 = "0" * 32 if wrong else hashlib.md5(data).hexdigest()
+            return f"s3://pmc-oa-opendata/{prefix}/{name}?md5={md5}"
+
         s.route(f"/pmc-oa-opendata/{prefix}/{prefix}.xml", a.xml, headers={"Content-Type": "application/xml"})
+        s.route(f"/pmc-oa-opendata/{prefix}/{prefix}.txt", text, headers={"Content-Type": "text/plain"})
         media_urls = []
         for name, data in sorted(a.files.items()):
             s.route(f"/pmc-oa-opendata/{prefix}/{name}", data, headers={"Content-Type": "image/jpeg"})
-            md5 = hashlib.md5(data).hexdigest()
-            if name in a.bad_md5:
-                md5 = "0" * 32
-            media_urls.append({"url": f"s3://pmc-oa-opendata/{prefix}/{name}", "md5": md5})
+            media_urls.append(url(name, data, wrong=name in a.bad_md5))
         meta = {
             "pmcid": a.pmcid,
             "version": a.version,
-            "mid": None,
-            "doi": None,
+            "mid": "NIHMS123456" if a.manuscript else None,
+            "doi": f"10.1000/{a.pmcid.lower()}",
             "license_code": a.license_code,
             "is_pmc_openaccess": a.open_access,
-            "is_manuscript": False,
+            "is_manuscript": a.manuscript,
             "is_historical_ocr": False,
             "is_retracted": a.retracted,
-            "xml_url": f"s3://pmc-oa-opendata/{prefix}/{prefix}.xml",
-            "text_url": f"s3://pmc-oa-opendata/{prefix}/{prefix}.txt",
+            "xml_url": url(f"{prefix}.xml", a.xml, wrong=f"{prefix}.xml" in a.bad_md5),
+            "text_url": url(f"{prefix}.txt", text),
             "pdf_url": None,
             "media_urls": media_urls,
         }
-        s.route(f"/pmc-oa-opendata/{prefix}/{prefix}.json", meta)
+        s.route(f"/pmc-oa-opendata/metadata/{prefix}.json", meta)
+        if not a.metadata_dir_only:
+            s.route(f"/pmc-oa-opendata/{prefix}/{prefix}.json", meta)
 
     def _list(self, path: str, query: dict[str, str]):
         """S3 ListObjectsV2 with a delimiter: the version prefixes of one article."""

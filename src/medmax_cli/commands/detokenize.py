@@ -43,6 +43,12 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu, cuda, cuda:N."),
         dtype: str = typer.Option("fp32", "--dtype", help="Decoder precision: fp32 or bf16."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Decode again images that have 'decoded'."),
+        vq_decoder: Path = typer.Option(
+            None,
+            "--vq-decoder",
+            help="Decoder weights file (.safetensors or vqgan.ckpt) instead of the model's own; may "
+            "carry its own codebook (e.g. a fine-tuned VQ-GAN).",
+        ),
         on_error: str = OnErrorOpt,
         rejects: Path = RejectsOpt,
         media_dir: Path = MediaDirOpt,
@@ -80,6 +86,7 @@ def register(app: typer.Typer) -> None:
                         device=device,
                         dtype=dtype,
                         overwrite=overwrite,
+                        decoder_file=vq_decoder,
                     )
                 )
             except (DecoderWeightsError, FileNotFoundError) as exc:

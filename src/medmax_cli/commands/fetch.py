@@ -284,6 +284,11 @@ def _register_dataset(fetch_app: typer.Typer, name: str, license_name: str, need
     def dataset_command(
         path: Path = typer.Argument(..., help="The dataset folder (or its main file)."),
         images: Path = typer.Option(None, "--images", help="Images folder when it is not beside the data."),
+        split: str = typer.Option(
+            None,
+            "--split",
+            help="Keep only these official splits (meta.split), e.g. train or test,validation.",
+        ),
         output: str = OutputOpt,
         fmt: str = FormatOpt,
         on_error: str = OnErrorOpt,
@@ -291,7 +296,7 @@ def _register_dataset(fetch_app: typer.Typer, name: str, license_name: str, need
         media_dir: Path = MediaDirOpt,
         quiet: bool = QuietOpt,
     ) -> None:
-        from medmax_cli.fetch.datasets import SOURCES
+        from medmax_cli.fetch.datasets import SOURCES, select_splits
         from medmax_cli.records import RecordError
 
         if not path.exists():
@@ -311,7 +316,9 @@ def _register_dataset(fetch_app: typer.Typer, name: str, license_name: str, need
             quiet=quiet,
         ) as io:
             try:
-                io.write_all(reader(path, media=io.media, policy=io.policy, images=images))
+                splits = frozenset(p.strip() for p in split.split(",") if p.strip()) if split else None
+                records = reader(path, media=io.media, policy=io.policy, images=images)
+                io.write_all(select_splits(records, splits, io.policy))
             except RecordError as exc:
                 if exc.where is None and exc.record_id is None:
                     raise fail(str(exc), code=1) from None

@@ -43,6 +43,14 @@ def register(app: typer.Typer) -> None:
             "--lora-modules-to-save",
             help="Comma-separated modules trained in full, saved in the adapter.",
         ),
+        adapter_dtype: str = _opt(
+            None, "--adapter-dtype", help="LoRA adapter weights: fp32 or bf16 (less memory) [fp32]."
+        ),
+        loss_weighting: str = _opt(
+            None,
+            "--loss-weighting",
+            help="sample: every sample weighs the same (MedMax) or token: every token [sample].",
+        ),
         lr: float = _opt(None, "--lr", help="Peak learning rate [1e-4]."),
         lr_schedule: str = _opt(None, "--lr-schedule", help="cosine or constant, after warm-up [cosine]."),
         warmup_ratio: float = _opt(None, "--warmup-ratio", help="Warm-up fraction of the steps [0.1]."),

@@ -73,7 +73,14 @@ def register(app: typer.Typer) -> None:
         train_on: str = typer.Option(
             "assistant",
             "--train-on",
-            help="Labels on: assistant (turns + their closing SEP/EOS) or all (every token but BOS).",
+            help="Labels on: assistant (turns + their closing SEP/EOS), all (every token but BOS) or "
+            "medmax (everything after the first SEP, as MedMax's training code).",
+        ),
+        alpha: str = typer.Option(
+            "white",
+            "--alpha",
+            help="Alpha rule of the image tokens: white or drop (as tokenize-images --alpha); "
+            "tokens made with the other one are refused.",
         ),
         max_count: int = typer.Option(1000, "--max-count", help="Rows per shard at most."),
         max_size: str = typer.Option("1G", "--max-size", help="Bytes per shard at most (e.g. 500M, 2G)."),
@@ -101,6 +108,7 @@ def register(app: typer.Typer) -> None:
         if train_on not in TRAIN_ON:
             raise fail(f"--train-on must be one of {', '.join(TRAIN_ON)}; got {train_on!r}")
         check_choice("--dtype", dtype, ("fp32", "bf16"))
+        check_choice("--alpha", alpha, ("white", "drop"))
         if workers < 0:
             raise fail("--workers must be >= 0")
         if seq_len < 2 or pack_buffer < 1 or max_count < 1 or batch_size < 1 or image_batch_size < 1:
@@ -113,6 +121,7 @@ def register(app: typer.Typer) -> None:
             pack_buffer=pack_buffer,
             seed=seed,
             train_on=train_on,
+            alpha=alpha,
             max_count=max_count,
             max_size=_parse_size(max_size),
             batch_size=batch_size,
@@ -147,7 +156,7 @@ def register(app: typer.Typer) -> None:
             quiet=quiet,
             validate_input=False,  # pack_to_dir validates, with a fast path for token lists
         ) as io:
-            encode = _image_encoder(model_dir, io, image_batch_size, device, dtype)
+            encode = _image_encoder(model_dir, io, image_batch_size, device, dtype, alpha)
             manifest = pack_to_dir(
                 io.records,
                 output,
@@ -168,7 +177,7 @@ def register(app: typer.Typer) -> None:
             )
 
 
-def _image_encoder(model_dir: Path, io: StageIO, batch_size: int, device: str, dtype: str):
+def _image_encoder(model_dir: Path, io: StageIO, batch_size: int, device: str, dtype: str, alpha: str):
     """A function that tokenises the images of a batch of records, or None without the vision library."""
     try:
         from medmax_cli.vision.tokenize import tokenize_images
@@ -191,6 +200,7 @@ def _image_encoder(model_dir: Path, io: StageIO, batch_size: int, device: str, d
             device=device,
             dtype=dtype,
             encoder=state["encoder"],
+            alpha=alpha,
         )
 
     return encode

@@ -64,6 +64,12 @@ def register(app: typer.Typer) -> None:
             False, "--compile", help="torch.compile the encoder (GPU; slow first batch)."
         ),
         cache_dir: Path = typer.Option(None, "--cache-dir", help="Token cache directory [MEDIA_DIR/.cache]."),
+        alpha: str = typer.Option(
+            "white",
+            "--alpha",
+            help="Transparency: white (blend onto white, as Anole and MedMax's evaluation) or drop "
+            "(plain RGB conversion, as MedMax's released training tokens).",
+        ),
         on_error: str = OnErrorOpt,
         rejects: Path = RejectsOpt,
         media_dir: Path = MediaDirOpt,
@@ -71,6 +77,7 @@ def register(app: typer.Typer) -> None:
         quiet: bool = QuietOpt,
     ) -> None:
         check_choice("--dtype", dtype, ("fp32", "bf16"))
+        check_choice("--alpha", alpha, ("white", "drop"))
         if batch_size < 1 or workers < 0:
             raise fail("--batch-size must be >= 1 and --workers >= 0")
         if device != "auto" and not (device == "cpu" or device.startswith("cuda")):
@@ -106,5 +113,6 @@ def register(app: typer.Typer) -> None:
                     workers=workers,
                     cache_dir=cache_dir,
                     compile=compile,
+                    alpha=alpha,
                 )
             )

@@ -1,8 +1,11 @@
 """Readers for public biomedical datasets a user has downloaded, each in its published layout.
 
-Column and file names follow the datasets' own cards/releases (listed per reader). Every reader
-yields schema-v1 source records with the licence on each, imports images into the media store
-(paths are resolved inside the dataset folder only), and sends bad rows through the policy.
+Column and file names follow the datasets' own cards/releases (cited per source in docs/fetch.md).
+Every reader yields schema-v1 source records with the licence on each, imports images into the
+media store (paths are resolved inside the dataset folder only), and accounts for every row it
+reads: `in` counts rows read, the writer counts `out`, and each rejected or skipped row is
+counted under its reason, so in = out + rejected + skipped. A file that cannot be read at all
+(bad JSON, not parquet, wrong header) is one clear error naming the file, never a traceback.
 `SOURCES` is the registry behind `medmax fetch --list` and `medmax fetch <name> PATH`.
 """
 
@@ -15,14 +18,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from medmax_cli.fetch.figures import skip
+from medmax_cli.fetch.medmax import options_in_prompt, read_medmax, read_medmax_eval
+from medmax_cli.fetch.rows import (
+    Row,
+    closed_or_open,
+    csv_rows,
+    emit,
+    file_error,
+    find,
+    hf_image,
+    image_file,
+    json_rows,
+    parquet_files,
+    parquet_rows,
+    shard_split,
+)
 from medmax_cli.media import MediaError, MediaStore, safe_relative_path
-from medmax_cli.records import RecordError, make_id, validate
+from medmax_cli.records import RecordError, make_id
 from medmax_cli.streams import ErrorPolicy
 
 Reader = Callable[..., Iterator[dict[str, Any]]]
+__all__ = ["SOURCES", "Source", "describe_sources", "options_in_prompt", "read_medmax", "read_medmax_eval"]
 
 
 @dataclass(frozen=True)
@@ -34,362 +51,483 @@ class Source:
     reader: Reader | None  # None: handled by its own command (pmc, jats, jsonl)
 
 
-def _image(media: MediaStore, root: Path, relative: str, what: str) -> dict[str, Any]:
-    return media.import_file(safe_relative_path(root, relative, what=what), what=what)
-
-
-def _emit(rows: Iterator[tuple[str, Callable[[], dict[str, Any]]]], policy: ErrorPolicy) -> Iterator[dict]:
-    """Build each record lazily so one bad row is rejected (with its location) and the rest go on."""
-    for where, build in rows:
-        try:
-            record = build()
-            if record is None:
-                continue
-            validate(record)
-        except (RecordError, MediaError, KeyError, ValueError, TypeError) as exc:
-            error = exc if isinstance(exc, (RecordError, MediaError)) else RecordError(f"bad row ({exc!r})")
-            policy.reject(error, None, where=where)
-            continue
-        policy.report.count("rows")
-        yield record
-
-
-def _read_json(path: Path) -> Any:
-    return orjson.loads(path.read_bytes())
-
-
-def _find(root: Path, *names: str) -> Path:
-    for name in names:
-        if (root / name).exists():
-            return root / name
-    raise RecordError(f"{root}: none of {', '.join(names)} found (is this the published layout?)")
-
-
-def _closed_or_open(answer: str) -> str:
-    return "closed" if answer.strip().lower() in ("yes", "no") else "open"
-
-
-# --------------------------------------------------------------------------- MedMax
-
-
-def read_medmax(
-    path: Path, *, media: MediaStore, policy: ErrorPolicy, images: Path | None = None, **_: Any
-) -> Iterator[dict]:
-    """Released MedMax rows (train.jsonl: text, tokens, image_path, task, source, credential).
-
-    Rows with credential "yes" come without tokens or image paths: they are kept as
-    `credential: true` records for users who bring the credentialed images.
-    """
-    file = path if path.is_file() else _find(path, "train.jsonl", "data/train.jsonl")
-    root = images or file.parent
-
-    def rows() -> Iterator[tuple[str, Callable[[], dict]]]:
-        with open(file, "rb") as handle:
-            for line_no, line in enumerate(handle, 1):
-                if line.strip():
-                    yield f"{file}:{line_no}", lambda line=line, n=line_no: build(orjson.loads(line), n)
-
-    def build(row: dict, n: int) -> dict:
-        credential = str(row.get("credential", "no")).strip().lower() in ("yes", "true", "1")
-        paths = row.get("image_path") or []
-        paths = [paths] if isinstance(paths, str) else list(paths)
-        refs = [] if credential else [_image(media, root, p, f"row {n} image {p}") for p in paths if p]
-        record = {
-            "id": make_id("medmax", n),
-            "kind": "instance",
-            "source": "medmax",
-            "license": "medmax-mixed",
-            "credential": credential,
-            "images": refs,
-            "text": row.get("text") or "",
-            "meta": {"task": row.get("task"), "source": row.get("source"), "image_path": paths},
-        }
-        if row.get("tokens") and not credential:
-            record["tokens"] = [int(t) for t in row["tokens"]]
-        return record
-
-    yield from _emit(rows(), policy)
-
-
-def _parquet_rows(path: Path) -> Iterator[tuple[str, dict]]:
-    import pyarrow.parquet as pq
-
-    files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
-    if not files:
-        raise RecordError(f"{path}: no .parquet files")
-    for file in files:
-        table = pq.read_table(file)
-        for index, row in enumerate(table.to_pylist()):
-            yield f"{file}:{index}", row
-
-
-_OPTION_LINE = re.compile(r"^\s*\(?([A-H])\s*[).:]\s*(.+?)\s*$")
-
-
-def options_in_prompt(prompt: str) -> list[str]:
-    """Option texts listed one per line as "A: ...", "A. ...", "(A) ..." (consecutive letters from A)."""
-    options: list[str] = []
-    for line in prompt.splitlines():
-        match = _OPTION_LINE.match(line)
-        if match and ord(match.group(1)) - ord("A") == len(options):
-            options.append(match.group(2))
-    return options if len(options) >= 2 else []
-
-
-def read_medmax_eval(
-    path: Path, *, media: MediaStore, policy: ErrorPolicy, images: Path | None = None, **_: Any
-) -> Iterator[dict]:
-    """MedMax evaluation parquet (task_name, question_type closed|open|mcq, prompt, answer, image_path)."""
-    root = images or (path if path.is_dir() else path.parent)
-    types = {"closed": "closed", "open": "open", "mcq": "multiple_choice"}
-
-    def build(row: dict, where: str) -> dict:
-        qtype = row["question_type"]
-        options = options_in_prompt(row["prompt"]) if qtype == "mcq" else []
-        return {
-            "id": make_id("medmax_eval", row["task_name"], qtype, where.rsplit(":", 1)[1]),
-            "kind": "qa",
-            "source": "medmax-eval",
-            "license": "medmax-eval-mixed",
-            "credential": False,
-            "question": row["prompt"],
-            "answer": str(row["answer"]),
-            "question_type": types[qtype],
-            "images": [_image(media, root, row["image_path"], f"{where} image")],
-            **({"options": options} if options else {}),
-            # The released prompt already holds the instruction (and the lettered options):
-            # synthesize must ask it word for word, as MedMax did.
-            "meta": {"eval_task": f"{row['task_name']}_{qtype}", "verbatim_prompt": True},
-        }
-
-    yield from _emit(((w, lambda r=r, w=w: build(r, w)) for w, r in _parquet_rows(path)), policy)
-
-
 # --------------------------------------------------------------------------- VQA sets
 
+VQA_RAD_TEST_PHRASES = ("test_freeform", "test_para")  # the official test set (OSF release)
 
-def read_vqa_rad(path: Path, *, media: MediaStore, policy: ErrorPolicy, **_: Any) -> Iterator[dict]:
-    """VQA-RAD (OSF release): 'VQA_RAD Dataset Public.json' + 'VQA_RAD Image Folder/'."""
+
+def _vqa_rad_split(phrase_type: Any) -> str | None:
+    if not phrase_type:
+        return None
+    return "test" if str(phrase_type) in VQA_RAD_TEST_PHRASES else "train"
+
+
+def read_vqa_rad(
+    path: Path, *, media: MediaStore, policy: ErrorPolicy, images: Path | None = None, **_: Any
+) -> Iterator[dict]:
+    """VQA-RAD: the OSF release ('VQA_RAD Dataset Public.json' + 'VQA_RAD Image Folder/'), or a
+    Hugging Face mirror (parquet `image`, `question`, `answer`; split from the file name).
+
+    `phrase_type` is the official split (test_freeform/test_para: test); it goes to `meta.split`,
+    with `qid_linked_id` (which questions paraphrase one another) in meta too.
+    """
+    if path.suffix == ".parquet" or (path.is_dir() and any(path.rglob("*.parquet"))):
+        yield from _vqa_rad_parquet(path, media=media, policy=policy)
+        return
     file = (
-        path if path.is_file() else _find(path, "VQA_RAD Dataset Public.json", "VQA_RAD_Dataset_Public.json")
+        path if path.is_file() else find(path, "VQA_RAD Dataset Public.json", "VQA_RAD_Dataset_Public.json")
     )
-    folder = file.parent / "VQA_RAD Image Folder"
+    folder = images or file.parent / "VQA_RAD Image Folder"
     if not folder.exists():
         folder = file.parent
 
     def build(row: dict, i: int) -> dict:
         answer = str(row["answer"])
-        qtype = "closed" if str(row.get("answer_type", "")).upper() == "CLOSED" else "open"
+        qtype = "closed" if str(row.get("answer_type", "")).strip().upper() == "CLOSED" else "open"
         return {
             "id": make_id("vqa_rad", row.get("qid", i)),
             "kind": "qa",
             "source": "vqa-rad",
             "license": "cc0",
             "credential": False,
-            "question": row["question"],
+            "question": str(row["question"]),
             "answer": answer,
             "question_type": qtype,
-            "images": [_image(media, folder, row["image_name"], f"{file.name}[{i}] image")],
-            "meta": {"organ": row.get("image_organ"), "vqa_rad_question_type": row.get("question_type")},
+            "images": [image_file(media, folder, str(row["image_name"]), f"{file.name}[{i}] image")],
+            "meta": {
+                "split": _vqa_rad_split(row.get("phrase_type")),
+                "phrase_type": row.get("phrase_type"),
+                "qid_linked_id": row.get("qid_linked_id"),
+                "organ": row.get("image_organ"),
+                "vqa_rad_question_type": row.get("question_type"),
+            },
         }
 
-    rows = _read_json(file)
-    yield from _emit(((f"{file}[{i}]", lambda r=r, i=i: build(r, i)) for i, r in enumerate(rows)), policy)
+    rows = json_rows(file, policy)
+    if rows is None:
+        return
+    yield from emit(((f"{file}[{i}]", lambda r=r, i=i: build(r, i)) for i, r in enumerate(rows)), policy)
+
+
+def _vqa_rad_parquet(path: Path, *, media: MediaStore, policy: ErrorPolicy) -> Iterator[dict]:
+    def build(file: Path, index: int, row: dict) -> dict:
+        split, shard = shard_split(file)
+        answer = str(row["answer"])
+        return {
+            "id": make_id("vqa_rad", split, shard, index),
+            "kind": "qa",
+            "source": "vqa-rad",
+            "license": "cc0",
+            "credential": False,
+            "question": str(row["question"]),
+            "answer": answer,
+            "question_type": closed_or_open(answer),
+            "images": [hf_image(media, row["image"], f"{file.name}:{index} image")],
+            "meta": {"split": split},
+        }
+
+    rows = parquet_rows(parquet_files(path), policy)
+    yield from emit(((f"{f}:{i}", lambda f=f, i=i, r=r: build(f, i, r)) for f, i, r in rows), policy)
+
+
+SLAKE_FILES = ("train.json", "validation.json", "validate.json", "test.json")
 
 
 def read_slake(
-    path: Path, *, media: MediaStore, policy: ErrorPolicy, language: str = "en", **_: Any
+    path: Path,
+    *,
+    media: MediaStore,
+    policy: ErrorPolicy,
+    images: Path | None = None,
+    language: str = "en",
+    **_: Any,
 ) -> Iterator[dict]:
-    """SLAKE: train.json / validate.json / test.json (img_name, question, answer, answer_type, q_lang, qid) + imgs/."""
-    files = (
-        [path]
-        if path.is_file()
-        else [path / n for n in ("train.json", "validate.json", "test.json") if (path / n).exists()]
-    )
+    """SLAKE: train.json / validate.json (BoKelvin/SLAKE; mirrors say validation.json) / test.json
+    (img_name, question, answer, answer_type, q_lang, qid, ...) + imgs/."""
+    files = [path] if path.is_file() else [path / n for n in SLAKE_FILES if (path / n).exists()]
     if not files:
-        raise RecordError(f"{path}: no SLAKE train.json/validate.json/test.json")
+        raise RecordError(f"{path}: no SLAKE {', '.join(SLAKE_FILES)}")
 
     def build(row: dict, file: Path, i: int) -> dict | None:
         if language and row.get("q_lang", "en") != language:
-            skip(policy, f"language {row.get('q_lang')} not selected", where=f"{file}[{i}]")
+            skip(policy, f"language {row.get('q_lang')} not selected (--language)", where=f"{file}[{i}]")
             return None
-        folder = file.parent / "imgs" if (file.parent / "imgs").exists() else file.parent
-        qtype = "closed" if str(row.get("answer_type", "")).upper() == "CLOSED" else "open"
+        folder = images or (file.parent / "imgs" if (file.parent / "imgs").exists() else file.parent)
+        qtype = "closed" if str(row.get("answer_type", "")).strip().upper() == "CLOSED" else "open"
+        split = "validation" if file.stem == "validate" else file.stem
         return {
-            "id": make_id("slake", file.stem, row.get("qid", i)),
+            "id": make_id("slake", split, row.get("qid", i)),
             "kind": "qa",
             "source": "slake",
             "license": "cc-by",
             "credential": False,
-            "question": row["question"],
+            "question": str(row["question"]),
             "answer": str(row["answer"]),
             "question_type": qtype,
-            "images": [_image(media, folder, row["img_name"], f"{file.name}[{i}] image")],
-            "meta": {"split": file.stem, "modality": row.get("modality"), "location": row.get("location")},
+            "images": [image_file(media, folder, str(row["img_name"]), f"{file.name}[{i}] image")],
+            "meta": {
+                "split": split,
+                "modality": row.get("modality"),
+                "location": row.get("location"),
+                "content_type": row.get("content_type"),
+            },
         }
 
-    def rows() -> Iterator[tuple[str, Callable[[], dict | None]]]:
+    def rows() -> Iterator[Row]:
         for file in files:
-            for i, row in enumerate(_read_json(file)):
+            for i, row in enumerate(json_rows(file, policy) or []):
                 yield f"{file}[{i}]", lambda r=row, f=file, i=i: build(r, f, i)
 
-    yield from _emit(rows(), policy)  # type: ignore[arg-type]
+    yield from emit(rows(), policy)
 
 
 def read_pathvqa(path: Path, *, media: MediaStore, policy: ErrorPolicy, **_: Any) -> Iterator[dict]:
-    """PathVQA (Hugging Face parquet release: image {bytes, path}, question, answer)."""
+    """PathVQA, Hugging Face parquet release: `data/{split}-{k}-of-{n}-<hash>.parquet` (every split
+    sharded; row numbers restart in each shard) with image {bytes, path}, question, answer."""
 
-    def build(row: dict, where: str) -> dict:
-        image = row["image"]
-        data = image.get("bytes") if isinstance(image, dict) else image
+    def build(file: Path, index: int, row: dict) -> dict:
+        split, shard = shard_split(file)
         answer = str(row["answer"])
-        split = Path(where.rsplit(":", 1)[0]).stem.split("-")[0]
         return {
-            "id": make_id("pathvqa", split, where.rsplit(":", 1)[1]),
+            "id": make_id("pathvqa", split, shard, index),
             "kind": "qa",
             "source": "pathvqa",
             "license": "mit",
             "credential": False,
-            "question": row["question"],
+            "question": str(row["question"]),
             "answer": answer,
-            "question_type": _closed_or_open(answer),
-            "images": [media.put(data, what=f"{where} image")],
-            "meta": {},
+            "question_type": closed_or_open(answer),
+            "images": [hf_image(media, row["image"], f"{file.name}:{index} image")],
+            "meta": {"split": split},
         }
 
-    yield from _emit(((w, lambda r=r, w=w: build(r, w)) for w, r in _parquet_rows(path)), policy)
+    rows = parquet_rows(parquet_files(path), policy)
+    yield from emit(((f"{f}:{i}", lambda f=f, i=i, r=r: build(f, i, r)) for f, i, r in rows), policy)
 
 
-def read_pmc_vqa(path: Path, *, media: MediaStore, policy: ErrorPolicy, **_: Any) -> Iterator[dict]:
-    """PMC-VQA: train.csv / test.csv (Figure_path, Question, Answer, Choice A-D, Answer_label) + figures/."""
-    files = [path] if path.is_file() else sorted(p for p in path.glob("*.csv"))
-    if not files:
-        raise RecordError(f"{path}: no PMC-VQA csv files")
+PMC_VQA_V1 = ("Figure_path", "Question", "Choice A", "Choice B", "Answer_label")
+PMC_VQA_V2 = ("Figure_path", "Question", "Choice A", "Choice B", "Answer")
+_LETTERED = re.compile(r"^\s*([A-H])\s*[:.)]\s*(.*?)\s*$", re.S)
 
-    def build(row: dict, file: Path, i: int) -> dict:
-        folder = file.parent / "figures" if (file.parent / "figures").exists() else file.parent / "images"
+
+def _option_text(raw: str, letter: str) -> str:
+    match = _LETTERED.match(raw or "")
+    return match.group(2) if match and match.group(1) == letter else (raw or "").strip()
+
+
+def read_pmc_vqa(
+    path: Path, *, media: MediaStore, policy: ErrorPolicy, images: Path | None = None, **_: Any
+) -> Iterator[dict]:
+    """PMC-VQA, told apart by header: v2 `train_2.csv`/`test_2.csv` (index, Figure_path, Caption,
+    Question, Choice A-D, Answer = the letter, split; images in figures/) and v1 `train.csv`/
+    `test.csv` (Figure_path, Question, Answer = text, Choice A-D, Answer_label; images in images/).
+    In a folder, `test_clean.csv` (a subset of v1 test) is left out, counted; give it as PATH to
+    read it alone."""
+    if path.is_file():
+        files = [path]
+    else:
+        files = sorted(p for p in path.glob("*.csv"))
+        if not files:
+            raise RecordError(f"{path}: no PMC-VQA csv files")
+        for file in [f for f in files if f.name == "test_clean.csv"]:
+            skip(policy, "file not read: test_clean.csv is a subset of test.csv", where=str(file))
+            files.remove(file)
+
+    def build(row: dict, file: Path, line: int, version: int) -> dict:
+        folder = images or file.parent / ("figures" if version == 2 else "images")
+        if not folder.exists():
+            folder = file.parent
         options = []
         for letter in "ABCD":
-            text = (row.get(f"Choice {letter}") or "").strip()
+            text = _option_text(row.get(f"Choice {letter}") or "", letter)
             if text:
-                options.append(text.split(":", 1)[1].strip() if text[:2] == f"{letter}:" else text)
+                options.append(text)
+        if version == 2:
+            letter = (row.get("Answer") or "").strip().strip(":").strip()
+            answer_text = ""
+        else:
+            letter = (row.get("Answer_label") or "").strip()
+            answer_text = (row.get("Answer") or row.get("Anwser") or "").strip()
+        if len(letter) != 1 or not "A" <= letter <= "D":
+            raise RecordError(f"answer {letter!r} is not an option letter A-D")
+        meta = {"version": version, "answer_text": answer_text or options["ABCD".index(letter)]}
+        meta["split"] = (row.get("split") or file.stem.removesuffix("_2")).strip()
+        if version == 2:
+            meta.update(caption=(row.get("Caption") or "").strip(), index=row.get("index"))
         return {
-            "id": make_id("pmc_vqa", file.stem, i),
+            "id": make_id("pmc_vqa", file.stem, line),
             "kind": "qa",
             "source": "pmc-vqa",
             "license": "cc-by-sa",
             "credential": False,
             "question": row["Question"].strip(),
-            "answer": row["Answer_label"].strip(),
+            "answer": letter,
             "options": options,
             "question_type": "multiple_choice",
-            "images": [_image(media, folder, row["Figure_path"], f"{file.name}:{i + 2} image")],
-            "meta": {"answer_text": (row.get("Answer") or "").strip(), "split": file.stem},
+            "images": [image_file(media, folder, row["Figure_path"].strip(), f"{file.name}:{line} image")],
+            "meta": meta,
         }
 
-    def rows() -> Iterator[tuple[str, Callable[[], dict]]]:
+    def rows() -> Iterator[Row]:
         for file in files:
-            with open(file, newline="", encoding="utf-8") as handle:
-                for i, row in enumerate(csv.DictReader(handle)):
-                    yield f"{file}:{i + 2}", lambda r=row, f=file, i=i: build(r, f, i)
+            version = _pmc_vqa_version(file, policy)
+            if version is None:
+                continue
+            for line, row in csv_rows(file, policy, PMC_VQA_V2 if version == 2 else PMC_VQA_V1):
+                yield f"{file}:{line}", lambda r=row, f=file, n=line, v=version: build(r, f, n, v)
 
-    yield from _emit(rows(), policy)
+    yield from emit(rows(), policy)
+
+
+def _pmc_vqa_version(file: Path, policy: ErrorPolicy) -> int | None:
+    try:
+        with open(file, newline="", encoding="utf-8-sig") as handle:
+            header = next(csv.reader(handle), [])
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        file_error(policy, file, f"unreadable CSV ({exc})")
+        return None
+    if "Answer_label" in header:
+        return 1
+    if "Figure_path" in header and "Answer" in header:
+        return 2
+    file_error(policy, file, f"not a PMC-VQA v1 or v2 header: {', '.join(header)}")
+    return None
 
 
 # --------------------------------------------------------------------------- conversations and captions
 
-
-def _chat(source: str, license: str, default_names: tuple[str, ...]) -> Reader:
-    def read(
-        path: Path, *, media: MediaStore, policy: ErrorPolicy, images: Path | None = None, **_: Any
-    ) -> Iterator[dict]:
-        file = path if path.is_file() else _find(path, *default_names)
-        root = images or file.parent
-        if (root / "images").is_dir() and images is None:
-            root = root / "images"
-
-        def build(row: dict, i: int) -> dict:
-            paths = row.get("image") or []
-            paths = [paths] if isinstance(paths, str) else list(paths)
-            roles = {"human": "user", "gpt": "assistant", "user": "user", "assistant": "assistant"}
-            conversation = [
-                {"role": roles[turn["from"]], "text": turn["value"]} for turn in row["conversations"]
-            ]
-            return {
-                "id": make_id(source.replace("-", "_"), row.get("id", i)),
-                "kind": "chat",
-                "source": source,
-                "license": license,
-                "credential": False,
-                "conversation": conversation,
-                "images": [_image(media, root, p, f"{file.name}[{i}] image") for p in paths],
-                "meta": {k: row[k] for k in ("modality", "body_part", "domain") if k in row},
-            }
-
-        rows = _read_json(file)
-        yield from _emit(((f"{file}[{i}]", lambda r=r, i=i: build(r, i)) for i, r in enumerate(rows)), policy)
-
-    return read
+ROLES = {"human": "user", "gpt": "assistant", "user": "user", "assistant": "assistant"}
 
 
-read_pubmedvision = _chat(
-    "pubmedvision",
-    "apache-2.0",
-    ("PubMedVision_InstructionTuning_VQA.json", "PubMedVision_Alignment_VQA.json"),
-)
-read_llava_med = _chat(
-    "llava-med",
-    "cc-by-nc",
-    (
-        "llava_med_instruct_60k_inline_mention.json",
-        "llava_med_instruct_60k.json",
-        "llava_med_alignment_500k.json",
-    ),
-)
+def _conversation(row: dict) -> list[dict[str, str]]:
+    # LLaVA-Med's alignment rows spell the key "conversatons" (sic); its loaders accept both.
+    turns = row.get("conversations", row.get("conversatons"))
+    if not isinstance(turns, list) or not turns:
+        raise RecordError("row has no 'conversations' (nor LLaVA-Med's 'conversatons') list")
+    return [{"role": ROLES[turn["from"]], "text": str(turn["value"])} for turn in turns]
 
 
-def read_rocov2(path: Path, *, media: MediaStore, policy: ErrorPolicy, **_: Any) -> Iterator[dict]:
-    """ROCOv2: {split}_captions.csv (ID, Caption) with images in {split}/{ID}.jpg."""
-    files = sorted(path.glob("*_captions.csv")) if path.is_dir() else [path]
+def _resolve_image(media: MediaStore, roots: list[Path], relative: str, what: str) -> dict[str, Any]:
+    """The first root holding `relative` (each checked to stay inside its root)."""
+    for root in roots:
+        full = safe_relative_path(root, relative, what=what)
+        if full.is_file():
+            return media.import_file(full, what=what)
+    raise MediaError(f"{what}: {relative!r} not found under {' or '.join(str(r) for r in roots)}")
+
+
+def _chat_records(
+    files: list[Path],
+    *,
+    source: str,
+    license: str,
+    roots_of: Callable[[Path], list[Path]],
+    media: MediaStore,
+    policy: ErrorPolicy,
+) -> Iterator[dict]:
+    def build(row: dict, file: Path, i: int) -> dict:
+        paths = row.get("image") or []
+        paths = [paths] if isinstance(paths, str) else list(paths)
+        roots = roots_of(file)
+        return {
+            "id": make_id(source.replace("-", "_"), file.stem, i, row.get("id")),
+            "kind": "chat",
+            "source": source,
+            "license": license,
+            "credential": False,
+            "conversation": _conversation(row),
+            "images": [_resolve_image(media, roots, str(p), f"{file.name}[{i}] image") for p in paths],
+            "meta": {
+                "file": file.name,
+                **{k: row[k] for k in ("modality", "body_part", "domain", "pmc_fig_url") if k in row},
+            },
+        }
+
+    def rows() -> Iterator[Row]:
+        for file in files:
+            for i, row in enumerate(json_rows(file, policy) or []):
+                yield f"{file}[{i}]", lambda r=row, f=file, i=i: build(r, f, i)
+
+    yield from emit(rows(), policy)
+
+
+PUBMEDVISION_FILES = ("PubMedVision_Alignment_VQA.json", "PubMedVision_InstructionTuning_VQA.json")
+
+
+def read_pubmedvision(
+    path: Path, *, media: MediaStore, policy: ErrorPolicy, images: Path | None = None, **_: Any
+) -> Iterator[dict]:
+    """PubMedVision: `PubMedVision_{Alignment,InstructionTuning}_VQA.json` (id, image [list],
+    conversations, modality, body_part); image paths are relative to the dataset root and start
+    with `images/`. `--images` may name the dataset root or the images/ folder itself."""
+    files = [path] if path.is_file() else [path / n for n in PUBMEDVISION_FILES if (path / n).exists()]
     if not files:
-        raise RecordError(f"{path}: no ROCOv2 *_captions.csv")
+        raise RecordError(f"{path}: none of {', '.join(PUBMEDVISION_FILES)} found")
 
-    def build(row: dict, file: Path) -> dict:
+    def roots_of(file: Path) -> list[Path]:
+        root = images or file.parent
+        return [root, root.parent] if root.name == "images" else [root]
+
+    yield from _chat_records(
+        files, source="pubmedvision", license="apache-2.0", roots_of=roots_of, media=media, policy=policy
+    )
+
+
+LLAVA_MED_ALIGNMENT = ("llava_med_alignment_500k.json",)
+# Alternative renderings of the same 60K conversations (10K is a subset): only the first found is read.
+LLAVA_MED_INSTRUCT = (
+    "llava_med_instruct_60k_inline_mention.json",
+    "llava_med_instruct_60k.json",
+    "llava_med_instruct_10k.json",
+)
+
+
+def read_llava_med(
+    path: Path, *, media: MediaStore, policy: ErrorPolicy, images: Path | None = None, **_: Any
+) -> Iterator[dict]:
+    """LLaVA-Med as its download_data.sh lays it out: data/alignment/llava_med_alignment_500k.json
+    (key `conversatons`, sic), data/instruct/llava_med_instruct_*.json, images in data/images/.
+    PATH is the repository root, its data/ folder, or one JSON file."""
+    if path.is_file():
+        files = [path]
+        data = path.parent.parent if path.parent.name in ("alignment", "instruct") else path.parent
+    else:
+        data = path / "data" if (path / "data").is_dir() else path
+        files = []
+        for folder, names in (("alignment", LLAVA_MED_ALIGNMENT), ("instruct", LLAVA_MED_INSTRUCT)):
+            found = [data / folder / n for n in names if (data / folder / n).exists()]
+            found += [data / n for n in names if (data / n).exists()]
+            files += found[:1]
+            for other in found[1:]:
+                skip(policy, f"file not read: {other.name} renders the same conversations as {found[0].name}")
+        if not files:
+            raise RecordError(f"{path}: no LLaVA-Med alignment/ or instruct/ JSON found")
+    root = images or (data / "images" if (data / "images").is_dir() else data)
+    yield from _chat_records(
+        files,
+        source="llava-med",
+        license="cc-by-nc",
+        roots_of=lambda _file: [root],
+        media=media,
+        policy=policy,
+    )
+
+
+# ROCOv2 images come from PMC OA articles under CC BY or CC BY-NC; the release does not say which
+# per image, and the dataset as distributed is CC BY-NC-SA 4.0: that is what each record carries.
+ROCOV2_LICENSE = "cc-by-nc-sa"
+
+
+def read_rocov2(
+    path: Path, *, media: MediaStore, policy: ErrorPolicy, images: Path | None = None, **_: Any
+) -> Iterator[dict]:
+    """ROCOv2: `{split}_captions.csv` (ID, Caption) + `{split}_concepts.csv` (ID, CUIs, ';'-joined)
+    with images `{split}/{ID}.jpg`; or the Hugging Face parquet (image, image_id, caption, cui)."""
+    if path.suffix == ".parquet" or (path.is_dir() and not any(path.glob("*_captions.csv"))):
+        if path.is_dir() and not any(path.rglob("*.parquet")):
+            raise RecordError(f"{path}: no ROCOv2 *_captions.csv nor Hugging Face parquet files")
+        yield from _rocov2_parquet(path, media=media, policy=policy)
+        return
+    files = sorted(path.glob("*_captions.csv")) if path.is_dir() else [path]
+
+    def concepts_of(file: Path) -> dict[str, list[str]]:
+        split = file.name.removesuffix("_captions.csv")
+        table: dict[str, list[str]] = {}
+        concepts = file.with_name(f"{split}_concepts.csv")
+        if concepts.exists():
+            for _line, row in csv_rows(concepts, policy, ("ID", "CUIs")):
+                table[row["ID"].strip()] = [c for c in re.split(r"[;,\s]+", row["CUIs"] or "") if c]
+        return table
+
+    def build(row: dict, file: Path, cuis: dict[str, list[str]]) -> dict:
         split = file.name.removesuffix("_captions.csv")
         image_id = row["ID"].strip()
+        folder = (images or file.parent) / split
         return {
             "id": make_id("rocov2", image_id),
             "kind": "figure",
             "source": "rocov2",
-            "license": "cc-by",
+            "license": ROCOV2_LICENSE,
             "credential": False,
             "caption": row["Caption"].strip(),
             "label": "",
             "figure_id": image_id,
             "mentions": [],
-            "images": [_image(media, file.parent / split, f"{image_id}.jpg", f"{image_id} image")],
-            "meta": {"split": split},
+            "images": [image_file(media, folder, f"{image_id}.jpg", f"{image_id} image")],
+            "meta": {"split": split, "cuis": cuis.get(image_id, []), "image_license": "cc-by or cc-by-nc"},
         }
 
-    def rows() -> Iterator[tuple[str, Callable[[], dict]]]:
+    def rows() -> Iterator[Row]:
         for file in files:
-            with open(file, newline="", encoding="utf-8") as handle:
-                for i, row in enumerate(csv.DictReader(handle)):
-                    yield f"{file}:{i + 2}", lambda r=row, f=file: build(r, f)
+            cuis = concepts_of(file)
+            for line, row in csv_rows(file, policy, ("ID", "Caption")):
+                yield f"{file}:{line}", lambda r=row, f=file, c=cuis: build(r, f, c)
 
-    yield from _emit(rows(), policy)
+    yield from emit(rows(), policy)
+
+
+def _rocov2_parquet(path: Path, *, media: MediaStore, policy: ErrorPolicy) -> Iterator[dict]:
+    def build(file: Path, index: int, row: dict) -> dict:
+        split, _shard = shard_split(file)
+        image_id = str(row["image_id"]).strip()
+        return {
+            "id": make_id("rocov2", image_id),
+            "kind": "figure",
+            "source": "rocov2",
+            "license": ROCOV2_LICENSE,
+            "credential": False,
+            "caption": str(row["caption"]).strip(),
+            "label": "",
+            "figure_id": image_id,
+            "mentions": [],
+            "images": [hf_image(media, row["image"], f"{file.name}:{index} image")],
+            "meta": {
+                "split": split,
+                "cuis": list(row.get("cui") or []),
+                "image_license": "cc-by or cc-by-nc",
+            },
+        }
+
+    rows = parquet_rows(parquet_files(path), policy)
+    yield from emit(((f"{f}:{i}", lambda f=f, i=i, r=r: build(f, i, r)) for f, i, r in rows), policy)
+
+
+MIMIC_SPLIT = ("mimic-cxr-2.0.0-split.csv.gz", "mimic-cxr-2.0.0-split.csv")
+MIMIC_METADATA = ("mimic-cxr-2.0.0-metadata.csv.gz", "mimic-cxr-2.0.0-metadata.csv")
+
+
+def _mimic_tables(
+    roots: list[Path], policy: ErrorPolicy
+) -> tuple[dict[str, str], dict[str, str], bool, bool]:
+    """study_id -> split and dicom_id -> ViewPosition from the MIMIC-CXR-JPG CSVs (when present)."""
+    splits: dict[str, str] = {}
+    views: dict[str, str] = {}
+    split_file = next((r / n for r in roots for n in MIMIC_SPLIT if (r / n).exists()), None)
+    meta_file = next((r / n for r in roots for n in MIMIC_METADATA if (r / n).exists()), None)
+    if split_file is not None:
+        for _line, row in csv_rows(split_file, policy, ("dicom_id", "study_id", "split")):
+            splits[str(row["study_id"]).strip()] = row["split"].strip()
+    if meta_file is not None:
+        for _line, row in csv_rows(meta_file, policy, ("dicom_id", "ViewPosition")):
+            views[row["dicom_id"].strip()] = (row["ViewPosition"] or "").strip()
+    return splits, views, split_file is not None, meta_file is not None
 
 
 def read_mimic_cxr(
     path: Path, *, media: MediaStore, policy: ErrorPolicy, images: Path | None = None, **_: Any
 ) -> Iterator[dict]:
-    """MIMIC-CXR: reports files/pNN/pSUBJECT/sSTUDY.txt with MIMIC-CXR-JPG images in files/.../sSTUDY/*.jpg.
+    """MIMIC-CXR: reports files/pNN/pSUBJECT/sSTUDY.txt with MIMIC-CXR-JPG images in files/.../sSTUDY/*.jpg;
+    `mimic-cxr-2.0.0-split.csv(.gz)` gives each study's official split (meta.split) and
+    `-metadata.csv(.gz)` each image's ViewPosition (meta.views, in image order).
 
     Credentialed (PhysioNet DUA): every record is `credential: true`; the DUA forbids sending
     these reports or images to third-party services (e.g. a hosted LLM in `synthesize`).
     """
     reports = sorted((path / "files").rglob("s*.txt") if (path / "files").exists() else path.rglob("s*.txt"))
+    if not reports:
+        raise RecordError(f"{path}: no MIMIC-CXR reports (files/pNN/pSUBJECT/sSTUDY.txt)")
     image_root = images or path
+    splits, views, has_split, has_views = _mimic_tables([path, image_root], policy)
 
     def build(report: Path) -> dict:
         study = report.stem
@@ -400,7 +538,13 @@ def read_mimic_cxr(
             if (image_root / "files").exists()
             else image_root / rel / study
         )
-        refs = [media.import_file(p, what=f"{study} {p.name}") for p in sorted(folder.glob("*.jpg"))]
+        files = sorted(folder.glob("*.jpg"))
+        refs = [media.import_file(p, what=f"{study} {p.name}") for p in files]
+        meta: dict[str, Any] = {"subject": subject, "study": study}
+        if has_split:
+            meta["split"] = splits.get(study.removeprefix("s"))
+        if has_views:
+            meta["views"] = [views.get(p.stem) for p in files]
         return {
             "id": make_id("mimic_cxr", subject, study),
             "kind": "report",
@@ -409,10 +553,10 @@ def read_mimic_cxr(
             "credential": True,
             "report": report.read_text(encoding="utf-8").strip(),
             "images": refs,
-            "meta": {"subject": subject, "study": study},
+            "meta": meta,
         }
 
-    yield from _emit(((str(r), lambda r=r: build(r)) for r in reports), policy)
+    yield from emit(((str(r), lambda r=r: build(r)) for r in reports), policy)
 
 
 SOURCES: dict[str, Source] = {
@@ -436,42 +580,79 @@ SOURCES: dict[str, Source] = {
         Source(
             "medmax",
             "mixed, per row source",
-            "MedMax train.jsonl + images folder (Hugging Face)",
+            "MedMax train.jsonl + images folder (--images; Hugging Face mint-medmax/medmax_data)",
             "instance",
             read_medmax,
         ),
         Source(
             "medmax-eval",
             "mixed, per task",
-            "MedMax eval parquet + eval images folder (--images)",
-            "qa",
+            "MedMax eval parquet (every task family) + eval images folder (--images)",
+            "qa/instance",
             read_medmax_eval,
         ),
         Source(
-            "vqa-rad", "cc0", "VQA_RAD Dataset Public.json + VQA_RAD Image Folder (OSF)", "qa", read_vqa_rad
+            "vqa-rad",
+            "cc0",
+            "VQA_RAD Dataset Public.json + VQA_RAD Image Folder (OSF), or the HF parquet",
+            "qa",
+            read_vqa_rad,
         ),
-        Source("slake", "cc-by", "SLAKE train/validate/test.json + imgs/", "qa", read_slake),
-        Source("pathvqa", "mit", "PathVQA parquet files (Hugging Face release)", "qa", read_pathvqa),
-        Source("pmc-vqa", "cc-by-sa", "PMC-VQA train.csv/test.csv + figures/", "qa", read_pmc_vqa),
-        Source("pubmedvision", "apache-2.0", "PubMedVision *_VQA.json + images/", "chat", read_pubmedvision),
+        Source("slake", "cc-by", "SLAKE train/validate(validation)/test.json + imgs/", "qa", read_slake),
+        Source("pathvqa", "mit", "PathVQA sharded parquet files (Hugging Face release)", "qa", read_pathvqa),
+        Source(
+            "pmc-vqa",
+            "cc-by-sa",
+            "PMC-VQA train_2/test_2.csv + figures/ (v2) or train/test.csv + images/ (v1)",
+            "qa",
+            read_pmc_vqa,
+        ),
+        Source(
+            "pubmedvision",
+            "apache-2.0",
+            "PubMedVision_*_VQA.json + images/ (paths start with images/)",
+            "chat",
+            read_pubmedvision,
+        ),
         Source(
             "llava-med",
             "cc-by-nc (research only)",
-            "llava_med_instruct_*.json + images folder",
+            "LLaVA-Med data/{alignment,instruct,images} (download_data.sh)",
             "chat",
             read_llava_med,
         ),
-        Source("rocov2", "cc-by", "ROCOv2 {split}_captions.csv + {split}/ images", "figure", read_rocov2),
+        Source(
+            "rocov2",
+            "cc-by-nc-sa (images CC BY or CC BY-NC)",
+            "ROCOv2 {split}_captions.csv + _concepts.csv + {split}/ images, or the HF parquet",
+            "figure",
+            read_rocov2,
+        ),
         Source(
             "mimic-cxr",
             "PhysioNet credentialed DUA",
-            "PhysioNet credentials: mimic-cxr reports + "
-            "mimic-cxr-jpg images; never send to third-party services",
+            "PhysioNet credentials: mimic-cxr reports + mimic-cxr-jpg images (+ split/metadata "
+            "csv.gz); never send to third-party services",
             "report",
             read_mimic_cxr,
         ),
     ]
 }
+
+
+def select_splits(
+    records: Iterator[dict[str, Any]], splits: frozenset[str] | None, policy: ErrorPolicy
+) -> Iterator[dict[str, Any]]:
+    """Only records whose official split (`meta.split`) is in `splits`; the others are counted skips.
+
+    This is how test items stay out of training: `fetch vqa-rad DIR --split train | synthesize
+    --exclude <(fetch vqa-rad DIR --split test)`. A record without a split is kept."""
+    for record in records:
+        split = (record.get("meta") or {}).get("split")
+        if splits is None or split is None or str(split) in splits:
+            yield record
+        else:
+            skip(policy, f"split {split} not selected (--split)", record_id=record.get("id"))
 
 
 def describe_sources() -> str:

@@ -117,9 +117,10 @@ class Article:
     license_url: str | None
     retracted: bool
     figures: list[Figure]
+    pmc: dict = field(default_factory=dict)  # PMC Cloud flags (is_manuscript, ...) when known
 
     def meta(self) -> dict:
-        return {
+        meta = {
             "pmcid": self.pmcid,
             "version": self.version,
             "doi": self.doi,
@@ -129,6 +130,9 @@ class Article:
             "license": self.license,
             "retracted": self.retracted,
         }
+        if self.pmc:
+            meta["pmc"] = dict(self.pmc)
+        return meta
 
 
 # --------------------------------------------------------------------------- licences

@@ -24,6 +24,9 @@ from medmax_cli.streams import ErrorPolicy, in_shard, read_records
 XML_SUFFIXES = (".xml", ".nxml")
 PACKAGE_SUFFIXES = (".tar.gz", ".tgz")
 MAX_PACKAGE_MEMBER = MAX_IMAGE_BYTES
+# One PMC article package holds its XML, PDF and media: a few to a few hundred MB uncompressed.
+# Past this total the package is refused (a gzip bomb would otherwise fill memory).
+MAX_PACKAGE_BYTES = 2 * 1024**3
 
 
 def _is_package(path: Path) -> bool:
@@ -31,7 +34,8 @@ def _is_package(path: Path) -> bool:
 
 
 def expand_inputs(paths: Iterable[str | Path]) -> list[Path]:
-    """Files to read, in a deterministic order: folders are walked and sorted."""
+    """Files to read, in a deterministic order: folders are walked and sorted. Links found while
+    walking a folder are kept only when they resolve inside it (`_outside` says which do not)."""
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
@@ -48,12 +52,33 @@ def expand_inputs(paths: Iterable[str | Path]) -> list[Path]:
     return found
 
 
+def _outside(path: Path, roots: list[Path]) -> bool:
+    """Found while walking one of `roots`, does `path` (a link, or under one) resolve outside it?
+    A file named directly by the user is theirs to name."""
+    for root in roots:
+        if root.is_dir() and root in path.parents:
+            return root.resolve() not in path.resolve().parents
+    return False
+
+
+CLOUD_FLAGS = ("license_code", "is_pmc_openaccess", "is_manuscript", "is_historical_ocr", "is_retracted")
+
+
 def apply_cloud_metadata(article: Article, meta: dict[str, Any]) -> Article:
-    """PMC Cloud metadata JSON overrides what the XML says about licence, version and retraction."""
-    if meta.get("license_code"):
-        article.license = normalise_license(str(meta["license_code"]), article.license_url)
+    """PMC Cloud metadata JSON overrides what the XML says about licence, version and retraction,
+    and its flags (author manuscript, historical OCR, ...) are kept in `article.pmc`.
+
+    `license_code` is "CC BY", "CC BY-NC", ..., "TDM" (text and data mining only: licence `tdm`)
+    or null (the XML's licence stands)."""
+    code = meta.get("license_code")
+    if isinstance(code, str) and code.strip():
+        if code.strip().upper() == "TDM":
+            article.license = "tdm"
+        else:
+            article.license = normalise_license(code, article.license_url)
     if meta.get("is_retracted"):
         article.retracted = True
+    article.pmc = {k: meta[k] for k in CLOUD_FLAGS if k in meta}
     if isinstance(meta.get("version"), int):
         article.version = meta["version"]
     if meta.get("pmcid") and not article.pmcid:
@@ -69,13 +94,27 @@ def fetch_jats(
     licenses: frozenset[str] | None = None,
     source: str = "jats",
     shard: tuple[int, int] | None = None,
+    max_package_bytes: int = MAX_PACKAGE_BYTES,
 ) -> Iterator[dict[str, Any]]:
     """Figure records from local JATS files, folders and PMC packages (`shard`: by file name)."""
+    paths = [Path(p) for p in paths]
     for path in expand_inputs(paths):
         if not in_shard(path.name, shard):
             continue
+        if _outside(path, paths):
+            policy.reject(
+                RecordError("refused: a link that leads outside the input folder"), None, where=str(path)
+            )
+            continue
         if _is_package(path):
-            yield from _package(path, media=media, policy=policy, licenses=licenses, source=source)
+            yield from _package(
+                path,
+                media=media,
+                policy=policy,
+                licenses=licenses,
+                source=source,
+                max_bytes=max_package_bytes,
+            )
         else:
             yield from _xml_file(path, media=media, policy=policy, licenses=licenses, source=source)
 
@@ -89,7 +128,13 @@ def _xml_file(
     except JatsError as exc:
         policy.reject(exc, None, where=where, record_id=path.stem)
         return
+    folder = path.parent
     sidecar = path.with_suffix(".json")
+    if sidecar.exists() and not _in_folder(sidecar, folder):
+        policy.reject(
+            RecordError(f"refused: {sidecar.name} links outside the article folder"), None, where=where
+        )
+        return
     if sidecar.exists():
         try:
             apply_cloud_metadata(article, orjson.loads(sidecar.read_bytes()))
@@ -99,17 +144,16 @@ def _xml_file(
     policy.report.count("articles")
     if not article_admitted(article, policy=policy, licenses=licenses, where=where):
         return
-    folder = path.parent
-    listing = {p.name: p for p in folder.iterdir() if p.is_file()}
+    listing = {p.name for p in folder.iterdir()}
 
     def resolve(figure: Figure, href: str) -> dict[str, Any]:
         for name in candidate_names(href):
-            if "/" not in name and name in listing:
-                return media.import_file(listing[name], what=f"{where} {figure.figure_id} {name}")
-            if "/" in name:
-                full = safe_relative_path(folder, name, what=f"{where} {figure.figure_id} href")
-                if full.is_file():
-                    return media.import_file(full, what=f"{where} {figure.figure_id} {name}")
+            if "/" not in name and name not in listing:
+                continue
+            # resolves links and refuses any that leave the article folder, before a byte is read
+            full = safe_relative_path(folder, name, what=f"{where} {figure.figure_id} href {name}")
+            if full.is_file():
+                return media.import_file(full, what=f"{where} {figure.figure_id} {name}")
         raise RecordError(f"image file not found for href {href!r} beside {path.name}")
 
     for record in figure_records(
@@ -119,22 +163,49 @@ def _xml_file(
         yield record
 
 
+class _TooBig(Exception):
+    pass
+
+
+def _in_folder(path: Path, folder: Path) -> bool:
+    return folder.resolve() in path.resolve().parents
+
+
 def _package(
-    path: Path, *, media: MediaStore, policy: ErrorPolicy, licenses: frozenset[str] | None, source: str
+    path: Path,
+    *,
+    media: MediaStore,
+    policy: ErrorPolicy,
+    licenses: frozenset[str] | None,
+    source: str,
+    max_bytes: int = MAX_PACKAGE_BYTES,
 ) -> Iterator[dict[str, Any]]:
-    """A PMC bulk package: read every regular member into memory, then one article per XML member."""
+    """A PMC bulk package: read every regular member into memory (at most `max_bytes` in all,
+    counted from the members' declared sizes before reading), then one article per XML member."""
     members: dict[str, bytes] = {}
+    total = 0
     try:
         with tarfile.open(path, "r:*") as archive:
-            for member in archive:
-                if not member.isfile() or member.size > MAX_PACKAGE_MEMBER:
+            for member in archive:  # links and other non-regular members are never followed
+                if not member.isfile():
                     continue
                 name = str(PurePosixPath(member.name))
                 if name.startswith("/") or ".." in PurePosixPath(name).parts:
                     continue
+                total += member.size  # declared sizes: checked before anything is decompressed
+                if total > max_bytes:
+                    raise _TooBig(
+                        f"package refused: over {max_bytes} bytes uncompressed "
+                        f"(at member {name!r}); a PMC article package is far smaller"
+                    )
+                if member.size > MAX_PACKAGE_MEMBER and not name.lower().endswith(XML_SUFFIXES):
+                    continue  # too big to be a figure (a video, a dataset): not read
                 handle = archive.extractfile(member)
                 if handle is not None:
-                    members[name] = handle.read()
+                    members[name] = handle.read(member.size)
+    except _TooBig as exc:
+        policy.reject(RecordError(str(exc)), None, where=str(path))
+        return
     except (tarfile.TarError, OSError, EOFError) as exc:
         policy.reject(RecordError(f"unreadable package ({exc})"), None, where=str(path))
         return

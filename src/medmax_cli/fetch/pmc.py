@@ -1,9 +1,11 @@
 """`fetch pmc`: Europe PMC search for discovery, the NCBI PMC Cloud bucket (HTTPS) for files.
 
 Per article: find its latest version with an S3 ListObjectsV2 request on the bucket, read the
-version's metadata JSON (`license_code`, `is_pmc_openaccess`, `is_retracted`, `xml_url`,
-`media_urls` with md5), the JATS, and the figure files (bounded concurrency, md5 checked, each
-validated by the media store). An article missing from the bucket falls back to Europe PMC's
+version's metadata JSON (`PMC{n}.{v}/PMC{n}.{v}.json`, else `metadata/PMC{n}.{v}.json`:
+`license_code`, `is_pmc_openaccess`, `is_manuscript`, `is_historical_ocr`, `is_retracted`, and
+`xml_url`/`media_urls` as `s3://pmc-oa-opendata/...?md5=<hex>` strings), the JATS and the figure
+files (bounded concurrency, each md5 checked against the listed one, each validated by the media
+store). An article missing from the bucket falls back to Europe PMC's
 `/{PMCID}/fullTextXML` for its text; its figures then have no image source and are skipped
 with that reason. Every request goes through the shared rate-limited client.
 
@@ -20,6 +22,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from lxml import etree
 
@@ -95,10 +98,26 @@ def search(
         cursor = next_cursor
 
 
+def split_md5(url: str) -> tuple[str, str | None]:
+    """Split a bucket URL from its md5: `s3://pmc-oa-opendata/PMC1.1/f.jpg?md5=abc` -> (URL, "abc").
+
+    PMC Cloud metadata writes every file URL (`xml_url`, `text_url`, `pdf_url`, each of
+    `media_urls`) as a string carrying the object's md5 in the query."""
+    parts = urlsplit(url)
+    md5 = parse_qs(parts.query).get("md5", [None])[0]
+    return urlunsplit(parts._replace(query="", fragment="")), (md5.lower() if md5 else None)
+
+
 def s3_to_https(url: str, cloud_url: str) -> str:
-    """s3://pmc-oa-opendata/KEY -> {cloud_url}/KEY (so mirrors and tests can stand in)."""
+    """s3://pmc-oa-opendata/KEY -> {cloud_url}/KEY, NCBI's documented HTTPS form of the bucket
+    (https://pmc-oa-opendata.s3.amazonaws.com/KEY); `cloud_url` lets mirrors and tests stand in.
+    The `?md5=` query is not part of the object's address and is dropped (see `split_md5`)."""
+    url, _md5 = split_md5(url)
     if url.startswith(f"s3://{BUCKET}/"):
-        return f"{cloud_url.rstrip('/')}/{url[len(f's3://{BUCKET}/') :]}"
+        key = url[len(f"s3://{BUCKET}/") :]
+        if not key or ".." in PurePosixPath(key).parts:
+            raise RecordError(f"URL {url} does not name a file in the {BUCKET} bucket")
+        return f"{cloud_url.rstrip('/')}/{key}"
     if url.startswith("s3://"):
         raise RecordError(f"URL {url} is outside the {BUCKET} bucket")
     return url
@@ -129,28 +148,48 @@ def latest_version(client: HttpClient, cloud_url: str, pmcid: str) -> int | None
 
 
 def _media_index(meta: dict[str, Any], cloud_url: str) -> dict[str, tuple[str, str | None]]:
-    """file name -> (https url, md5) from `media_urls` (a list of urls or of {url, md5})."""
+    """file name -> (https url, md5) from `media_urls`: a list of "s3://...?md5=<hex>" strings as
+    the bucket publishes them (a {url, md5} object or a {url: md5} map is read too)."""
     index: dict[str, tuple[str, str | None]] = {}
     entries = meta.get("media_urls") or []
     if isinstance(entries, dict):
         entries = [{"url": k, "md5": v} for k, v in entries.items()]
+    if isinstance(entries, str):
+        entries = [entries]
     for entry in entries:
         url, md5 = (entry.get("url"), entry.get("md5")) if isinstance(entry, dict) else (entry, None)
         if isinstance(url, str):
-            index[PurePosixPath(url).name] = (s3_to_https(url, cloud_url), md5)
+            bare, listed = split_md5(url)
+            index[PurePosixPath(urlsplit(bare).path).name] = (s3_to_https(bare, cloud_url), md5 or listed)
     return index
+
+
+def _check_md5(data: bytes, md5: str | None, what: str) -> None:
+    if md5 and hashlib.md5(data).hexdigest() != md5.lower():
+        raise RecordError(f"md5 mismatch for {what} (got {hashlib.md5(data).hexdigest()}, listed {md5})")
 
 
 def _download_image(
     client: HttpClient, media: MediaStore, url: str, md5: str | None, what: str
 ) -> dict[str, Any]:
     data = client.get_bytes(url)
-    if md5 and hashlib.md5(data).hexdigest() != md5.lower():
-        raise RecordError(
-            f"md5 mismatch for {client.redact(url)} (got {hashlib.md5(data).hexdigest()}, listed {md5})"
-        )
+    _check_md5(data, md5, client.redact(url))
     ref = media.put(data, what=what)
-    return {**ref, "url": client.redact(url)}
+    return {**ref, "url": client.redact(url), **({"md5": md5} if md5 else {})}
+
+
+def cloud_metadata(client: HttpClient, cloud_url: str, prefix: str) -> dict[str, Any]:
+    """`PMC{n}.{v}/PMC{n}.{v}.json`, or the copy under `metadata/` the bucket also keeps."""
+    base = cloud_url.rstrip("/")
+    try:
+        meta = client.get_json(f"{base}/{prefix}/{prefix}.json")
+    except HttpError as exc:
+        if exc.status not in (403, 404):
+            raise
+        meta = client.get_json(f"{base}/metadata/{prefix}.json")
+    if not isinstance(meta, dict):
+        raise RecordError(f"{prefix}: PMC Cloud metadata is not a JSON object")
+    return meta
 
 
 def fetch_article(
@@ -170,12 +209,15 @@ def fetch_article(
     media_index: dict[str, tuple[str, str | None]] = {}
     if version is not None:
         prefix = f"{pmcid}.{version}"
-        meta = client.get_json(f"{cloud_url.rstrip('/')}/{prefix}/{prefix}.json")
+        meta = cloud_metadata(client, cloud_url, prefix)
         if meta.get("is_pmc_openaccess") is False:
             skip(policy, f"not open access: {prefix}", where=where, record_id=prefix)
             return []
-        xml_url = s3_to_https(meta.get("xml_url") or f"s3://{BUCKET}/{prefix}/{prefix}.xml", cloud_url)
-        article = _parse(client.get_bytes(xml_url), where)
+        xml_s3, xml_md5 = split_md5(meta.get("xml_url") or f"s3://{BUCKET}/{prefix}/{prefix}.xml")
+        xml_url = s3_to_https(xml_s3, cloud_url)
+        xml = client.get_bytes(xml_url)
+        _check_md5(xml, xml_md5, client.redact(xml_url))
+        article = _parse(xml, where)
         apply_cloud_metadata(article, {**meta, "version": version})
         media_index = _media_index(meta, cloud_url)
     else:

@@ -6,9 +6,15 @@ Layout (docs/pack.md, REFERENCE.md 2):
 
 Each turn's content parts are concatenated (text parts tokenised without special tokens, an image
 part as `[BOI] + ids of its VQ codes + [EOI]`); every turn but the last is closed by SEP, the last by
-EOS. Labels copy the input ids on the assistant turns and on the SEP/EOS that closes each, and are
--100 elsewhere (`train_on="all"`: everything but BOS). With one turn each this is exactly MedMax's
-`[BOS] prompt [SEP] response [EOS]` with loss on the response.
+EOS. Labels (`train_on`, docs/pack.md "Label rules"):
+- "assistant" (default): the input ids of the assistant turns and of the SEP/EOS that closes each;
+  -100 elsewhere (every user turn is masked);
+- "all": everything but BOS;
+- "medmax": everything after the first SEP (MedMax's training collator, training/data.py
+  `collate_fn`: -100 up to and including the first 8710, the tokens themselves after it; so in a
+  multi-turn chat the later user turns are trained too).
+With one user and one assistant turn all but "all" give exactly MedMax's `[BOS] prompt [SEP]
+response [EOS]` with loss on the response.
 
 Released MedMax rows that carry a pre-tokenised `tokens` list are used as they are, with MedMax's
 mask: -100 up to and including the first SEP.
@@ -28,7 +34,7 @@ import numpy as np
 from medmax_cli.records import RecordError
 
 IGNORE = -100
-TRAIN_ON = ("assistant", "all")
+TRAIN_ON = ("assistant", "all", "medmax")
 PROMPT_FORMATS = ("sft", "raw")
 
 
@@ -139,11 +145,25 @@ def _assemble(instance: Mapping[str, Any], text_ids: list[list[int]], vocab, tra
         supervised.append(on)
         position += 1
     input_ids = np.concatenate(pieces)  # int32 [L]
+    if train_on == "medmax":
+        return Sample(input_ids, _medmax_labels(input_ids, vocab), spans)
     mask = np.repeat(np.array(supervised), [len(p) for p in pieces])  # bool [L]
     labels = np.where(mask, input_ids, np.int32(IGNORE)).astype(np.int32)
     if not mask.any():
         raise RecordError("nothing to learn: the instance has no assistant turn (use --train-on all?)")
     return Sample(input_ids, labels, spans)
+
+
+def _medmax_labels(ids: np.ndarray, vocab) -> np.ndarray:
+    """MedMax's mask: -100 up to and including the first SEP, the ids themselves after it."""
+    seps = np.flatnonzero(ids == vocab.sep)
+    if seps.size == 0:
+        raise RecordError("no separator: a one-turn instance has nothing after the prompt to learn")
+    labels = ids.copy()
+    labels[: seps[0] + 1] = IGNORE
+    if not np.any(labels != IGNORE):
+        raise RecordError("nothing to learn: no tokens after the first separator")
+    return labels.astype(np.int32)
 
 
 def _image_spans_of(ids: np.ndarray, vocab) -> list[tuple[int, int]]:
@@ -163,13 +183,12 @@ def _pretokenised(instance: Mapping[str, Any], vocab) -> Sample:
     if ids.min() < 0 or ids.max() >= vocab.vocab_size:
         raise RecordError(f"pre-tokenised 'tokens' hold ids outside [0, {vocab.vocab_size})")
     ids = ids.astype(np.int32)
-    seps = np.flatnonzero(ids == vocab.sep)
-    if seps.size == 0:
+    if not np.any(ids == vocab.sep):
         raise RecordError("pre-tokenised 'tokens' have no separator: cannot tell prompt from response")
-    labels = ids.copy()
-    labels[: seps[0] + 1] = IGNORE  # MedMax's mask: up to and including the first SEP
-    if not np.any(labels != IGNORE):
-        raise RecordError("pre-tokenised 'tokens' have no response after the separator")
+    try:
+        labels = _medmax_labels(ids, vocab)  # MedMax's mask, whatever train_on says
+    except RecordError:
+        raise RecordError("pre-tokenised 'tokens' have no response after the separator") from None
     return Sample(ids, labels, _image_spans_of(ids, vocab))
 
 

@@ -38,7 +38,8 @@ class PackSettings:
     pack: bool = True  # False: one sample per row, input order (MedMax parity)
     pack_buffer: int = 2000  # samples collected before a best-fit-decreasing round
     seed: int = 0  # row shuffle
-    train_on: str = "assistant"  # "assistant" | "all": which turns carry labels
+    train_on: str = "assistant"  # "assistant" | "all" | "medmax": which tokens carry labels
+    alpha: str = "white"  # alpha rule every image's tokens must have been made with ("white" | "drop")
     max_count: int = 1000  # rows per shard
     max_size: int = 1 << 30  # bytes per shard
     batch_size: int = 256  # instances per tokenizer call
@@ -49,6 +50,8 @@ class PackSettings:
             raise ValueError("seq_len must be at least 2")
         if self.train_on not in TRAIN_ON:
             raise ValueError(f"train_on must be one of {TRAIN_ON}")
+        if self.alpha not in ("white", "drop"):
+            raise ValueError("alpha must be white or drop")
         if self.pack_buffer < 1 or self.batch_size < 1 or self.max_count < 1 or self.max_size < 1:
             raise ValueError("pack_buffer, batch_size, max_count and max_size must be positive")
 
@@ -161,7 +164,10 @@ def build_batch(
 ) -> list[Sample | RecordError]:
     """Sequences of a batch (one tokenizer call), length policy applied; errors in their slots."""
     out: list[Sample | RecordError] = []
-    for result in build_sequences(batch, vocab=vocab, tokenizer=tokenizer, train_on=settings.train_on):
+    results = build_sequences(batch, vocab=vocab, tokenizer=tokenizer, train_on=settings.train_on)
+    for record, result in zip(batch, results, strict=True):
+        if not isinstance(result, RecordError) and (problem := _check_alpha(record, settings.alpha)):
+            result = problem
         if not isinstance(result, RecordError):
             try:
                 result = fit_length(result, settings.seq_len)
@@ -169,6 +175,21 @@ def build_batch(
                 result = exc
         out.append(result)
     return out
+
+
+def _check_alpha(record: dict[str, Any], alpha: str) -> RecordError | None:
+    """Image tokens made with another alpha rule than the pack's are refused: one pack, one rule."""
+    if record.get("tokens") is not None:
+        return None
+    for i, image in enumerate(record.get("images") or []):
+        if isinstance(image, dict) and image.get("tokens") is not None:
+            made = str(image.get("alpha", "white"))
+            if made != alpha:
+                return RecordError(
+                    f"images[{i}] tokens were made with --alpha {made}, this pack uses --alpha {alpha} "
+                    f"(pack with --alpha {made}, or re-run tokenize-images with --alpha {alpha})"
+                )
+    return None
 
 
 _WORKER: dict[str, Any] = {}

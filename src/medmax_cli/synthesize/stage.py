@@ -184,10 +184,14 @@ def synthesize(
                 if isinstance(output, Drop):
                     drop(policy, record, output.reason)
                     continue
+                # A record passed through as is (a released MedMax row, an eval instance) is a task
+                # instance already: rows of different tasks may share an image or an answer, and
+                # dedup is for the instances built here, so only decontamination applies to it.
+                built = output is not record
                 reason = (
                     (exclude.check(output) if exclude else None)
-                    or (exact.check(output) if exact else None)
-                    or (near.check(output) if near else None)
+                    or (exact.check(output) if exact and built else None)
+                    or (near.check(output) if near and built else None)
                 )
                 if reason:
                     drop(policy, output, reason)

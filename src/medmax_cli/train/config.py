@@ -34,6 +34,8 @@ RESUME_LOCKED = (
     "grad_accum",
     "seed",
     "shuffle",
+    "loss_weighting",
+    "adapter_dtype",
 )
 
 
@@ -55,6 +57,9 @@ class TrainConfig:
     lora_modules_to_save: tuple[
         str, ...
     ] = ()  # modules trained in full and saved in the adapter (e.g. lm_head)
+    adapter_dtype: str = "fp32"  # fp32 (peft's default) | bf16 (half the adapter activation memory)
+    # -- the objective
+    loss_weighting: str = "sample"  # sample: mean of per-sample mean losses (MedMax) | token: per token
     # -- optimisation
     lr: float = 1e-4  # MedMax: 1e-4
     lr_schedule: str = "cosine"  # cosine | constant (both after the warm-up)
@@ -180,6 +185,8 @@ def check_config(cfg: TrainConfig) -> None:
         "precision": ("auto", "bf16", "fp32"),
         "attn_implementation": ("auto", "flex_attention", "sdpa", "eager"),
         "strategy": ("auto", "ddp", "fsdp"),
+        "loss_weighting": ("sample", "token"),
+        "adapter_dtype": ("fp32", "bf16"),
     }
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
@@ -199,6 +206,8 @@ def resume_mismatches(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
     for key in RESUME_LOCKED:
         if key in saved and saved[key] != now[key]:
             out.append(f"{key}: checkpoint {saved[key]!r}, now {now[key]!r}")
+    if "loss_weighting" not in saved and cfg.loss_weighting != "token":  # older runs: per token
+        out.append(f"loss_weighting: checkpoint 'token' (made before the option), now {cfg.loss_weighting!r}")
     if saved.get("gpus", 1) * saved.get("nodes", 1) != cfg.world_size:
         out.append(
             f"processes: checkpoint {saved.get('gpus', 1) * saved.get('nodes', 1)}, now {cfg.world_size}"

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from medmax_cli.model.loss import IGNORE_INDEX, shift_targets
+from medmax_cli.model.loss import IGNORE_INDEX, sample_weights, shift_targets
 from medmax_cli.pack.reader import PackedShards, collate_packed
 
 MODEL_DIR_KEYS = ("dir", "path", "model_dir")
@@ -91,6 +91,12 @@ class TrainData:
 def supervised_tokens(batch: dict[str, torch.Tensor]) -> int:
     """Tokens that carry a loss in this micro-batch (after the next-token shift)."""
     return int((shift_targets(batch["labels"], batch["document_ids"]) != IGNORE_INDEX).sum())
+
+
+def supervised_samples(batch: dict[str, torch.Tensor]) -> int:
+    """Samples with at least one loss-carrying token in this micro-batch (the per-sample divisor)."""
+    targets = shift_targets(batch["labels"], batch["document_ids"])
+    return sample_weights(targets, batch["document_ids"])[1]
 
 
 def real_tokens(batch: dict[str, torch.Tensor]) -> int:

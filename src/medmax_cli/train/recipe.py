@@ -4,9 +4,17 @@ Reads like torchtune's LoRA recipe / nanoGPT's train.py: no Trainer, no callback
 (rank) runs `train(cfg)`; torch.distributed is initialised when WORLD_SIZE > 1 (the launcher
 re-executes the command through torch.distributed.run). Only rank 0 writes files.
 
-Loss normalisation: sum of token losses / supervised tokens of the whole global batch (all
-micro-batches of all ranks of one step), so a packed and an unpacked run of the same samples
-see the same loss, and 2 processes x 1 micro-batch equal 1 process x 2 accumulated ones.
+Loss normalisation (`loss_weighting`), always over the whole global batch of one optimizer step (all
+micro-batches of all ranks), so a packed and an unpacked run of the same samples see the same loss,
+and 2 processes x 1 micro-batch equal 1 process x 2 accumulated ones:
+- `sample` (default, MedMax's objective): each sample's mean token loss, averaged over the samples
+  of the step. MedMax trains one sample per GPU and averages per-sample means over GPUs and
+  accumulation steps, so every sample weighs the same, whatever its length. Here each token carries
+  1 / (its sample's supervised tokens) and the sum is divided by the global sample count.
+- `token`: sum of token losses / supervised tokens of the step (long samples weigh more: a 2-token
+  answer packed beside a 1,027-token image counts 257x less than under `sample`).
+The divisor (samples or tokens of the step) is counted from the step's batches and summed over
+ranks ONCE, before the backward passes, so every micro-batch's gradient is already globally scaled.
 """
 
 from __future__ import annotations
@@ -28,7 +36,13 @@ from medmax_cli.model.attention import default_attn_implementation, packed_atten
 from medmax_cli.model.loss import lm_loss
 from medmax_cli.train import checkpoint as ckpt
 from medmax_cli.train.config import TrainConfig
-from medmax_cli.train.data import TrainData, open_shards, real_tokens, supervised_tokens
+from medmax_cli.train.data import (
+    TrainData,
+    open_shards,
+    real_tokens,
+    supervised_samples,
+    supervised_tokens,
+)
 from medmax_cli.train.metrics import MetricsLog
 
 log = logging.getLogger(__name__)
@@ -77,11 +91,14 @@ def compute_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
 class PackedCausalLM(torch.nn.Module):
     """model + packed mask + chunked loss in one forward, so DDP/FSDP see a single module call."""
 
-    def __init__(self, model: torch.nn.Module, attn_implementation: str, loss_chunk: int):
+    def __init__(
+        self, model: torch.nn.Module, attn_implementation: str, loss_chunk: int, per_sample: bool = False
+    ):
         super().__init__()
         self.model = model
         self.attn_implementation = attn_implementation
         self.loss_chunk = loss_chunk
+        self.per_sample = per_sample  # loss = sum of per-sample mean losses (see the module docstring)
 
     def forward(self, input_ids, labels, position_ids, document_ids) -> tuple[torch.Tensor, torch.Tensor]:
         mask = packed_attention_mask(document_ids, self.attn_implementation, self.model.dtype)
@@ -93,6 +110,7 @@ class PackedCausalLM(torch.nn.Module):
             attention_mask=mask,
             document_ids=document_ids,
             chunk_size=self.loss_chunk,
+            per_sample=self.per_sample,
         )
 
 
@@ -111,7 +129,7 @@ def setup_model(cfg: TrainConfig, model_dir: str, env: Env) -> PackedCausalLM:
     dtype = compute_dtype(cfg, env.device)
     attn = resolve_attn(cfg, env.device, dtype)
     torch.manual_seed(cfg.seed)  # LoRA init
-    weights_dtype = torch.float32 if cfg.full else dtype  # LoRA: frozen base in bf16, adapters fp32
+    weights_dtype = torch.float32 if cfg.full else dtype  # LoRA: frozen base in bf16, adapters see below
     model = load_model(model_dir, dtype=weights_dtype, device=env.device, attn_implementation=attn)
     model.config.use_cache = False
     for p in model.parameters():
@@ -132,11 +150,19 @@ def setup_model(cfg: TrainConfig, model_dir: str, env: Env) -> PackedCausalLM:
             bias="none",
             task_type="CAUSAL_LM",
         )
-        model = get_peft_model(model, lora)  # adapters are fp32 (peft autocast_adapter_dtype)
+        # fp32 adapters (peft's autocast_adapter_dtype): each adapted projection keeps an fp32 copy of
+        # its input for backward. bf16 adapters (the base dtype) keep none: less activation memory
+        # (bench/train_gpu.py (c) measures it), at the price of bf16 weights and Adam states.
+        # lora_dropout 0 makes peft use nn.Identity: no dropout output or mask is stored either.
+        model = get_peft_model(model, lora, autocast_adapter_dtype=cfg.adapter_dtype == "fp32")
+        if cfg.adapter_dtype == "bf16":  # also where the base is fp32 (CPU): what was asked for
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.data = p.data.to(torch.bfloat16)
     if cfg.grad_checkpointing:
         enable_checkpointing(model, cfg.grad_checkpointing_fraction)
     model.train()
-    return PackedCausalLM(model, attn, cfg.loss_chunk)
+    return PackedCausalLM(model, attn, cfg.loss_chunk, per_sample=cfg.loss_weighting == "sample")
 
 
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
@@ -301,8 +327,20 @@ def train(cfg: TrainConfig, model_dir: str, *, show_progress: bool = True) -> di
         while step < stop:
             t0 = time.perf_counter()
             micro_batches = next(batches)
-            n_sup = _all_sum(torch.tensor(float(sum(supervised_tokens(b) for b in micro_batches))), env)
-            n_tok = _all_sum(torch.tensor(float(sum(real_tokens(b) for b in micro_batches))), env)
+            # the step's global counts, gathered once before any backward: [tokens, supervised, samples]
+            counts = _all_sum(
+                torch.tensor(
+                    [
+                        float(sum(real_tokens(b) for b in micro_batches)),
+                        float(sum(supervised_tokens(b) for b in micro_batches)),
+                        float(sum(supervised_samples(b) for b in micro_batches)),
+                    ],
+                    device=env.device,  # NCCL reduces CUDA tensors only
+                ),
+                env,
+            )
+            n_tok, n_sup, n_samples = counts[0], counts[1], counts[2]
+            divisor = (n_samples if cfg.loss_weighting == "sample" else n_sup).clamp(min=1)
             loss_sum = torch.zeros((), device=env.device)
             for i, mb in enumerate(micro_batches):
                 mb = {k: v.to(env.device, non_blocking=True) for k, v in mb.items()}
@@ -318,9 +356,9 @@ def train(cfg: TrainConfig, model_dir: str, *, show_progress: bool = True) -> di
                     with autocast:
                         token_loss_sum, _ = model(**mb)
                     # DDP/FSDP average gradients over ranks: scale by world size to get a global-batch sum
-                    (token_loss_sum * env.world_size / n_sup.clamp(min=1).to(env.device)).backward()
+                    (token_loss_sum * env.world_size / divisor).backward()
                 loss_sum += token_loss_sum.detach()
-            loss = (_all_sum(loss_sum, env) / n_sup.clamp(min=1).to(env.device)).item()
+            loss = (_all_sum(loss_sum, env) / divisor).item()
             trainable = [p for p in model.parameters() if p.requires_grad]
             grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip))
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
@@ -349,6 +387,8 @@ def train(cfg: TrainConfig, model_dir: str, *, show_progress: bool = True) -> di
                         "grad_norm": grad_norm,
                         "tokens_per_s": n_tok.item() / seconds,
                         "supervised_tokens": int(n_sup.item()),
+                        "samples": int(n_samples.item()),
+                        "loss_weighting": cfg.loss_weighting,
                         "tokens": int(n_tok.item()),
                         "seconds": seconds,
                     }

@@ -11,9 +11,12 @@ same module names so that checkpoints load as they are:
 
 Weights come from, in order: `vq_decoder.safetensors` in the model directory (what `init-model
 --tiny` writes), the Anole HF layout inside the model's safetensors (`model.vqmodel.decoder.*`),
-or the original `vqgan.ckpt` (`decoder.*`, loaded with `torch.load(weights_only=True)`). A source
-may omit the codebook and post_quant_conv: those are then taken from the model's VQ weights, which
-hold them. Missing, unexpected or mis-shaped keys are an error that names them.
+or the original `vqgan.ckpt` / `tokenizer/vqgan.ckpt` (`decoder.*`, loaded with
+`torch.load(weights_only=True)`). A source may omit the codebook and post_quant_conv: those are
+then taken from the model's VQ weights, which hold them. Missing, unexpected or mis-shaped keys are
+an error that names them. A decoder source whose OWN codebook differs from the encoder's is refused
+with both sources named (codes would decode through another embedding than they were quantised
+to), unless the caller names the decoder file explicitly (`decoder_file`, `--vq-decoder`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,16 @@ from torch import nn
 
 from medmax_cli.atomic import atomic_write_bytes
 from medmax_cli.vision.spec import VQSpec
-from medmax_cli.vision.weights import read_vq_tensors, safetensors_files, strip_vq_prefix
+from medmax_cli.vision.weights import (
+    CODEBOOK_KEY,
+    checkpoint_tensors,
+    encoder_source,
+    read_vq_tensors,
+    safetensors_files,
+    same_codebook,
+    strip_vq_prefix,
+    vq_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -204,28 +216,35 @@ def normalize_decoder_keys(state: Mapping[str, torch.Tensor]) -> tuple[dict[str,
     return out, unknown
 
 
-def _read_source(model_dir: Path) -> tuple[dict[str, torch.Tensor], list[str], str]:
-    """(decoder-side tensors, unknown keys, source name) from the first source the directory has."""
+def _read_file(path: Path) -> tuple[dict[str, torch.Tensor], list[str], str]:
+    """(decoder-side tensors, unknown keys, source name) of one weights file (.safetensors or .ckpt)."""
     from safetensors.torch import load_file
 
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such decoder weights file")
+    raw = load_file(str(path)) if path.suffix == ".safetensors" else checkpoint_tensors(path)
+    state, unknown = normalize_decoder_keys(raw)
+    return state, unknown, str(path)
+
+
+def _read_source(model_dir: Path) -> tuple[dict[str, torch.Tensor], list[str], str]:
+    """(decoder-side tensors, unknown keys, source name) from the first source the directory has."""
     own = model_dir / DECODER_FILE
     if own.is_file():
-        state, unknown = normalize_decoder_keys(load_file(str(own)))
-        return state, unknown, str(own)
+        return _read_file(own)
     anole = (
-        read_vq_tensors(model_dir, lambda k: k.startswith("decoder.")) if safetensors_files(model_dir) else {}
+        read_vq_tensors(model_dir, lambda k: k.startswith("decoder."), checkpoint=False)
+        if safetensors_files(model_dir)
+        else {}
     )
     if anole:
         return anole, [], f"{model_dir} (model.vqmodel.decoder.*)"
-    ckpt = model_dir / ORIGINAL_CKPT
-    if ckpt.is_file():
-        obj = torch.load(ckpt, map_location="cpu", weights_only=True)
-        raw = obj.get("state_dict", obj) if isinstance(obj, dict) else {}
-        state, unknown = normalize_decoder_keys(raw)
-        return state, unknown, str(ckpt)
+    ckpt = vq_checkpoint(model_dir)
+    if ckpt is not None:
+        return _read_file(ckpt)
     raise FileNotFoundError(
         f"{model_dir}: no VQ decoder weights: expected {DECODER_FILE}, model.vqmodel.decoder.* in the "
-        f"safetensors (Anole), or {ORIGINAL_CKPT} (Chameleon's original VQ-GAN)"
+        f"safetensors (Anole), or {ORIGINAL_CKPT} / tokenizer/{ORIGINAL_CKPT} (Chameleon's original VQ-GAN)"
     )
 
 
@@ -267,24 +286,35 @@ def check_and_load(
 
 
 def load_vq_decoder(
-    model_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float32
+    model_dir: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str = torch.float32,
+    decoder_file: str | Path | None = None,
 ) -> VQDecoder:
     """The model's VQ decoder, weights loaded strictly, in eval mode on `device`/`dtype`.
 
     `device` may be "auto" (cuda when available); `dtype` a torch dtype or "fp32"/"bf16"/"auto".
+    `decoder_file` (a .safetensors or .ckpt) replaces the directory's own decoder sources; it may
+    carry its own codebook (a fine-tuned VQ-GAN): naming it explicitly is what allows that.
     """
     root = Path(model_dir)
     spec = VQSpec.from_model_dir(root)
-    state, unknown, source = _read_source(root)
-    lacking = [
-        k
-        for k in ("quantize.embedding.weight", "post_quant_conv.weight", "post_quant_conv.bias")
-        if k not in state
-    ]
+    state, unknown, source = _read_file(Path(decoder_file)) if decoder_file else _read_source(root)
+    own_codebook = CODEBOOK_KEY in state
+    lacking = [k for k in (CODEBOOK_KEY, "post_quant_conv.weight", "post_quant_conv.bias") if k not in state]
     if lacking:  # the HF conversion keeps the codebook and post_quant_conv beside the encoder
         state.update(read_vq_tensors(root, lambda k: k in lacking))
     module = VQDecoder(spec)
     check_and_load(module, state, source=source, unknown=unknown)
+    if own_codebook and not decoder_file:
+        encoder_codebook = read_vq_tensors(root, lambda k: k == CODEBOOK_KEY).get(CODEBOOK_KEY)
+        if encoder_codebook is not None and not same_codebook(encoder_codebook, state[CODEBOOK_KEY]):
+            raise DecoderWeightsError(
+                f"{root}: the decoder's codebook ({source}) differs from the encoder's "
+                f"({encoder_source(root)}): tokens would decode through another embedding than they "
+                "were made with; keep one VQ source in the directory, or name the decoder explicitly "
+                "(--vq-decoder FILE) if that is what you mean"
+            )
     from medmax_cli.vision.encoder import resolve_device, resolve_dtype
 
     dev = resolve_device(device) if isinstance(device, str) or device is None else device

@@ -50,6 +50,7 @@ def detokenize(
     dtype: str = "fp32",
     overwrite: bool = False,
     decoder: Any = None,
+    decoder_file: str | Path | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield records with `images[i].decoded` set for every image that has tokens."""
     from medmax_cli.vision.decoder import codes_to_pil, load_vq_decoder
@@ -65,7 +66,9 @@ def detokenize(
         if todo:
             if state["decoder"] is None:
                 dev = resolve_device(device)
-                state["decoder"] = load_vq_decoder(model_dir, device=dev, dtype=resolve_dtype(dtype, dev))
+                state["decoder"] = load_vq_decoder(
+                    model_dir, device=dev, dtype=resolve_dtype(dtype, dev), decoder_file=decoder_file
+                )
             images = codes_to_pil(
                 state["decoder"], [r["images"][i]["tokens"] for r, i in todo], batch_size=batch_size
             )

@@ -17,7 +17,7 @@ import torch
 
 from medmax_cli.vision.preprocess import to_unit_range
 from medmax_cli.vision.spec import VQSpec
-from medmax_cli.vision.weights import is_encoder_key, read_vq_tensors
+from medmax_cli.vision.weights import check_one_codebook, encoder_source, is_encoder_key, read_vq_tensors
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +64,15 @@ def build_vq_model(spec: VQSpec, *, random: bool = False, seed: int = 0) -> Any:
 def load_vq_model(model_dir: str | Path) -> Any:
     """The encoder side of the model's ChameleonVQVAE with its real weights (strict: names what is missing)."""
     spec = VQSpec.from_model_dir(model_dir)
-    tensors = read_vq_tensors(model_dir, is_encoder_key)
+    check_one_codebook(model_dir)  # safetensors VQ and a vqgan.ckpt beside them must agree
+    tensors = read_vq_tensors(model_dir, is_encoder_key)  # the safetensors, else (tokenizer/)vqgan.ckpt
     vq = build_vq_model(spec)
     expected = {k for k in vq.state_dict() if is_encoder_key(k)}
     missing = sorted(expected - tensors.keys())
     unexpected = sorted(tensors.keys() - expected)
     if missing or unexpected:
         raise ValueError(
-            f"{model_dir}: VQ encoder weights do not match vq_config: missing {missing[:8]}"
+            f"{encoder_source(model_dir)}: VQ encoder weights do not match vq_config: missing {missing[:8]}"
             f"{' ...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}"
         )
     # post_quant_conv belongs to the decoder side and keeps its (unused) uninitialised storage.

@@ -2,6 +2,13 @@
 
 The input size and the token grid follow from the config (`resolution`, number of levels), so
 nothing downstream hard-codes 512 or 1,024 tokens.
+
+A directory whose config.json has no `vq_config` may carry the original taming-style
+`vqgan.yaml` / `tokenizer/vqgan.yaml` beside its `vqgan.ckpt` (model.params: embed_dim, n_embed,
+ddconfig {z_channels, ch, ch_mult, num_res_blocks, attn_resolutions, in_channels, double_z}); it is
+read instead. Its `ddconfig.resolution` is not the input size (taming uses it only to place
+attention blocks; Chameleon's tokenizer feeds 512 px), so the input size stays 512. When both exist,
+the fields that shape the weights must agree, or the directory is refused with both named.
 """
 
 from __future__ import annotations
@@ -10,6 +17,18 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+YAML_NAMES = ("vqgan.yaml", "tokenizer/vqgan.yaml")
+# taming ddconfig / params key -> ChameleonVQVAEConfig key
+_YAML_KEYS = {
+    "z_channels": "latent_channels",
+    "ch": "base_channels",
+    "ch_mult": "channel_multiplier",
+    "num_res_blocks": "num_res_blocks",
+    "attn_resolutions": "attn_resolutions",
+    "in_channels": "in_channels",
+    "double_z": "double_latent",
+}
 
 # transformers' ChameleonVQVAEConfig defaults (Chameleon / Anole 7B), for keys a config omits.
 DEFAULTS: dict[str, Any] = {
@@ -65,9 +84,21 @@ class VQSpec:
         except FileNotFoundError:
             raise FileNotFoundError(f"{model_dir}: no config.json (is this a model directory?)") from None
         vq = config.get("vq_config")
+        yaml_path = next((Path(model_dir) / n for n in YAML_NAMES if (Path(model_dir) / n).is_file()), None)
+        from_yaml = vq_config_from_yaml(yaml_path) if yaml_path is not None else None
         if not isinstance(vq, dict):
-            raise ValueError(f"{path}: no 'vq_config' (not a Chameleon/Anole model?)")
-        return cls.from_dict(vq)
+            if from_yaml is None:
+                raise ValueError(f"{path}: no 'vq_config' (not a Chameleon/Anole model?) and no vqgan.yaml")
+            return cls.from_dict(from_yaml)
+        spec = cls.from_dict(vq)
+        if from_yaml is not None:
+            other = cls.from_dict({**from_yaml, "resolution": spec.resolution})
+            if other != spec:
+                raise ValueError(
+                    f"{path} vq_config and {yaml_path} describe different VQ-GANs ({spec} vs {other}); "
+                    "keep the one that matches the weights"
+                )
+        return spec
 
     @property
     def downsample(self) -> int:
@@ -88,3 +119,20 @@ class VQSpec:
         out["channel_multiplier"] = list(self.channel_multiplier)
         out["attn_resolutions"] = list(self.attn_resolutions)
         return out
+
+
+def vq_config_from_yaml(path: str | Path) -> dict[str, Any]:
+    """A taming-style vqgan.yaml as ChameleonVQVAEConfig keys (input size: the 512 default)."""
+    import yaml
+
+    try:
+        params = yaml.safe_load(Path(path).read_text(encoding="utf-8"))["model"]["params"]
+        dd = params["ddconfig"]
+        out = {new: dd[old] for old, new in _YAML_KEYS.items() if old in dd}
+        out["embed_dim"] = params["embed_dim"]
+        out["num_embeddings"] = params["n_embed"]
+    except (KeyError, TypeError, yaml.YAMLError) as exc:
+        raise ValueError(
+            f"{path}: not a VQ-GAN config (model.params.ddconfig, embed_dim, n_embed): {exc}"
+        ) from None
+    return out

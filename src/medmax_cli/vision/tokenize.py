@@ -10,6 +10,10 @@ encoded once: later copies wait on the first, and the cache remembers it across 
 
 An image that cannot be read or decoded makes its record a reject with the reason (the policy
 decides: stop, or set aside and go on); no placeholder pixels are ever encoded.
+
+`alpha` ("white" | "drop", see `preprocess.to_rgb`) changes the codes of transparent images, so it
+is part of the token cache key (`cache_key`) and written to the image reference as `"alpha": "drop"`
+(absent = white); tokens made with the other setting are re-encoded, or refused without a `path`.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from medmax_cli.records import RecordError
 from medmax_cli.streams import ErrorPolicy
 from medmax_cli.vision.cache import TokenCache, default_cache_dir
 from medmax_cli.vision.fingerprint import vq_fingerprint
-from medmax_cli.vision.preprocess import preprocess_uint8
+from medmax_cli.vision.preprocess import ALPHA_MODES, preprocess_uint8
 from medmax_cli.vision.spec import VQSpec
 
 log = logging.getLogger(__name__)
@@ -67,11 +71,28 @@ class _InlineExecutor:
         pass
 
 
-def load_pixels(media: MediaStore, ref: dict[str, Any], size: int, what: str) -> tuple[str, np.ndarray]:
+# Version of the pixel path inside the cache key: bump when preprocessing changes some images' codes
+# (2: high-bit-depth images scaled by their own bit depth).
+PIXELS_VERSION = 2
+
+
+def cache_key(vq: str, alpha: str = "white") -> str:
+    """The token cache's codebook key: the fingerprint, the pixel-path version and the alpha rule."""
+    return f"{vq}/p{PIXELS_VERSION}/{alpha}"
+
+
+def image_alpha(ref: dict[str, Any]) -> str:
+    """The alpha rule an image's tokens were made with (records written before the option: white)."""
+    return str(ref.get("alpha", "white"))
+
+
+def load_pixels(
+    media: MediaStore, ref: dict[str, Any], size: int, what: str, alpha: str = "white"
+) -> tuple[str, np.ndarray]:
     """Worker job: read, verify, decode and preprocess one image -> (sha256, uint8 [size, size, 3])."""
     data = media.read_bytes(ref, what=what, verify=True)
     image = decode_image(data, what=what).image
-    return ref.get("sha256") or sha256_bytes(data), preprocess_uint8(image, size)
+    return ref.get("sha256") or sha256_bytes(data), preprocess_uint8(image, size, alpha)
 
 
 def tokenize_images(
@@ -88,6 +109,7 @@ def tokenize_images(
     encoder: Any = None,
     compile: bool = False,
     prefetch: int | None = None,
+    alpha: str = "white",
 ) -> Iterator[dict[str, Any]]:
     """Yield the records with `images[i].tokens` (codes 0..K-1) and `images[i].vq` filled in.
 
@@ -97,8 +119,11 @@ def tokenize_images(
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
+    if alpha not in ALPHA_MODES:
+        raise ValueError(f"alpha must be one of {', '.join(ALPHA_MODES)}, got {alpha!r}")
     spec = VQSpec.from_model_dir(model_dir)
     vq = vq_fingerprint(model_dir)
+    key_vq = cache_key(vq, alpha)
     report = policy.report
     prefetch = prefetch or max(2 * batch_size, batch_size + 2 * workers)
     max_window = 4 * prefetch + 64
@@ -119,6 +144,10 @@ def tokenize_images(
         image = pending.record["images"][index]
         image["tokens"] = codes
         image["vq"] = vq
+        if alpha == "white":
+            image.pop("alpha", None)
+        else:
+            image["alpha"] = alpha
         pending.waiting -= 1
 
     def plan(record: dict[str, Any]) -> _Pending:
@@ -126,11 +155,16 @@ def tokenize_images(
         images = record.get("images") or []
         todo: list[tuple[int, dict[str, Any]]] = []
         for index, ref in enumerate(images):
-            if ref.get("tokens") is not None and ref.get("vq") == vq:
+            if ref.get("tokens") is not None and ref.get("vq") == vq and image_alpha(ref) == alpha:
                 report.count("kept")
                 continue
             if not ref.get("path"):
-                if ref.get("tokens") is not None:
+                if ref.get("tokens") is not None and ref.get("vq") == vq:
+                    reason = (
+                        f"images[{index}] has tokens made with --alpha {image_alpha(ref)}, not this run's "
+                        f"--alpha {alpha}, and no 'path' in the media store to re-encode"
+                    )
+                elif ref.get("tokens") is not None:
                     reason = (
                         f"images[{index}] has tokens from codebook {ref.get('vq')!r}, not this model's "
                         f"{vq!r}, and no 'path' in the media store to re-encode"
@@ -140,7 +174,7 @@ def tokenize_images(
                 pending.error = RecordError(reason)
                 return pending
             todo.append((index, ref))
-        hits = cache.get_many([ref["sha256"] for _, ref in todo if ref.get("sha256")], vq)
+        hits = cache.get_many([ref["sha256"] for _, ref in todo if ref.get("sha256")], key_vq)
         for index, ref in todo:
             pending.waiting += 1
             sha = ref.get("sha256")
@@ -152,7 +186,7 @@ def tokenize_images(
             job = jobs.get(key)
             if job is None:
                 what = f"images[{index}] {ref['path']}"
-                job = _Job(pool.submit(load_pixels, media, ref, spec.resolution, what))
+                job = _Job(pool.submit(load_pixels, media, ref, spec.resolution, what, alpha))
                 jobs[key] = job
                 queue.append((key, job))
             else:
@@ -188,7 +222,7 @@ def tokenize_images(
         batch, handle = state["inflight"]
         state["inflight"] = None
         codes = handle.result()[: len(batch)].tolist()  # len(batch) x [N] ints
-        cache.put_many([(sha, c) for (_, sha, _), c in zip(batch, codes, strict=True)], vq)
+        cache.put_many([(sha, c) for (_, sha, _), c in zip(batch, codes, strict=True)], key_vq)
         for (key, _, _), c in zip(batch, codes, strict=True):
             for pending, index in jobs.pop(key).waiters:
                 give(pending, index, c)
