@@ -121,9 +121,11 @@ def register(app: typer.Typer) -> None:
         model_dir = _resolve_model(model)
 
         from medmax_cli.pack.manifest import model_fingerprints
+        from medmax_cli.pack.shards import OutputDirLocked
         from medmax_cli.pack.stage import pack_to_dir
         from medmax_cli.text.tokenizer import load_text_tokenizer
         from medmax_cli.text.vocab import ChameleonVocab
+        from medmax_cli.vision.tokencheck import model_tokens_per_image
 
         try:
             tokenizer = load_text_tokenizer(model_dir)
@@ -135,6 +137,7 @@ def register(app: typer.Typer) -> None:
             "dir": str(model_dir.resolve()),
             "tokenizer_fingerprint": prints["tokenizer"],
             "vq_fingerprint": prints["vq"],
+            "tokens_per_image": model_tokens_per_image(model_dir),  # image token lists must have this length
         }
 
         with StageIO(
@@ -148,17 +151,20 @@ def register(app: typer.Typer) -> None:
             validate_input=False,  # pack_to_dir validates, with a fast path for token lists
         ) as io:
             encode = _image_encoder(model_dir, io, image_batch_size, device, dtype)
-            manifest = pack_to_dir(
-                io.records,
-                output,
-                vocab=vocab,
-                tokenizer=tokenizer,
-                settings=settings,
-                policy=io.policy,
-                model=model_info,
-                encode_images=encode,
-                workers=workers,
-            )
+            try:
+                manifest = pack_to_dir(
+                    io.records,
+                    output,
+                    vocab=vocab,
+                    tokenizer=tokenizer,
+                    settings=settings,
+                    policy=io.policy,
+                    model=model_info,
+                    encode_images=encode,
+                    workers=workers,
+                )
+            except OutputDirLocked as exc:
+                raise fail(str(exc), code=1) from None
         if not quiet:
             typer.echo(
                 f"medmax pack: {manifest['samples']} samples -> {manifest['rows']} rows of {seq_len} in "

@@ -31,6 +31,7 @@ from medmax_cli.vision.cache import TokenCache, default_cache_dir
 from medmax_cli.vision.fingerprint import vq_fingerprint
 from medmax_cli.vision.preprocess import preprocess_uint8
 from medmax_cli.vision.spec import VQSpec
+from medmax_cli.vision.tokencheck import token_problem
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,9 @@ def tokenize_images(
 ) -> Iterator[dict[str, Any]]:
     """Yield the records with `images[i].tokens` (codes 0..K-1) and `images[i].vq` filled in.
 
-    Images that already carry tokens for this model's codebook are left alone. `encoder` (a
+    Images that already carry tokens for this model's codebook are left alone, unless the tokens
+    cannot be this codebook's (wrong length for its grid, codes out of range): those are encoded
+    again from the image, or the record is rejected when it has no image to encode. `encoder` (a
     `VQEncoder`) is built from `model_dir` on the first cache miss when not given. `compile`
     wraps it in torch.compile and pads the last batch so shapes never change.
     """
@@ -99,6 +102,7 @@ def tokenize_images(
         raise ValueError("batch_size must be at least 1")
     spec = VQSpec.from_model_dir(model_dir)
     vq = vq_fingerprint(model_dir)
+    tpi = spec.tokens_per_image  # a kept or cached token list must have exactly this length
     report = policy.report
     prefetch = prefetch or max(2 * batch_size, batch_size + 2 * workers)
     max_window = 4 * prefetch + 64
@@ -126,11 +130,16 @@ def tokenize_images(
         images = record.get("images") or []
         todo: list[tuple[int, dict[str, Any]]] = []
         for index, ref in enumerate(images):
+            bad = None  # why tokens tagged with this codebook cannot be kept (wrong length, codes)
             if ref.get("tokens") is not None and ref.get("vq") == vq:
-                report.count("kept")
-                continue
+                bad = token_problem(ref, vq=vq, tokens_per_image=tpi, n_codes=spec.num_embeddings)
+                if bad is None:
+                    report.count("kept")
+                    continue
             if not ref.get("path"):
-                if ref.get("tokens") is not None:
+                if bad is not None:
+                    reason = f"images[{index}] {bad}, and no 'path' in the media store to re-encode"
+                elif ref.get("tokens") is not None:
                     reason = (
                         f"images[{index}] has tokens from codebook {ref.get('vq')!r}, not this model's "
                         f"{vq!r}, and no 'path' in the media store to re-encode"
@@ -139,11 +148,16 @@ def tokenize_images(
                     reason = f"images[{index}] has no 'path' in the media store (fetch the image first)"
                 pending.error = RecordError(reason)
                 return pending
+            if bad is not None:
+                log.warning("images[%d] of %s: %s: re-encoding it", index, record.get("id"), bad)
+                report.count("re-encoded (bad tokens)")
             todo.append((index, ref))
         hits = cache.get_many([ref["sha256"] for _, ref in todo if ref.get("sha256")], vq)
         for index, ref in todo:
             pending.waiting += 1
             sha = ref.get("sha256")
+            if sha in hits and len(hits[sha]) != tpi:  # a damaged cache entry: encode again
+                del hits[sha]
             if sha in hits:
                 report.count("cached")
                 give(pending, index, hits[sha])
