@@ -107,6 +107,10 @@ def register(app: typer.Typer) -> None:
             raise fail("--seq-len must be >= 2; --pack-buffer, --max-count and the batch sizes must be >= 1")
         if output.exists() and not output.is_dir():
             raise fail(f"-o {output} exists and is not a directory")
+        try:  # before any input is read: a directory that cannot be made fails at once
+            output.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise fail(f"cannot create -o {output}: {exc.strerror or exc}", code=1) from None
         settings = PackSettings(
             seq_len=seq_len,
             pack=pack,
