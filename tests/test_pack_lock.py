@@ -101,13 +101,13 @@ def test_second_concurrent_pack_refuses_and_first_stays_consistent(tmp_path, tin
         lock = out / LOCK
         _wait_for(lambda: lock.is_file() and lock.read_text().strip() == str(first.pid), first, "the lock")
         _wait_for(lambda: any(out.glob("shard-*.tar")), first, "a first shard")
-        before = sorted(p.name for p in out.iterdir())
+        before = {p.name: p.read_bytes() for p in out.glob("shard-*.tar")}  # finished: never rewritten
         second = medmax(*_pack_cmd(out, tiny_model_dir)[3:], input=lines, check=False)
         err = second.stderr.decode()
         assert second.returncode == 1, err
         assert f"{out} is being written by another pack run (pid {first.pid})" in err
         assert "Traceback" not in err
-        assert set(before) <= {p.name for p in out.iterdir()}  # the refusing run deleted nothing
+        assert {n: (out / n).read_bytes() for n in before} == before  # the refusing run touched nothing
         assert not (out / "manifest.json").exists()
         first.stdin.write(lines[len(half) :])
         first.stdin.close()
