@@ -170,3 +170,30 @@ def test_writers_use_unique_temp_names_and_clear_removes_them(tmp_path):
     clear_outputs(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
     b.abort()
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        (b"\x80\xffnot json", "not JSON"),
+        (b"[1, 2]", "format 'list'"),
+        (
+            b'{"format": "medmax-packed-shards", "settings": {"seq_len": 8}, "shards": "shard-000000.tar"}',
+            "'shards'",
+        ),
+        (
+            b'{"format": "medmax-packed-shards", "settings": {"seq_len": 8}, '
+            b'"shards": [{"name": "../x.tar", "rows": 1, "first_row": 0, "sha256": "0"}]}',
+            "not a file in the directory",
+        ),
+        (
+            b'{"format": "medmax-packed-shards", "settings": {"seq_len": "8"}, "shards": []}',
+            "seq_len",
+        ),
+    ],
+)
+def test_a_malformed_manifest_is_refused_naming_the_file(tmp_path, text, reason):
+    (tmp_path / "manifest.json").write_bytes(text)
+    with pytest.raises(ValueError) as caught:
+        PackedShards(tmp_path)
+    assert str(tmp_path / "manifest.json") in str(caught.value) and reason in str(caught.value)
