@@ -403,7 +403,10 @@ def test_prompt_image_without_tokens_is_rejected(engine):
 
 def test_prompt_image_tokens_are_used(engine):
     tokens = list(range(engine.tokens_per_image))
-    with_img = instance("im", "What is shown?", images=[{"tokens": tokens, "vq": "x"}])
+    from medmax_cli.generate.stage import vq_fingerprint
+
+    vq = vq_fingerprint(engine.model_dir)  # tokens of another codebook are refused
+    with_img = instance("im", "What is shown?", images=[{"tokens": tokens, "vq": vq}])
     (out,) = generate_stage([with_img], engine=engine, config=GenerateConfig(max_new_tokens=6))
     (plain,) = generate_stage(
         [instance("im", "What is shown?")], engine=engine, config=GenerateConfig(max_new_tokens=6)

@@ -85,6 +85,9 @@ def register(app: typer.Typer) -> None:
         log_every: int = _opt(None, "--log-every", help="Metrics line every N steps [1]."),
         merge: bool = _opt(None, "--merge", help="Also write RUN/merged (adapter merged into the weights)."),
         resume: bool = _opt(None, "--resume", help="Continue from RUN/checkpoints/latest."),
+        resume_new_data: bool = _opt(
+            None, "--resume-new-data", help="With --resume: continue although the shards changed."
+        ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     ) -> None:
         flags = dict(locals())  # first: every option, None where not given

@@ -201,6 +201,7 @@ def _budget(cfg: GenerateConfig, mode: str, tpi: int) -> int:
 
 def _make_row(engine: Engine, record: dict[str, Any], cfg: GenerateConfig) -> Row:
     mode = resolve_mode(record, cfg.mode)
+    _check_prompt_tokens(engine, record)
     ids = prompt_ids(record, vocab=engine.vocab, tokenizer=engine.tokenizer, prompt_format=cfg.prompt_format)
     room = engine.context - len(ids)
     block = engine.tokens_per_image + 2
@@ -213,6 +214,23 @@ def _make_row(engine: Engine, record: dict[str, Any], cfg: GenerateConfig) -> Ro
         )
     budget = min(_budget(cfg, mode, engine.tokens_per_image), room)
     return Row(prompt=ids, mode=mode, seed=row_seed(cfg.seed, record["id"]), budget=budget)
+
+
+def _check_prompt_tokens(engine: Engine, record: dict[str, Any]) -> None:
+    """Prompt images must carry this model's codes (tag, grid length, range): tokens of another
+    codebook would be read as garbage (`--no-encode-images` does not re-encode them)."""
+    from medmax_cli.generate.prompt import _is_prompt_image
+    from medmax_cli.vision.tokencheck import check_image_tokens
+
+    if not any(isinstance(im, dict) and im.get("tokens") is not None for im in record.get("images") or []):
+        return
+    check_image_tokens(
+        record,
+        vq=vq_fingerprint(engine.model_dir),
+        tokens_per_image=engine.tokens_per_image,
+        n_codes=int(engine.vocab.n_codes),
+        which=lambda index: _is_prompt_image(record, index),
+    )
 
 
 def _prediction(engine: Engine, record: dict[str, Any], row: Row, cfg: GenerateConfig) -> dict[str, Any]:
