@@ -117,12 +117,14 @@ class Bench:
             naive()
             ours()
         times: list[list[float]] = [[], []]
+        cpus: list[list[float]] = [[], []]
         outputs: list[Any] = [None, None]
         for _ in range(max(1, repeats)):
             for k, fn in enumerate((naive, ours)):
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), time.process_time()
                 result = fn()
                 elapsed = time.perf_counter() - start
+                cpus[k].append(time.process_time() - cpu)
                 if isinstance(result, Measured):
                     elapsed, result = result.seconds, result.output
                 times[k].append(elapsed)
@@ -132,6 +134,7 @@ class Bench:
             raise AssertionError(f"{self.name}: {label}: {names[0]} and {names[1]} produced different output")
         amount = float(work(outputs[1]) if callable(work) else work)
         ratios = [a / b for a, b in zip(times[0], times[1], strict=True) if b > 0]
+        cpu_ratios = [a / b for a, b in zip(cpus[0], cpus[1], strict=True) if b > 0]
         entry = {
             "label": label,
             "unit": unit,
@@ -139,10 +142,18 @@ class Bench:
             "repeats": len(times[0]),
             "same_output": True,
             "sides": {
-                name: {**_spread(t), "rate_median": amount / statistics.median(t), "seconds": t}
-                for name, t in zip(names, times, strict=True)
+                name: {
+                    **_spread(t),
+                    "rate_median": amount / statistics.median(t),
+                    "seconds": t,
+                    "process_cpu_seconds": c,  # this process, all its threads, setup included
+                }
+                for name, t, c in zip(names, times, cpus, strict=True)
             },
             "ratio": _spread(ratios),
+            # CPU seconds of this process: the per-core view, steadier than wall time on a busy machine
+            # (meaningless where a side works in other processes or on a GPU)
+            "ratio_cpu": _spread(cpu_ratios) if cpu_ratios else None,
         }
         self.comparisons.append(entry)
         a, b = (entry["sides"][n] for n in names)
@@ -153,7 +164,11 @@ class Bench:
                 f"    {name:<14} {side['median']:8.3f} s [{side['min']:.3f}-{side['max']:.3f}]"
                 f"  {fmt_rate(side['rate_median'])} {unit}/s"
             )
-        print(f"    ratio {names[0]}/{names[1]} time: {r['median']:.2f}x [{r['min']:.2f}-{r['max']:.2f}]")
+        rc = entry["ratio_cpu"]
+        print(
+            f"    ratio {names[0]}/{names[1]} time: {r['median']:.2f}x [{r['min']:.2f}-{r['max']:.2f}]"
+            + (f"   CPU time: {rc['median']:.2f}x [{rc['min']:.2f}-{rc['max']:.2f}]" if rc else "")
+        )
         sys.stdout.flush()
         return entry
 
