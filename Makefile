@@ -44,7 +44,7 @@ format: install
 
 # CPU benchmarks (each prints the naive baseline, ours and the ratio). train_gpu.py needs a GPU:
 # it runs with --quick here; `make bench-gpu` runs the full GPU set (bench/gpu.sh).
-CPU_BENCH := streams fetch synthesize vision pack loss generate score
+CPU_BENCH := streams fetch synthesize vision pack loss generate score memory
 bench: install
 	@for b in $(CPU_BENCH); do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
 	$(BIN)/python bench/train_gpu.py --quick
