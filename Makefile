@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-gpu lint format bench bench-quick bench-gpu eval clean
+.PHONY: install demo test test-gpu lint format bench bench-quick bench-gpu gpu-wheels eval clean
 
 install: $(STAMP)
 
@@ -54,6 +54,10 @@ bench-quick: install
 
 bench-gpu: install
 	PYTHON=$(BIN)/python bash bench/gpu.sh
+
+# cp312 wheels bench/gpu.sh installs on the lent (offline) GPU machine; carry gpu-wheels/ there.
+gpu-wheels: install
+	PYTHON=$(BIN)/python bash bench/gpu-wheels.sh
 
 MODEL ?=
 ADAPTER ?=

@@ -213,3 +213,28 @@ class Bench:
             flush=True,
         )
         return path
+
+
+def _stub(argv: list[str]) -> int:
+    """`python bench/_harness.py --stub NAME [--fail NAME]`: bench/gpu.sh's dry-run step. It checks
+    what a real step needs (the package and its wheels import, $BENCH_RESULTS is writable) and
+    writes a results file like a bench; exits 3 when NAME is the one told to fail."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--stub", required=True)
+    parser.add_argument("--fail", default="")
+    args = parser.parse_args(argv)
+    import orjson  # noqa: F401  (a carried wheel on the device; the env step imports the rest)
+
+    import medmax_cli
+
+    bench = Bench(f"stub-{args.stub}", quick=True, settings={"package": medmax_cli.__file__})
+    print(f"dry-run step {args.stub}: medmax_cli from {medmax_cli.__file__}")
+    bench.figure("python", platform.python_version())
+    bench.finish()
+    return 3 if args.stub == args.fail else 0
+
+
+if __name__ == "__main__":
+    sys.exit(_stub(sys.argv[1:]))
