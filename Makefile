@@ -48,6 +48,7 @@ CPU_BENCH := streams fetch synthesize vision pack loss generate score memory
 bench: install
 	@for b in $(CPU_BENCH); do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
 	$(BIN)/python bench/train_gpu.py --quick
+	$(BIN)/python bench/report.py --write
 
 bench-quick: install
 	@for b in $(CPU_BENCH) train_gpu; do echo "== bench/$$b.py --quick"; $(BIN)/python bench/$$b.py --quick || exit 1; done

@@ -48,7 +48,19 @@ def _commit() -> str:
             timeout=10,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            # the measured code only: docs or results edited during a run do not make it "dirty"
+            [
+                "git",
+                "-C",
+                str(ROOT),
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                "src",
+                "bench",
+                ":!bench/results",
+            ],
             capture_output=True,
             text=True,
             timeout=10,
