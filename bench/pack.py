@@ -346,12 +346,13 @@ def main() -> None:
                 same=lambda a, b: a == b["tokens"],  # pack tokenised exactly the tokenizer's text tokens
                 names=("encode_batch", f"pack {name}"),
             )
-            share = entry["ratio"]
+            share, cpu = entry["ratio"], entry["ratio_cpu"]  # CPU time: the per-core view
             bench.figure(
                 f"share_of_tokenizer_limit/fast_path_{name}",
-                share,
-                f"pack, fast path {name}: {100 * share['median']:.0f}% of the bare tokenizer's rate per core "
-                f"[{100 * share['min']:.0f}-{100 * share['max']:.0f}%] (target >= 70% with it off)",
+                {"wall": share, "cpu": cpu},
+                f"pack, fast path {name}: {100 * cpu['median']:.0f}% of the bare tokenizer's rate per core "
+                f"(CPU time) [{100 * cpu['min']:.0f}-{100 * cpu['max']:.0f}%], {100 * share['median']:.0f}% "
+                f"by wall time [{100 * share['min']:.0f}-{100 * share['max']:.0f}%] (target >= 70% with it off)",
             )
 
         # Packing quality on exactly the sample lengths ours produced.

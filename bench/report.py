@@ -54,6 +54,9 @@ def render_one(doc: dict) -> str:
                 f"| {_span(c['ratio'])} | {cpu} |"
             )
         lines.append("")
+    if doc.get("note"):
+        lines.append(f"Note: {doc['note']}.")
+        lines.append("")
     for key, value in doc["figures"].items():
         lines.append(f"- {key}: `{json.dumps(value, default=str)}`")
     return "\n".join(lines).rstrip() + "\n"
