@@ -33,6 +33,7 @@ from medmax_cli.generate.sampling import sample
 log = logging.getLogger(__name__)
 
 GRAPH_LENGTH_STEP = 256  # captured steps attend over the whole cache: keep it near the real length
+GRAPH_POOL = 2  # caches (with their captured step) kept for reuse by later batches of the same shape
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -85,6 +86,11 @@ class Runner:
         if compile and not self.graphs:
             log.warning("--compile needs CUDA; using the eager decode step on %s", self.device)
         self._static_fn = self._step_static
+        # (batch, length) -> (cache, weakref to the last KVCache handed out over its buffers): a later
+        # batch of the same shape reuses the buffers and so the captured graph (no re-capture, no
+        # re-compile); most recently used last, at most GRAPH_POOL of them.
+        self._pool: dict[tuple[int, int], tuple[KVCache, Any]] = {}
+        self.captures = 0
         if self.graphs and fuse:
             self._static_fn = torch.compile(self._step_static, dynamic=False, fullgraph=False)
 
@@ -93,6 +99,31 @@ class Runner:
     def new_cache(self, batch: int, length: int) -> KVCache:
         if self.graphs:  # a few distinct lengths, so inductor (--compile) specialises a few times only
             length = -(-length // GRAPH_LENGTH_STEP) * GRAPH_LENGTH_STEP
+            return self._pooled_cache(batch, length)
+        return self._alloc_cache(batch, length)
+
+    def _pooled_cache(self, batch: int, length: int) -> KVCache:
+        """A cache of this shape whose earlier user is gone, cleared, with its captured step; else a
+        new one (kept for later batches, the least recently used one dropped beyond GRAPH_POOL)."""
+        import weakref
+
+        key = (batch, length)
+        entry = self._pool.pop(key, None)
+        if entry is not None and entry[1]() is None:  # nobody holds the last cache over these buffers
+            held = entry[0]
+            for tensor in (*held.keys, *held.values, held.valid):
+                tensor.zero_()  # as new: the same results as a fresh cache, bit for bit
+            cache = KVCache(held.keys, held.values, held.valid, graph=held.graph)
+        else:  # none, or still in use (its holder keeps it): a new one takes its place in the pool
+            while len(self._pool) >= GRAPH_POOL:
+                self._pool.pop(next(iter(self._pool)))
+            cache = self._alloc_cache(batch, length)
+            held = KVCache(cache.keys, cache.values, cache.valid)
+        self._pool[key] = (held, weakref.ref(cache))
+        cache.pool_entry = held  # type: ignore[attr-defined]  # _graph_step records the capture here
+        return cache
+
+    def _alloc_cache(self, batch: int, length: int) -> KVCache:
         shape = (batch, self.n_kv, length, self.head_dim)
         n = len(self.core.layers)
         keys = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(n)]
@@ -211,6 +242,10 @@ class Runner:
                 self.graphs = False
                 return out
             cache.graph = (graph, static)
+            self.captures += 1
+            held = getattr(cache, "pool_entry", None)
+            if held is not None:
+                held.graph = cache.graph  # later batches of this shape replay it
             return out
         graph, static = g
         static["tokens"].copy_(tokens)

@@ -204,8 +204,11 @@ def _check_alpha(record: dict[str, Any], alpha: str) -> RecordError | None:
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(vocab, tokenizer, settings: PackSettings) -> None:
-    _WORKER.update(vocab=vocab, tokenizer=text_tokenizer(tokenizer), settings=settings)
+def _worker_init(vocab, tokenizer, settings: PackSettings, cache_bytes: int | None = None) -> None:
+    from medmax_cli.text.tokenizer import TextTokenizer
+
+    wrapped = TextTokenizer(tokenizer, cache_bytes=cache_bytes) if cache_bytes else text_tokenizer(tokenizer)
+    _WORKER.update(vocab=vocab, tokenizer=wrapped, settings=settings)
 
 
 def _worker_build(batch: list[dict[str, Any]]) -> list[Sample | RecordError]:
@@ -259,8 +262,11 @@ def samples(
 
     # spawn, not fork: the parent may hold torch and tokenizers thread pools.
     context = multiprocessing.get_context("spawn")
+    # the tokenizer cache budget is split over the workers, so memory does not grow with --workers
+    budget = getattr(tokenizer, "cache_bytes", None)
+    share = max(budget // workers, 4 << 20) if budget else None
     with context.Pool(
-        workers, initializer=_worker_init, initargs=(vocab, tokenizer.tokenizer, settings)
+        workers, initializer=_worker_init, initargs=(vocab, tokenizer.tokenizer, settings, share)
     ) as pool:
         window: deque = deque()
         for batch in ready_batches:
