@@ -210,13 +210,9 @@ def test_cfg_combines_three_rows():
     want = torch.tensor([[0.6 + 1.5, 1 - 1.2 + 6.0, 1.2 + 6.0]])
     torch.testing.assert_close(got, want)
     assert torch.equal(combine_cfg(c, i, u, cfg_text=1.0, cfg_image=1.0), c)  # weights 1: plain conditional
-    assert image_only_prompt([0, 50, 8197, 4, 5, 8196, 60, 2], bos=0, boi=8197, eoi=8196) == [
-        0,
-        8197,
-        4,
-        5,
-        8196,
-    ]
+    codes = frozenset(range(4, 8196))
+    ids = [0, 9050, 8197, 4, 5, 8196, 9060, 2]
+    assert image_only_prompt(ids, bos=0, boi=8197, eoi=8196, image_ids=codes) == [0, 8197, 4, 5, 8196]
 
 
 @torch.no_grad()
