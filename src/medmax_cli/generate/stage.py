@@ -272,6 +272,7 @@ def _prediction(engine: Engine, record: dict[str, Any], row: Row, cfg: GenerateC
         "preset": row.settings.preset,
         "settings": settings,
         "seed": cfg.seed,
+        "budget": row.budget,
         "new_tokens": row.used,
         "stop": row.stop,
     }
