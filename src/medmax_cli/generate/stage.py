@@ -1,8 +1,10 @@
 """`medmax generate` as a library: setup_engine (model, adapter, masks) and the record stage.
 
 Read like a recipe: `setup_engine` returns one object holding the model runner, the vocabulary,
-the tokenizer and the precomputed masks; `generate_stage` batches records, builds prompts, runs
-the phases (`interleave.run_rows`) and turns tokens back into a prediction: text parts, and
+the tokenizer and the precomputed masks; `generate_stage` batches records, builds and checks
+prompts, resolves each record's settings (its preset plus the user's flags, `config.py`), runs the
+phases (`interleave.run_rows`) once per group of rows with equal settings, and turns tokens back
+into a prediction (naming the preset and every setting): text parts, and
 generated images stored as PNG in the media store (appended to `images` with their tokens and
 `vq`, referenced by index). Output order equals input order.
 """
