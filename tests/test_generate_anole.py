@@ -260,6 +260,17 @@ def test_image_only_row_equals_anoles_filter(vocab, vmap):
     assert ours == ref_image_row(ctx, rv) == [rv["bos"], *block, *block]
 
 
+def test_noise_never_reaches_0_or_1():
+    """An Exp(1) draw of exactly 0 (u = 1) would make the race pick that token even at probability 0."""
+    from medmax_cli.generate.sampling import unit_interval
+
+    u = unit_interval(torch.tensor([0, 1, 255, 511, 2**31, 2**32 - 512, 2**32 - 1], dtype=torch.long))
+    race = -torch.log(u)
+    assert (
+        bool((u > 0).all()) and bool((u < 1).all()) and bool((race > 0).all()) and bool(race.isfinite().all())
+    )
+
+
 def test_sampler_draws_from_the_distribution():
     """The counter-based race draws each token with its probability (40,000 fixed seeds)."""
     logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0]])
@@ -514,3 +525,54 @@ def test_bad_sampling_flag_exits_2_before_reading_input(tmp_path):
         )
         assert res.returncode == 2, res.stderr
         assert flag.encode() in res.stderr and b"never-read" not in res.stderr
+
+
+class FixedLogits:
+    """Runner proxy whose full-vocabulary logits are `logits` for every row (the model still runs)."""
+
+    def __init__(self, runner, logits):
+        self.runner, self.fixed = runner, logits
+
+    def __getattr__(self, name):
+        return getattr(self.runner, name)
+
+    def logits(self, hidden, code_ids=None):
+        if code_ids is not None:
+            return self.runner.logits(hidden, code_ids)
+        return self.fixed.expand(hidden.shape[0], -1).clone()
+
+
+def test_decode_loop_samples_anoles_text_distribution(engine, vmap):
+    """The real text loop (generate_text), fed fixed logits: 600 rows with their own seeds draw their
+    first token with Anole's probabilities (prompt tokens penalised, `<` names never drawn)."""
+    from medmax_cli.generate.decode import generate_text
+
+    vocab = engine.vocab
+    rv = ref_vocab(vmap)
+    prompt = prompt_ids(interleaved_record(), vocab=vocab, tokenizer=engine.tokenizer)
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(1, vocab.vocab_size, generator=g) - 8.0  # a tail without ties
+    favourites = [*dict.fromkeys(prompt[1:4]), *[t for t in rv["text"][200:203] if t not in prompt]]
+    logits[0, favourites] = torch.tensor([8.0, 7.6, 7.2, 7.0, 6.8, 6.6][: len(favourites)])
+    logits[0, [vocab.sep, vocab.eos]] = torch.tensor([9.0, 1.0])
+    want = ref_text_probs(logits, torch.tensor([prompt]), rv, img=False, max_seq_len=4096, block=66)[0]
+    n = 600
+    res = generate_text(
+        FixedLogits(engine.runner, logits),
+        [prompt] * n,
+        budgets=[1] * n,
+        masks=engine.masks,
+        seeds=torch.arange(n),
+        repetition_penalty=1.2,
+        temperature=1.0,
+        top_p=0.9,
+    )
+    first = torch.tensor([r.tokens[0] if r.tokens else vocab.eos for r in res])
+    freq = torch.bincount(first, minlength=vocab.vocab_size).double() / n
+    assert freq[want == 0].sum() == 0 and freq[vocab.sep] == 0
+    assert (freq - want).abs().max() < 0.075  # ~4 standard errors at n = 600
+    # without the penalty the prompt's tokens would be drawn far more often: the test can tell
+    plain = ref_text_probs(
+        logits, torch.tensor([prompt]), rv, img=False, max_seq_len=4096, block=66, penalty=1.0
+    )
+    assert (plain[0] - want).abs().max() > 0.15

@@ -42,7 +42,17 @@ def uniform_noise(seeds: torch.Tensor, steps: torch.Tensor, n: int) -> torch.Ten
     key = _fmix32((seeds.long() & _M32) ^ _fmix32((steps.long() * 0x9E3779B1 + 0x7F4A7C15) & _M32))  # [B]
     idx = torch.arange(n, device=seeds.device, dtype=torch.long)
     h = _fmix32(_fmix32(key[:, None] ^ idx[None, :]) ^ (key[:, None] >> 7))  # [B, n]
-    return ((h >> 8).float() + 0.5) / float(1 << 24)
+    return unit_interval(h)
+
+
+def unit_interval(h: torch.Tensor) -> torch.Tensor:
+    """32-bit hashes -> float32 strictly inside (0, 1).
+
+    23 bits + 0.5 over 2^23 is exact in float32 and at most 1 - 2^-24 (24 bits + 0.5 would round
+    up to exactly 1.0 for the top hashes, giving an Exp(1) draw of 0, hence inf or NaN in the race
+    and a token drawn whatever its probability, even a masked one).
+    """
+    return ((h >> 9).float() + 0.5) / float(1 << 23)
 
 
 def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
