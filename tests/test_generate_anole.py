@@ -543,7 +543,7 @@ class FixedLogits:
 
 
 def test_decode_loop_samples_anoles_text_distribution(engine, vmap):
-    """The real text loop (generate_text), fed fixed logits: 600 rows with their own seeds draw their
+    """The real text loop (generate_text), fed fixed logits: 200 rows with their own seeds draw their
     first token with Anole's probabilities (prompt tokens penalised, `<` names never drawn)."""
     from medmax_cli.generate.decode import generate_text
 
@@ -556,7 +556,7 @@ def test_decode_loop_samples_anoles_text_distribution(engine, vmap):
     logits[0, favourites] = torch.tensor([8.0, 7.6, 7.2, 7.0, 6.8, 6.6][: len(favourites)])
     logits[0, [vocab.sep, vocab.eos]] = torch.tensor([9.0, 1.0])
     want = ref_text_probs(logits, torch.tensor([prompt]), rv, img=False, max_seq_len=4096, block=66)[0]
-    n = 600
+    n = 200
     res = generate_text(
         FixedLogits(engine.runner, logits),
         [prompt] * n,
@@ -570,7 +570,7 @@ def test_decode_loop_samples_anoles_text_distribution(engine, vmap):
     first = torch.tensor([r.tokens[0] if r.tokens else vocab.eos for r in res])
     freq = torch.bincount(first, minlength=vocab.vocab_size).double() / n
     assert freq[want == 0].sum() == 0 and freq[vocab.sep] == 0
-    assert (freq - want).abs().max() < 0.075  # ~4 standard errors at n = 600
+    assert (freq - want).abs().max() < 0.13  # ~4 standard errors at n = 200
     # without the penalty the prompt's tokens would be drawn far more often: the test can tell
     plain = ref_text_probs(
         logits, torch.tensor([prompt]), rv, img=False, max_seq_len=4096, block=66, penalty=1.0
