@@ -8,7 +8,7 @@ TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo test test-browser test-gpu lint format bench bench-quick bench-gpu eval clean
+.PHONY: install demo test test-browser test-gpu lint format bench bench-quick bench-gpu gpu-wheels eval clean
 
 install: $(STAMP)
 
@@ -52,16 +52,21 @@ format: install
 
 # CPU benchmarks (each prints the naive baseline, ours and the ratio). train_gpu.py needs a GPU:
 # it runs with --quick here; `make bench-gpu` runs the full GPU set (bench/gpu.sh).
-CPU_BENCH := streams fetch synthesize vision pack loss generate score
+CPU_BENCH := streams fetch synthesize vision pack loss generate score memory
 bench: install
 	@for b in $(CPU_BENCH); do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
 	$(BIN)/python bench/train_gpu.py --quick
+	$(BIN)/python bench/report.py --write
 
 bench-quick: install
 	@for b in $(CPU_BENCH) train_gpu; do echo "== bench/$$b.py --quick"; $(BIN)/python bench/$$b.py --quick || exit 1; done
 
 bench-gpu: install
 	PYTHON=$(BIN)/python bash bench/gpu.sh
+
+# cp312 wheels bench/gpu.sh installs on the lent (offline) GPU machine; carry gpu-wheels/ there.
+gpu-wheels: install
+	PYTHON=$(BIN)/python bash bench/gpu-wheels.sh
 
 MODEL ?=
 ADAPTER ?=

@@ -11,7 +11,6 @@ call; the bucket spaces request *starts*, so it should reach >= 90% of the limit
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from _harness import Bench, Measured  # noqa: E402
 from fakes.jats_articles import article, png  # noqa: E402
 from fakes.pmc_server import FakeArticle, FakeHttpServer, PmcFake  # noqa: E402
 from medmax_cli.fetch.pmc import fetch_articles  # noqa: E402
@@ -50,7 +50,7 @@ def make_articles(n: int) -> list[FakeArticle]:
     return arts
 
 
-def crawl(fake: PmcFake, rate: float, naive: bool) -> tuple[float, float, int]:
+def crawl(fake: PmcFake, rate: float, naive: bool) -> Measured:
     client = HttpClient(rates={}, default_rate=rate)
     if naive:
         client.limiter = NaiveLimiter({}, default=rate)
@@ -72,7 +72,7 @@ def crawl(fake: PmcFake, rate: float, naive: bool) -> tuple[float, float, int]:
         ):
             articles += bool(batch.key)
         seconds = time.perf_counter() - start
-    return client.requests / seconds, articles / seconds, client.requests
+    return Measured(seconds, (articles, client.requests))
 
 
 def main() -> None:
@@ -81,26 +81,23 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=20.0, help="requests/s limit per host")
     args = parser.parse_args()
     n, repeats = (6, 1) if args.quick else (20, 3)
+    bench = Bench("fetch", quick=args.quick, settings={"articles": n, "rate": args.rate})
+    print(f"fetch pmc, loopback server, {n} articles x 2 figures, limit {args.rate:g} requests/s")
     with FakeHttpServer() as server:
         fake = PmcFake(server, make_articles(n))
-        results: dict[str, list[tuple[float, float, int]]] = {"naive sleep": [], "token bucket": []}
-        for _ in range(repeats):
-            results["naive sleep"].append(crawl(fake, args.rate, naive=True))
-            results["token bucket"].append(crawl(fake, args.rate, naive=False))
-    print(
-        f"fetch pmc, loopback server, {n} articles x 2 figures, limit {args.rate:g} requests/s, "
-        f"median of {repeats}"
-    )
-    medians = {}
-    for name, runs in results.items():
-        req = statistics.median(r[0] for r in runs)
-        art = statistics.median(r[1] for r in runs)
-        medians[name] = req
-        print(
-            f"  {name:<13} {req:6.2f} requests/s ({100 * req / args.rate:5.1f}% of the limit), "
-            f"{art:5.2f} articles/s, {runs[0][2]} requests"
+        entry = bench.compare(
+            "crawl",
+            naive=lambda: crawl(fake, args.rate, naive=True),
+            ours=lambda: crawl(fake, args.rate, naive=False),
+            repeats=repeats,
+            work=lambda out: out[1],
+            unit="requests",
+            names=("naive sleep", "token bucket"),
         )
-    print(f"  ratio token bucket / naive: {medians['token bucket'] / medians['naive sleep']:.2f}x")
+    for name, side in entry["sides"].items():
+        share = side["rate_median"] / args.rate
+        bench.figure(f"share_of_limit/{name}", share, f"{name}: {100 * share:.1f}% of the limit")
+    bench.finish()
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from _harness import Bench, Measured  # noqa: E402
 from medmax_cli.generate.cfg import generate_images  # noqa: E402
 from medmax_cli.generate.decode import Runner, generate_text  # noqa: E402
 from medmax_cli.generate.processors import TextMasks  # noqa: E402
@@ -105,27 +105,17 @@ def prompt_batch(vocab: ChameleonVocab, batch: int, length: int) -> list[list[in
     ]
 
 
-def _measure(run, n_rows: int, new_tokens: int, repeats: int, device: torch.device) -> tuple[float, float]:
-    """(median tokens/s over warm calls, seconds of the cold first call making 2 tokens).
-
-    The cold call comes first in the process for that path and makes a second token on purpose:
-    decode-step compilation or graph capture happens at the first decode step, so it is included.
-    """
-
-    def timed(n):
-        sync(device)
-        t0 = time.perf_counter()
-        run(n)
-        sync(device)
-        return time.perf_counter() - t0
-
-    cold = timed(2)
-    rates = [n_rows * new_tokens / timed(new_tokens) for _ in range(repeats)]
-    return statistics.median(rates), cold
+def timed(run, n: int, device: torch.device) -> Measured:
+    """Seconds of one call making `n` tokens a row; output: the shape of what it made (same work)."""
+    sync(device)
+    t0 = time.perf_counter()
+    made = run(n)
+    sync(device)
+    return Measured(time.perf_counter() - t0, made)
 
 
-def bench_stock(model, prompts, new_tokens, repeats, cache_implementation=None):
-    """Greedy `model.generate`, EOS ignored (min_new_tokens) so every call makes `new_tokens`."""
+def stock_run(model, prompts, cache_implementation=None):
+    """Greedy `model.generate`, EOS ignored (min_new_tokens) so every call makes `n` tokens a row."""
     ids = torch.tensor(prompts, device=model.device)
     kw = dict(do_sample=False, pad_token_id=1, attention_mask=torch.ones_like(ids))
     if cache_implementation:
@@ -134,12 +124,12 @@ def bench_stock(model, prompts, new_tokens, repeats, cache_implementation=None):
     def run(n):
         with torch.no_grad():
             out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, **kw)
-        assert out.shape[1] - ids.shape[1] == n
+        return [out.shape[1] - ids.shape[1]] * out.shape[0]
 
-    return _measure(run, len(prompts), new_tokens, repeats, model.device)
+    return run
 
 
-def bench_ours(runner, masks, prompts, new_tokens, repeats):
+def ours_run(runner, masks, prompts):
     """Our loop, greedy, no repetition penalty, EOS ignored (same work as the stock call)."""
     masks = dataclasses.replace(masks, eos=-1)  # never stop early
     seeds = torch.zeros(len(prompts), dtype=torch.long, device=runner.device)
@@ -148,9 +138,9 @@ def bench_ours(runner, masks, prompts, new_tokens, repeats):
         out = generate_text(
             runner, prompts, budgets=[n] * len(prompts), masks=masks, seeds=seeds, repetition_penalty=1.0
         )
-        assert all(len(r.tokens) == n for r in out)
+        return [len(r.tokens) for r in out]
 
-    return _measure(run, len(prompts), new_tokens, repeats, runner.device)
+    return run
 
 
 def bench_image(runner, vocab, prompt, tpi, repeats):
@@ -191,7 +181,7 @@ def main() -> None:
         "--fuse", action="store_true", help="with --compile: torch.compile the step before capture"
     )
     ap.add_argument("--image-tokens", type=int, default=None, help="tokens per image for the CFG timing")
-    ap.add_argument("--json", action="store_true", help="also print the results as one JSON line")
+    ap.add_argument("--json", action="store_true", help="also print the results file as one line")
     args = ap.parse_args()
 
     torch.set_grad_enabled(False)
@@ -223,30 +213,54 @@ def main() -> None:
         f", {dtype}, batch {args.batch}, prompt {args.prompt_len}, {new_tokens} new tokens, median of {repeats}"
     )
 
-    results = {}
-    results["stock default cache"] = bench_stock(model, prompts, new_tokens, repeats)
-    results["stock static cache"] = bench_stock(model, prompts, new_tokens, repeats, "static")
-    results["ours" + (" (captured step)" if args.compile else "")] = bench_ours(
-        runner, masks, prompts, new_tokens, repeats
+    bench = Bench(
+        "generate" + ("-full" if args.full else "") + ("-cuda" if device.type == "cuda" else ""),
+        quick=args.quick,
+        settings={
+            "model": label,
+            "device": str(device),
+            "dtype": str(dtype),
+            "new_tokens": new_tokens,
+            **vars(args),
+        },
     )
-    ours_rate = list(results.values())[-1][0]
-    for name, (rate, ttft) in results.items():
-        print(
-            f"{name:28s} {rate:10.1f} tokens/s   cold first call (2 tokens) {ttft * 1000:9.1f} ms   "
-            f"ours/this {ours_rate / rate:5.2f}x"
-        )
-    out = {
-        k: {"tokens_per_s": round(r, 2), "cold_first_call_2_tokens_s": round(t, 4)}
-        for k, (r, t) in results.items()
+    runs = {
+        "stock default cache": stock_run(model, prompts),
+        "stock static cache": stock_run(model, prompts, "static"),
+        "ours" + (" (captured step)" if args.compile else ""): ours_run(runner, masks, prompts),
     }
+    # Cold first call of each path, first in the process for that path, making 2 tokens: decode-step
+    # compilation or CUDA-graph capture happens at the first decode step, so it is included.
+    for name, run in runs.items():
+        cold = timed(run, 2, device).seconds
+        bench.figure(
+            f"cold_first_call_2_tokens_s/{name}",
+            cold,
+            f"{name}: cold first call (2 tokens) {cold * 1000:.1f} ms",
+        )
+    ours_name = list(runs)[-1]
+    # Same work: every row of both paths makes `new_tokens` tokens (the tokens themselves differ:
+    # ours masks image tokens out of text answers, stock generate does not).
+    for name in list(runs)[:2]:
+        bench.compare(
+            f"decode {new_tokens} tokens x {args.batch} rows, {name} vs {ours_name}",
+            naive=lambda run=runs[name]: timed(run, new_tokens, device),
+            ours=lambda: timed(runs[ours_name], new_tokens, device),
+            repeats=repeats,
+            work=args.batch * new_tokens,
+            unit="tokens",
+            names=(name, ours_name),
+        )
     if args.full:
         seconds = bench_image(runner, vocab, prompts[0], tpi, repeats)
-        print(
-            f"one image, {tpi} tokens, three-row CFG: {seconds:.2f} s ({tpi / seconds:.1f} tokens/s per image)"
+        bench.figure(
+            "image_cfg",
+            {"tokens": tpi, "seconds": round(seconds, 3)},
+            f"one image, {tpi} tokens, three-row CFG: {seconds:.2f} s ({tpi / seconds:.1f} tokens/s per image)",
         )
-        out["image_cfg"] = {"tokens": tpi, "seconds": round(seconds, 3)}
+    path = bench.finish()
     if args.json:
-        print(json.dumps(out))
+        print(path.read_text().replace("\n", ""))
 
 
 if __name__ == "__main__":

@@ -9,12 +9,11 @@ the largest logit buffer each path holds (measured peak on CUDA). `--quick` for 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
+from _harness import Bench
 from medmax_cli.model.loss import chunked_cross_entropy
 
 
@@ -23,21 +22,24 @@ def naive(hidden, weight, targets):
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
 
 
-def run(fn, hidden, weight, targets, repeats, cuda):
-    times, peak = [], 0.0
-    for _ in range(repeats):
-        h = hidden.detach().requires_grad_(True)
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        loss = fn(h, weight, targets)
-        loss.backward()
-        if cuda:
-            torch.cuda.synchronize()
-            peak = torch.cuda.max_memory_allocated() / 2**30
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), peak
+def step(fn, hidden, weight, targets, cuda, peaks: list[float]):
+    """One forward + backward; (loss, grad of hidden) for the same-output check."""
+    h = hidden.detach().requires_grad_(True)
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    loss = fn(h, weight, targets)
+    loss.backward()
+    if cuda:
+        torch.cuda.synchronize()
+        peaks.append(torch.cuda.max_memory_allocated() / 2**30)
+    return loss.detach().float().cpu(), h.grad.float().cpu()
+
+
+def close(a, b) -> bool:
+    return bool(
+        torch.allclose(a[0], b[0], rtol=2e-2, atol=1e-2) and torch.allclose(a[1], b[1], rtol=5e-2, atol=1e-3)
+    )
 
 
 def main():
@@ -51,7 +53,9 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     cuda = torch.cuda.is_available() and not args.quick
-    if args.quick or not cuda:
+    if args.quick:
+        args.tokens, args.hidden, args.repeats = min(args.tokens, 256), min(args.hidden, 128), 1
+    elif not cuda:
         args.tokens, args.hidden, args.repeats = min(args.tokens, 1024), min(args.hidden, 256), 3
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
     g = torch.Generator().manual_seed(0)
@@ -62,25 +66,32 @@ def main():
     targets = targets.to(device)
     n_sup = int((targets != -100).sum())
     print(f"T={args.tokens} H={args.hidden} V={args.vocab} supervised={n_sup} chunk={args.chunk} on {device}")
-    t_naive, m_naive = run(naive, hidden, weight, targets, args.repeats, cuda)
-    t_ours, m_ours = run(
-        lambda h, w, t: chunked_cross_entropy(h, w, t, args.chunk)[0],
-        hidden,
-        weight,
-        targets,
-        args.repeats,
-        cuda,
+    bench = Bench("loss", quick=args.quick, settings={**vars(args), "device": device, "supervised_n": n_sup})
+    peaks: dict[str, list[float]] = {"naive": [], "chunked": []}
+
+    def chunked(h, w, t):
+        return chunked_cross_entropy(h, w, t, args.chunk)[0]
+
+    bench.compare(
+        "LM head + cross-entropy, forward + backward",
+        naive=lambda: step(naive, hidden, weight, targets, cuda, peaks["naive"]),
+        ours=lambda: step(chunked, hidden, weight, targets, cuda, peaks["chunked"]),
+        repeats=args.repeats,
+        work=args.tokens,
+        unit="tokens",
+        same=close,
+        names=("naive", "chunked"),
+        warmup=True,
     )
     mib = lambda rows: rows * args.vocab * 4 / 2**20  # noqa: E731
+    bench.figure("logits_buffer_mib", {"naive": mib(args.tokens), "chunked": mib(min(args.chunk, n_sup))})
     print(
-        f"  naive   {t_naive * 1e3:8.1f} ms  logits buffer {mib(args.tokens):7.0f} MiB fp32"
-        + (f"  peak {m_naive:.2f} GiB" if cuda else "")
+        f"  logits buffer fp32: naive {mib(args.tokens):.0f} MiB, chunked {mib(min(args.chunk, n_sup)):.0f} MiB"
     )
-    print(
-        f"  chunked {t_ours * 1e3:8.1f} ms  logits buffer {mib(min(args.chunk, n_sup)):7.0f} MiB fp32"
-        + (f"  peak {m_ours:.2f} GiB" if cuda else "")
-    )
-    print(f"  ratio naive/chunked time: {t_naive / t_ours:.2f}x")
+    if cuda:
+        bench.figure("peak_gib", {k: max(v) for k, v in peaks.items()})
+        print(f"  CUDA peak: naive {max(peaks['naive']):.2f} GiB, chunked {max(peaks['chunked']):.2f} GiB")
+    bench.finish()
 
 
 if __name__ == "__main__":

@@ -10,27 +10,38 @@ tokenised with the tiny model's real BPE tokenizer and its real 65,536-id layout
 - ours: `medmax_cli.pack.stage.pack_to_dir` as the command runs it (orjson + schema validation,
   batched `encode_batch`, numpy image blocks, best-fit-decreasing packing, deterministic shards).
 
-Prints both rates (median of --repeats), the ratio, the packing efficiency of each, and the efficiency
-of the default streaming buffer vs first-fit-decreasing over the whole input.
+Texts are realistic, not single-space separated: multi-paragraph captions (newlines), double
+spaces, unicode (µm, °, β, ×, Größe, 肝). Comparisons, each interleaved ABAB (see _harness.py):
+1. naive vs ours (same real tokens);
+2. ours with the word-cache fast path on vs off (byte-identical shards);
+3. the physical limit of the stage: the bare tokenizer's `encode_batch` on the same texts vs ours,
+   fast path off and on; the ratio is pack's rate as a share of the tokenizer's, per core
+   (TOKENIZERS_PARALLELISM=false and --workers 0: one thread each). Target: >= 70% with it off.
+Also the efficiency of the default streaming buffer vs first-fit-decreasing over the whole input.
 
-    .venv/bin/python bench/pack.py            # 20,000 instances
-    .venv/bin/python bench/pack.py --quick    # 2,000 instances
+    .venv/bin/python bench/pack.py            # 1,500 instances
+    .venv/bin/python bench/pack.py --quick    # 600 instances
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
-import statistics
+import os
 import sys
 import tarfile
 import tempfile
 import time
 from pathlib import Path
 
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # per core: one thread on every side
+
 import numpy as np
 import orjson
+
+from _harness import Bench
 
 WORDS = (
     "the a of in with and shows axial coronal sagittal CT MRI slice chest radiograph lesion nodule liver "
@@ -49,12 +60,57 @@ def make_vocabulary(rng: np.random.Generator, size: int = 30000) -> np.ndarray:
     return np.array(WORDS + extra)
 
 
+UNICODE = ["µm", "5°", "β-catenin", "2×2", "Größe", "肝", "naïve", "–", "≥3", "α"]
+
+
+class WordStream:
+    """Zipf-drawn words, drawn a million at a time (one rng.choice a word is slow)."""
+
+    def __init__(self, rng: np.random.Generator, words: np.ndarray, zipf: np.ndarray):
+        self.rng, self.words, self.zipf = rng, words, zipf
+        self.pool: list[str] = []
+        self.at = 0
+
+    def take(self, n: int) -> list[str]:
+        if self.at + n > len(self.pool):
+            self.pool = self.rng.choice(self.words, 1 << 20, p=self.zipf).tolist()
+            self.at = 0
+        self.at += n
+        return self.pool[self.at - n : self.at]
+
+
+def realistic_text(rng: np.random.Generator, stream: WordStream, n_words: int) -> str:
+    """Sentences of Zipf-drawn words with unicode; a third are multi-paragraph (blank lines, line
+    breaks), some have double spaces after a full stop, as captions and reports do."""
+    picked = stream.take(n_words)
+    for k in range(0, n_words, 9):
+        if rng.random() < 0.5:
+            picked[k] = UNICODE[int(rng.integers(len(UNICODE)))]
+    sentences, k = [], 0
+    while k < len(picked):
+        step = int(rng.integers(6, 18))
+        sentences.append(" ".join(picked[k : k + step]).capitalize() + ".")
+        k += step
+    style = rng.random()
+    if style < 0.35:
+        return " ".join(sentences)  # single spaces: the word path can take it
+    if style < 0.7:
+        joiners = ["\n\n", "\n\n", "\n", " ", " "]
+        picks = rng.integers(0, len(joiners), len(sentences))
+        text = sentences[0]
+        for sentence, pick in zip(sentences[1:], picks, strict=False):
+            text += joiners[pick] + sentence
+        return text
+    return "  ".join(sentences)  # two spaces after a full stop
+
+
 def make_instances(n: int, seed: int, codes_per_image: int) -> list[bytes]:
-    """JSONL lines of synthetic instances with the MedMax-like length mix."""
+    """JSONL lines of synthetic instances with the MedMax-like length mix and realistic texts."""
     rng = np.random.default_rng(seed)
     words = make_vocabulary(rng)
     zipf = 1.0 / np.arange(1, len(words) + 1) ** 1.1
     zipf /= zipf.sum()
+    stream = WordStream(rng, words, zipf)
     n_images = rng.choice([0, 1, 2], size=n, p=[0.1, 0.8, 0.1])
     lines = []
     for i in range(n):
@@ -67,8 +123,8 @@ def make_instances(n: int, seed: int, codes_per_image: int) -> list[bytes]:
             }
             for j in range(int(n_images[i]))
         ]
-        question = " ".join(rng.choice(words, int(rng.integers(8, 120)), p=zipf))
-        answer = " ".join(rng.choice(words, int(rng.integers(1, 200)), p=zipf))
+        question = realistic_text(rng, stream, int(rng.integers(8, 120)))
+        answer = realistic_text(rng, stream, int(rng.integers(1, 200)))
         content = [{"image": j} for j in range(len(images))] + [{"text": question}]
         record = {
             "id": f"b{i:06d}",
@@ -134,6 +190,7 @@ def naive_pack(path: Path, out: Path, tokenizer, vocab, seq_len: int) -> tuple[i
 
 
 def ours_pack(path: Path, out: Path, tokenizer, vocab, seq_len: int, buffer: int, workers: int = 0) -> dict:
+    """`pack_to_dir` as the command runs it; the manifest, plus the sha256 of the shards."""
     from medmax_cli.pack.stage import PackSettings, pack_to_dir
     from medmax_cli.streams import ErrorPolicy, read_records
 
@@ -142,7 +199,7 @@ def ours_pack(path: Path, out: Path, tokenizer, vocab, seq_len: int, buffer: int
     with open(path, "rb") as handle:
         records = read_records(handle, name=str(path), policy=policy, check=False)  # as the command
 
-        return pack_to_dir(
+        manifest = pack_to_dir(
             records,
             out,
             vocab=vocab,
@@ -152,25 +209,36 @@ def ours_pack(path: Path, out: Path, tokenizer, vocab, seq_len: int, buffer: int
             model={"dir": "tiny"},
             workers=workers,
         )
+    digest = hashlib.sha256()
+    for shard in sorted(out.glob("*.tar")):
+        digest.update(shard.read_bytes())
+    return {**manifest, "shards_sha256": digest.hexdigest()}
 
 
-def timed_pair(first, second, repeats: int):
-    """Run the two alternately (load drifts on shared machines); medians of wall and CPU seconds."""
-    walls: list[list[float]] = [[], []]
-    cpus: list[list[float]] = [[], []]
-    results: list[object] = [None, None]
-    for _ in range(repeats):
-        for k, fn in enumerate((first, second)):
-            wall, cpu = time.perf_counter(), time.process_time()
-            results[k] = fn()
-            walls[k].append(time.perf_counter() - wall)
-            cpus[k].append(time.process_time() - cpu)
-    return [(statistics.median(walls[k]), statistics.median(cpus[k]), results[k]) for k in (0, 1)]
+def texts_of(lines: list[bytes]) -> tuple[list[str], int]:
+    """Every text part of the instances, in order, and the tokens pack adds around them (BOS, one
+    closer a turn, BOI + codes + EOI an image): pack's tokens = text tokens + that, when nothing is cut."""
+    texts, structure = [], 0
+    for line in lines:
+        record = orjson.loads(line)
+        structure += 1 + len(record["turns"])
+        structure += sum(len(image["tokens"]) + 2 for image in record["images"])
+        texts += [part["text"] for turn in record["turns"] for part in turn["content"] if "text" in part]
+    return texts, structure
+
+
+def tokenizer_limit(tokenizer, texts: list[str], batch: int) -> int:
+    """The bare tokenizer on the same texts, in pack's batch size: text tokens made."""
+    return sum(
+        len(e.ids)
+        for start in range(0, len(texts), batch)
+        for e in tokenizer.encode_batch_fast(texts[start : start + batch], add_special_tokens=False)
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2,000 instances instead of 20,000")
+    parser.add_argument("--quick", action="store_true", help="600 instances instead of 1,500, 1 repeat")
     parser.add_argument("-n", type=int, default=None, help="number of instances")
     parser.add_argument("--seq-len", type=int, default=4096)
     parser.add_argument("--pack-buffer", type=int, default=2000)
@@ -179,7 +247,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=0, help="ours: tokenising processes (0: in-process)")
     args = parser.parse_args()
-    n = args.n or (2000 if args.quick else 20000)
+    n = args.n or (600 if args.quick else 1500)
+    if args.quick:
+        args.repeats = 1
 
     from medmax_cli.model.resolve import ensure_tiny_model
     from medmax_cli.pack.binpack import efficiency, first_fit_decreasing, pack_lengths
@@ -199,32 +269,91 @@ def main() -> None:
             file=sys.stderr,
         )
 
+        lines = data.read_bytes().splitlines(keepends=True)
+        texts, structure = texts_of(lines)
+        del lines
+        from tokenizers import Tokenizer
+
+        from medmax_cli.text.tokenizer import find_tokenizer_file
+
+        tokenizer_file = str(find_tokenizer_file(model_dir))
+        bench = Bench("pack", quick=args.quick, settings={**vars(args), "instances": n})
+        print(
+            f"pack: {n} instances, {len(texts)} texts (realistic: newlines, double spaces, unicode), "
+            f"seq_len {args.seq_len}, workers {args.workers}, TOKENIZERS_PARALLELISM="
+            f"{os.environ.get('TOKENIZERS_PARALLELISM')}"
+        )
+
         def run_naive():
             out = tmp_path / "naive"
             out.mkdir(exist_ok=True)
             # A fresh tokenizer each run: the baseline has no cache to warm.
-            from tokenizers import Tokenizer
+            return naive_pack(data, out, Tokenizer.from_file(tokenizer_file), vocab, args.seq_len)
 
-            from medmax_cli.text.tokenizer import find_tokenizer_file
-
-            return naive_pack(
-                data, out, Tokenizer.from_file(str(find_tokenizer_file(model_dir))), vocab, args.seq_len
-            )
-
-        def run_ours():
+        def run_ours(fast: bool = True) -> dict:
+            tok = load_text_tokenizer(model_dir)  # fresh each run: a cold cache, as a real run starts
+            tok._word_path = tok._word_path and fast
             return ours_pack(
                 data,
-                tmp_path / "ours",
-                load_text_tokenizer(model_dir),
+                tmp_path / ("ours" if fast else "ours-slow"),
+                tok,
                 vocab,
                 args.seq_len,
                 args.pack_buffer,
                 args.workers,
             )
 
-        (t_naive, c_naive, (naive_tokens, naive_rows)), (t_ours, c_ours, manifest) = timed_pair(
-            run_naive, run_ours, args.repeats
+        def run_tokenizer() -> int:
+            return tokenizer_limit(Tokenizer.from_file(tokenizer_file), texts, 256) + structure
+
+        manifests: dict[str, dict] = {}
+
+        def keep(name: str, fn):
+            def run():
+                manifests[name] = fn()
+                return manifests[name]
+
+            return run
+
+        bench.compare(
+            "naive (MedMax-style) vs ours, fast path on",
+            naive=run_naive,
+            ours=keep("on", run_ours),
+            repeats=args.repeats,
+            work=lambda m: m["tokens"],
+            unit="tokens",
+            same=lambda a, b: a[0] == b["tokens"],  # the same real tokens (nothing is cut at this seq_len)
         )
+        bench.compare(
+            "ours, word-cache fast path off vs on",
+            naive=keep("off", lambda: run_ours(fast=False)),
+            ours=keep("on", run_ours),
+            repeats=args.repeats,
+            work=lambda m: m["tokens"],
+            unit="tokens",
+            same=lambda a, b: a["shards_sha256"] == b["shards_sha256"],
+            names=("fast path off", "fast path on"),
+        )
+        text_tokens = manifests["on"]["tokens"] - structure
+        for fast, name in ((False, "off"), (True, "on")):
+            entry = bench.compare(
+                f"tokenizer limit: bare encode_batch on the same texts vs pack, fast path {name}",
+                naive=run_tokenizer,
+                ours=keep(name, lambda fast=fast: run_ours(fast)),
+                repeats=args.repeats,
+                work=text_tokens,
+                unit="text tokens",
+                same=lambda a, b: a == b["tokens"],  # pack tokenised exactly the tokenizer's text tokens
+                names=("encode_batch", f"pack {name}"),
+            )
+            share, cpu = entry["ratio"], entry["ratio_cpu"]  # CPU time: the per-core view
+            bench.figure(
+                f"share_of_tokenizer_limit/fast_path_{name}",
+                {"wall": share, "cpu": cpu},
+                f"pack, fast path {name}: {100 * cpu['median']:.0f}% of the bare tokenizer's rate per core "
+                f"(CPU time) [{100 * cpu['min']:.0f}-{100 * cpu['max']:.0f}%], {100 * share['median']:.0f}% "
+                f"by wall time [{100 * share['min']:.0f}-{100 * share['max']:.0f}%] (target >= 70% with it off)",
+            )
 
         # Packing quality on exactly the sample lengths ours produced.
         from medmax_cli.pack.reader import PackedShards
@@ -236,34 +365,23 @@ def main() -> None:
         ]
         ffd = efficiency(lengths, first_fit_decreasing(lengths, args.seq_len), args.seq_len)
         streamed = efficiency(lengths, pack_lengths(lengths, args.seq_len, args.pack_buffer), args.seq_len)
+        naive_tokens, naive_rows = run_naive()
 
-    ours_rate, naive_rate = manifest["tokens"] / t_ours, naive_tokens / t_naive
-    naive_eff = naive_tokens / (naive_rows * args.seq_len)
-    settings = {
-        "instances": n,
-        "seq_len": args.seq_len,
-        "pack_buffer": args.pack_buffer,
-        "workers": args.workers,
-    }
-    print(json.dumps(settings))
-    print(
-        f"naive (MedMax-style)  {naive_rate / 1e6:6.2f} M tokens/s wall ({t_naive:.2f} s), "
-        f"{naive_tokens / c_naive / 1e6:6.2f} M tokens/CPU-s  efficiency {100 * naive_eff:5.1f}%  ({naive_rows} rows)"
+    manifest = manifests["on"]
+    bench.figure(
+        "efficiency",
+        {"naive": naive_tokens / (naive_rows * args.seq_len), "ours": manifest["efficiency"], "ffd": ffd},
+        f"efficiency: naive {100 * naive_tokens / (naive_rows * args.seq_len):.1f}% ({naive_rows} rows), ours "
+        f"{100 * manifest['efficiency']:.1f}% ({manifest['rows']} rows: {naive_rows / manifest['rows']:.2f}x fewer "
+        f"training steps)",
     )
-    print(
-        f"ours  (medmax pack)   {ours_rate / 1e6:6.2f} M tokens/s wall ({t_ours:.2f} s), "
-        f"{manifest['tokens'] / c_ours / 1e6:6.2f} M tokens/CPU-s  efficiency {100 * manifest['efficiency']:5.1f}%  "
-        f"({manifest['rows']} rows)" + ("  [CPU-s: main process only]" if args.workers else "")
-    )
-    print(
-        f"ratio ours/naive      {ours_rate / naive_rate:6.1f}x wall, "
-        f"{(manifest['tokens'] / c_ours) / (naive_tokens / c_naive):.1f}x CPU; "
-        f"{naive_rows / manifest['rows']:.2f}x fewer rows (training steps)"
-    )
-    print(
+    bench.figure(
+        "buffer_vs_ffd",
+        {"streamed": streamed, "ffd": ffd},
         f"packing: buffer {args.pack_buffer} {100 * streamed:.2f}% vs first-fit-decreasing over all "
-        f"{100 * ffd:.2f}% (gap {100 * (ffd - streamed):+.2f} pp)"
+        f"{100 * ffd:.2f}% (gap {100 * (ffd - streamed):+.2f} pp)",
     )
+    bench.finish()
 
 
 if __name__ == "__main__":

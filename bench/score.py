@@ -4,8 +4,8 @@ Both read JSONL prediction lines, score closed and multiple-choice items with Me
 write one scored JSON line per item; ours also checks the fields it reads (id, prediction, answer),
 counts statuses and keeps what the summary needs. The bootstrap summary of ours is timed separately.
 
-    .venv/bin/python bench/score.py           # 1M synthetic predictions
-    .venv/bin/python bench/score.py --quick   # 100k
+    .venv/bin/python bench/score.py           # 300k synthetic predictions
+    .venv/bin/python bench/score.py --quick   # 30k
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import argparse
 import io
 import json
 import random
-import statistics
 import time
 from collections import defaultdict
+
+from _harness import Bench, Measured
 
 CHUNK = 50_000
 TASKS = [
@@ -65,7 +66,7 @@ def make_chunk(start: int, n: int) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def naive(data: bytes) -> tuple[int, dict[str, float]]:
+def naive(data: bytes) -> tuple[int, dict[str, list[int]]]:
     """What MedMax's evaluation script does: json per line, substring rules, lists per task."""
     out = io.StringIO()
     per_task: dict[str, list[int]] = defaultdict(list)
@@ -82,7 +83,7 @@ def naive(data: bytes) -> tuple[int, dict[str, float]]:
         per_task[record["meta"]["eval_task"]].append(int(ok))
         out.write(json.dumps({"id": record["id"], "score": int(ok)}) + "\n")
         n += 1
-    return n, {k: sum(v) / len(v) for k, v in per_task.items()}
+    return n, per_task
 
 
 def ours(data: bytes, kept: list) -> int:
@@ -101,46 +102,66 @@ def ours(data: bytes, kept: list) -> int:
     return n
 
 
+def run_side(side: str, total: int) -> Measured:
+    """Score `total` predictions chunk by chunk; only the scoring is timed, not making the chunks.
+    Output: per-task (correct, items) for naive, the compact lines the summary needs for ours."""
+    spent = 0.0
+    kept: list = []
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for start in range(0, total, CHUNK):
+        data = make_chunk(start, min(CHUNK, total - start))
+        t0 = time.perf_counter()
+        if side == "naive":
+            _, per_task = naive(data)
+        else:
+            ours(data, kept)
+        spent += time.perf_counter() - t0
+        if side == "naive":
+            for task, scores in per_task.items():
+                counts[task][0] += sum(scores)
+                counts[task][1] += len(scores)
+    return Measured(spent, dict(counts) if side == "naive" else kept)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="100k predictions instead of 1M")
+    parser.add_argument("--quick", action="store_true", help="30k predictions instead of 300k")
     parser.add_argument("-n", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    total = args.n or (100_000 if args.quick else 1_000_000)
+    total = args.n or (30_000 if args.quick else 300_000)
+    repeats = 1 if args.quick else args.repeats
     from medmax_cli.score.summary import summarise
 
-    rates: dict[str, list[float]] = {"naive": [], "ours": []}
-    summary_seconds = []
-    for _ in range(args.repeats):
-        spent = {"naive": 0.0, "ours": 0.0}
-        kept: list = []
-        naive_means: dict[str, list[float]] = defaultdict(list)
-        for start in range(0, total, CHUNK):
-            data = make_chunk(start, min(CHUNK, total - start))
-            t0 = time.perf_counter()
-            _, means = naive(data)
-            spent["naive"] += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            ours(data, kept)
-            spent["ours"] += time.perf_counter() - t0
-            for k, v in means.items():
-                naive_means[k].append(v)
-        for name in spent:
-            rates[name].append(total / spent[name])
+    bench = Bench("score", quick=args.quick, settings={"predictions": total})
+    print(f"score bench: {total:,} synthetic closed/multiple-choice predictions")
+    print("  naive: json + python rules, like MedMax's script; ours: medmax score stage (orjson + checks)")
+    summary_seconds: list[float] = []
+
+    def same(counts: dict[str, list[int]], kept: list) -> bool:
+        """Same rules, same answers: each task mean from the naive counts is ours (rounded to 6 places)."""
         t0 = time.perf_counter()
         summary = summarise(kept, seed=0)
         summary_seconds.append(time.perf_counter() - t0)
-        for task, means in naive_means.items():  # same rules, same answers (chunks are equal-sized)
-            assert abs(statistics.mean(means) - summary["tasks"][task]["mean"]) < 1e-3, task
-    naive_rate, our_rate = statistics.median(rates["naive"]), statistics.median(rates["ours"])
-    print(f"score bench: {total:,} synthetic closed/multiple-choice predictions, median of {args.repeats}")
-    print(f"  naive (json + python rules, like MedMax's script): {naive_rate:,.0f} items/s")
-    print(f"  ours  (medmax score stage: orjson + checks + rules + scored lines): {our_rate:,.0f} items/s")
-    print(f"  ratio ours/naive: {our_rate / naive_rate:.2f}x")
-    print(
-        f"  summary with 1000-replicate bootstrap CIs (7 tasks + macro): {statistics.median(summary_seconds):.2f} s"
+        return len(kept) == total and all(
+            abs(c / n - summary["tasks"][task]["mean"]) <= 5e-7 for task, (c, n) in counts.items()
+        )
+
+    bench.compare(
+        "score predictions",
+        naive=lambda: run_side("naive", total),
+        ours=lambda: run_side("ours", total),
+        repeats=repeats,
+        work=total,
+        unit="items",
+        same=same,
     )
+    bench.figure(
+        "summary_seconds",
+        summary_seconds[0],
+        f"summary with 1000-replicate bootstrap CIs (7 tasks + macro): {summary_seconds[0]:.2f} s",
+    )
+    bench.finish()
 
 
 if __name__ == "__main__":

@@ -8,11 +8,10 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import statistics
-import time
 
 import orjson
 
+from _harness import Bench
 from medmax_cli.streams import ErrorPolicy, RecordWriter, read_records
 
 
@@ -41,17 +40,18 @@ def make_corpus(n: int) -> bytes:
     return b"\n".join(lines) + b"\n"
 
 
-def naive(data: bytes) -> int:
+def naive(data: bytes) -> bytes:
     out = io.StringIO()
     n = 0
     for line in io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"):
         record = json.loads(line)
         out.write(json.dumps(record, ensure_ascii=False) + "\n")
         n += 1
-    return n
+    assert n
+    return out.getvalue().encode()
 
 
-def ours(data: bytes) -> int:
+def ours(data: bytes) -> bytes:
     out = io.BytesIO()
     writer = RecordWriter(out, flush_each=False)
     n = 0
@@ -59,16 +59,8 @@ def ours(data: bytes) -> int:
         writer.write(record)
         n += 1
     writer.close()
-    return n
-
-
-def timed(fn, data: bytes, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        n = fn(data)
-        times.append(time.perf_counter() - start)
-    return n / statistics.median(times)
+    assert n
+    return out.getvalue()
 
 
 def main() -> None:
@@ -79,12 +71,19 @@ def main() -> None:
     args = parser.parse_args()
     n, repeats = (20_000, 1) if args.quick else (args.records, args.repeats)
     data = make_corpus(n)
-    naive_rate = timed(naive, data, repeats)
-    our_rate = timed(ours, data, repeats)
-    print(f"streams: {n} records read -> write (median of {repeats})")
-    print(f"  naive json line loop : {naive_rate:12,.0f} records/s")
-    print(f"  medmax streams       : {our_rate:12,.0f} records/s (validated)")
-    print(f"  ratio                : {our_rate / naive_rate:.2f}x")
+    bench = Bench("streams", quick=args.quick, settings={"records": n})
+    print(f"streams: {n} records read -> write (naive json line loop vs medmax streams, validated)")
+    # same output: the same records, line by line (orjson is compact, json.dumps adds spaces)
+    bench.compare(
+        "read -> write",
+        naive=lambda: naive(data),
+        ours=lambda: ours(data),
+        repeats=repeats,
+        work=n,
+        unit="records",
+        same=lambda a, b: list(map(orjson.loads, a.splitlines())) == list(map(orjson.loads, b.splitlines())),
+    )
+    bench.finish()
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 """synthesize: builders + filters on synthetic records, naive near-duplicate search vs ours.
 
-    python bench/synthesize.py [--records 50000] [--repeats 3] [--quick]
+    python bench/synthesize.py [--records 20000] [--repeats 3] [--quick]
 
-Three measurements, each the median of `--repeats` runs in this process:
+Three measurements, naive and ours interleaved (ABAB, see _harness.py):
 1. the whole stage (captioning, image_generation, interleaved, vqa, report_understanding builders,
    exact dedup, near-duplicate filter, decontamination against an eval set) in instances/s, with the
    naive near-duplicate search (numpy brute force over every kept hash: O(n^2)) vs our banded index;
-   both must keep exactly the same instances;
+   both must keep exactly the same instances and drop the same counts, and the planted overlaps must
+   be caught: every instance of the 50 training records whose image is in the eval set (same pHash,
+   other file) is dropped as contaminated, and the 5% near copies as near duplicates;
 2. the near-duplicate search alone (hashes/s);
 3. pHash speed (images/s) on real 256x256 images, the one-off cost per distinct image.
 pHashes of the synthetic records are planted in the hasher's cache (5% near copies within 1-2
@@ -26,8 +28,10 @@ from PIL import Image
 
 import medmax_cli.synthesize.decontaminate as decontaminate_mod
 import medmax_cli.synthesize.filters as filters_mod
+from _harness import Bench, Measured
 from medmax_cli.streams import ErrorPolicy
-from medmax_cli.synthesize import synthesize
+from medmax_cli.synthesize import build_record, synthesize
+from medmax_cli.synthesize.common import BuildContext, Drop
 from medmax_cli.synthesize.decontaminate import EvalIndex
 from medmax_cli.synthesize.imagehash import ImageHasher, NearDupIndex, phash
 
@@ -132,7 +136,8 @@ def make_records(n: int, seed: int = 0) -> tuple[list[dict[str, Any]], dict[str,
     return records, hashes
 
 
-def run_stage(records, hashes, eval_hashes, index_class) -> tuple[float, list[str]]:
+def run_stage(records, hashes, eval_hashes, index_class) -> Measured:
+    """The stage with `index_class` as every near-dup index; output: kept ids and drop counts."""
     filters_mod.NearDupIndex = index_class  # the filter and the eval index build their index from these
     decontaminate_mod.NearDupIndex = index_class
     hasher = ImageHasher(None)
@@ -150,24 +155,23 @@ def run_stage(records, hashes, eval_hashes, index_class) -> tuple[float, list[st
                 "images": [{"sha256": s, "path": f"{s[:2]}/{s}.png"}],
             }
         )
+    policy = ErrorPolicy("skip")
     start = time.perf_counter()
-    index = EvalIndex(eval_hasher, BITS).add_records(eval_records)
+    index = EvalIndex(eval_hasher, BITS).add_records(eval_records, workers=1)
     stage = synthesize(
-        records, policy=ErrorPolicy("skip"), tasks=TASKS, hasher=hasher, exclude=index, near_dup_bits=BITS
+        records,
+        policy=policy,
+        tasks=TASKS,
+        hasher=hasher,
+        exclude=index,
+        near_dup_bits=BITS,
+        hash_workers=1,  # hashes are planted: nothing to decode, threads would only add overhead
     )
     ids = [x["id"] for x in stage]
-    return time.perf_counter() - start, ids
+    return Measured(time.perf_counter() - start, (ids, dict(policy.report.dropped)))
 
 
-def median_time(fn, repeats: int) -> tuple[float, Any]:
-    times, result = [], None
-    for _ in range(repeats):
-        elapsed, result = fn()
-        times.append(elapsed)
-    return statistics.median(times), result
-
-
-def bench_index(hashes: list[int], index_class) -> tuple[float, list[bool]]:
+def bench_index(hashes: list[int], index_class) -> Measured:
     """Seconds to deduplicate `hashes` (query, then add the new ones) and which ones were new."""
     index = index_class(BITS)
     start = time.perf_counter()
@@ -177,7 +181,7 @@ def bench_index(hashes: list[int], index_class) -> tuple[float, list[bool]]:
         new.append(hit is None)
         if hit is None:
             index.add(h, i)
-    return time.perf_counter() - start, new
+    return Measured(time.perf_counter() - start, new)
 
 
 def bench_phash(n: int, repeats: int) -> float:
@@ -187,21 +191,21 @@ def bench_phash(n: int, repeats: int) -> float:
         for _ in range(n)
     ]
 
-    def once():
+    times = []
+    for _ in range(repeats):
         start = time.perf_counter()
         for image in images:
             phash(image)
-        return time.perf_counter() - start, None
-
-    return n / median_time(once, repeats)[0]
+        times.append(time.perf_counter() - start)
+    return n / statistics.median(times)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--records", type=int, default=50_000)
-    parser.add_argument("--eval", type=int, default=5_000, help="eval items to decontaminate against")
+    parser.add_argument("--records", type=int, default=20_000)
+    parser.add_argument("--eval", type=int, default=2_000, help="eval items to decontaminate against")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="5,000 records, 1 repeat")
     args = parser.parse_args()
@@ -212,35 +216,62 @@ def main() -> None:
     eval_hashes = [int(x) for x in rng.integers(0, 2**63, args.eval)]
     eval_hashes[:50] = list(hashes.values())[:50]  # 50 planted eval images
 
-    print(
-        f"synthesize bench: {args.records} records, {args.eval} eval items, near-dup threshold {BITS} bits, "
-        f"median of {args.repeats}"
+    bench = Bench(
+        "synthesize", quick=args.quick, settings={"records": args.records, "eval": args.eval, "bits": BITS}
     )
-    # naive and ours alternate, so drift in machine load hits both alike
-    stage_runs: dict[str, list] = {"naive": [], "ours": []}
-    index_runs: dict[str, list] = {"naive": [], "ours": []}
+    print(
+        f"synthesize bench: {args.records} records, {args.eval} eval items (50 planted), near-dup threshold "
+        f"{BITS} bits"
+    )
+    # Expected drops, by brute force: every instance of a record whose image is within BITS of an
+    # eval image (the 50 planted and the near copies made of them) is contaminated.
+    ctx = BuildContext(seed=0)
+    eval_array = np.array(eval_hashes, dtype=np.uint64)
+    touched = [
+        r
+        for r in records
+        if int(np.bitwise_count(eval_array ^ np.uint64(hashes[r["images"][0]["sha256"]])).min()) <= BITS
+    ]
+    planted = sum(
+        not isinstance(o, Drop) for r in touched for o in build_record(r, tasks=TASKS, ctx=ctx, client=None)
+    )
+    entry = bench.compare(
+        "stage (builders + filters + decontamination)",
+        naive=lambda: run_stage(records, hashes, eval_hashes, NaiveNearDupIndex),
+        ours=lambda: run_stage(records, hashes, eval_hashes, NearDupIndex),
+        repeats=args.repeats,
+        work=lambda out: len(out[0]),
+        unit="instances kept",
+    )
+    ids, dropped = run_stage(records, hashes, eval_hashes, NearDupIndex).output
+    touched_ids = {r["id"] for r in touched}
+    leaked = [i for i in ids if i.split("-")[0] in touched_ids]
+    assert not leaked, f"instances of planted eval images survived: {leaked[:5]}"
+    assert dropped.get("contaminated") == planted, (dropped, planted)
+    assert dropped.get("near duplicate", 0) > 0, dropped
+    bench.figure(
+        "dropped",
+        dropped,
+        f"caught: {dropped['contaminated']} contaminated (= all {planted} instances of the {len(touched)} records "
+        f"whose image is within {BITS} bits of an eval image: 50 planted + their near copies), "
+        f"{dropped['near duplicate']} near duplicates; kept {entry['work']:.0f}",
+    )
     values = list(hashes.values())
-    for _ in range(args.repeats):
-        for name, cls in (("naive", NaiveNearDupIndex), ("ours", NearDupIndex)):
-            stage_runs[name].append(run_stage(records, hashes, eval_hashes, cls))
-            index_runs[name].append(bench_index(values, cls))
-    assert stage_runs["naive"][0][1] == stage_runs["ours"][0][1], "naive and our near-dup search disagree"
-    assert index_runs["naive"][0][1] == index_runs["ours"][0][1]
-    n_out = len(stage_runs["ours"][0][1])
-    t_naive = statistics.median(t for t, _ in stage_runs["naive"])
-    t_ours = statistics.median(t for t, _ in stage_runs["ours"])
-    print(
-        f"  stage (builders + filters): naive {n_out / t_naive:10,.0f} instances/s   ours "
-        f"{n_out / t_ours:10,.0f} instances/s   ratio {t_naive / t_ours:5.2f}x   ({n_out} instances kept)"
-    )
-    tn = statistics.median(t for t, _ in index_runs["naive"])
-    to = statistics.median(t for t, _ in index_runs["ours"])
-    print(
-        f"  near-dup search alone:      naive {len(values) / tn:10,.0f} hashes/s      ours "
-        f"{len(values) / to:10,.0f} hashes/s      ratio {tn / to:5.2f}x   ({sum(index_runs['ours'][0][1])} distinct)"
+    bench.compare(
+        "near-dup search alone",
+        naive=lambda: bench_index(values, NaiveNearDupIndex),
+        ours=lambda: bench_index(values, NearDupIndex),
+        repeats=args.repeats,
+        work=len(values),
+        unit="hashes",
     )
     rate = bench_phash(200 if args.quick else 1000, args.repeats)
-    print(f"  pHash (256x256 greyscale):  {rate:,.0f} images/s (once per distinct image)")
+    bench.figure(
+        "phash_images_per_s",
+        rate,
+        f"pHash (256x256 greyscale): {rate:,.0f} images/s (once per distinct image)",
+    )
+    bench.finish()
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ import io
 import json
 import logging
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from _harness import Bench, Measured
 from medmax_cli.media import MediaStore
 from medmax_cli.streams import ErrorPolicy
 from medmax_cli.vision.encoder import VQEncoder, build_vq_model, resolve_device
@@ -91,9 +91,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def run_naive(
-    paths: list[Path], vq, processor, device: torch.device, dtype: torch.dtype
-) -> tuple[float, list]:
+def run_naive(paths: list[Path], vq, processor, device: torch.device, dtype: torch.dtype) -> Measured:
     codes = []
     sync(device)
     start = time.perf_counter()
@@ -103,12 +101,10 @@ def run_naive(
             pixels = processor(images=image, return_tensors="pt")["pixel_values"].to(device, dtype)
             codes.append(vq.encode(pixels).image_tokens.view(-1).cpu().tolist())
     sync(device)
-    return len(paths) / (time.perf_counter() - start), codes
+    return Measured(time.perf_counter() - start, codes)
 
 
-def run_ours(
-    records: list[dict], model_dir: Path, media: MediaStore, encoder: VQEncoder, args
-) -> tuple[float, list]:
+def run_ours(records: list[dict], model_dir: Path, media: MediaStore, encoder: VQEncoder, args) -> Measured:
     with tempfile.TemporaryDirectory(prefix="bench-cache-") as cache:
         policy = ErrorPolicy("fail", stage="bench")
         fresh = [{**r, "images": [dict(i) for i in r["images"]]} for r in records]
@@ -128,41 +124,45 @@ def run_ours(
             )
         )
         sync(encoder.device)
-        rate = len(out) / (time.perf_counter() - start)
-    return rate, [r["images"][0]["tokens"] for r in out]
+        seconds = time.perf_counter() - start
+    return Measured(seconds, [r["images"][0]["tokens"] for r in out])
 
 
-def run_encoder_only(encoder: VQEncoder, n: int, batch: int) -> float:
-    size = encoder.spec.resolution
-    pixels = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8)
+def batch_pixels(size: int, batch: int) -> torch.Tensor:
+    """One uint8 [B, S, S, 3] batch of random pixels, the same for both encoders."""
+    return torch.randint(
+        0, 256, (batch, size, size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+
+
+def run_encoder_only(encoder: VQEncoder, pixels: torch.Tensor, steps: int) -> Measured:
     if encoder.device.type == "cuda":
         pixels = pixels.pin_memory()
-    steps = max(1, n // batch)
     sync(encoder.device)
     start = time.perf_counter()
     for _ in range(steps):
-        encoder.encode_uint8(pixels)
+        codes = encoder.encode_uint8(pixels)
     sync(encoder.device)
-    return steps * batch / (time.perf_counter() - start)
+    return Measured(time.perf_counter() - start, codes.tolist())
 
 
 def run_stock_encoder_only(
-    vq, size: int, n: int, batch: int, device: torch.device, dtype: torch.dtype
-) -> float:
+    vq, pixels: torch.Tensor, steps: int, device: torch.device, dtype: torch.dtype
+) -> Measured:
     """transformers' `ChameleonVQVAE.encode` on ready float batches (REFERENCE.md 11's stock figure)."""
-    pixels = (torch.rand(batch, 3, size, size) * 2 - 1).to(device, dtype)
-    steps = max(1, n // batch)
+    floats = (pixels.permute(0, 3, 1, 2).float() / 127.5 - 1).to(device, dtype)
     sync(device)
     start = time.perf_counter()
     with torch.inference_mode():
         for _ in range(steps):
-            vq.encode(pixels).image_tokens.cpu()
+            codes = vq.encode(floats).image_tokens.view(floats.shape[0], -1).cpu()
     sync(device)
-    return steps * batch / (time.perf_counter() - start)
+    return Measured(time.perf_counter() - start, codes.tolist())
 
 
-def rate_text(rate: float) -> str:
-    return f"{rate:10.1f}" if rate >= 10 else f"{rate:10.3g}"
+def agreement(a: list, b: list) -> float:
+    """Share of equal codes (the two paths round differently, so a few codes may differ)."""
+    return float(np.mean([np.mean(np.array(x) == np.array(y)) for x, y in zip(a, b, strict=True)]))
 
 
 def main() -> None:
@@ -231,45 +231,63 @@ def main() -> None:
         if device.type == "cuda":
             print(f"  GPU: {torch.cuda.get_device_name(device)}", flush=True)
 
-        if device.type == "cuda" or args.compile:  # cuDNN autotuning, compilation, allocator warm-up
-            warm = max(1, min(n, args.batch_size))
-            run_naive(paths[:warm], naive_vq, processor, device, dtype)
-            run_ours(records[: min(n, 2 * args.batch_size)], model_dir, media, encoder, args)
-            run_encoder_only(encoder, args.batch_size, args.batch_size)
-            run_stock_encoder_only(naive_vq, size, args.batch_size, args.batch_size, device, dtype)
-
-        enc_images = n if args.quick else max(n, 4 * args.batch_size)
-        naive_rates, ours_rates, enc_rates, stock_rates = [], [], [], []
-        for _ in range(repeats):
-            rate, naive_codes = run_naive(paths, naive_vq, processor, device, dtype)
-            naive_rates.append(rate)
-            rate, our_codes = run_ours(records, model_dir, media, encoder, args)
-            ours_rates.append(rate)
-            enc_rates.append(run_encoder_only(encoder, enc_images, args.batch_size))
-            stock_rates.append(
-                run_stock_encoder_only(naive_vq, size, enc_images, args.batch_size, device, dtype)
-            )
-        naive, ours, enc, stock = (
-            statistics.median(r) for r in (naive_rates, ours_rates, enc_rates, stock_rates)
-        )
-        agree = float(
-            np.mean(
-                [np.mean(np.array(a) == np.array(b)) for a, b in zip(naive_codes, our_codes, strict=True)]
-            )
+        bench = Bench(
+            f"vision{'-full' if args.full else ''}{'-' + device.type if device.type != 'cpu' else ''}",
+            quick=args.quick,
+            settings={
+                "vq": "full" if args.full else "tiny",
+                "images": n,
+                "device": str(device),
+                **vars(args),
+            },
         )
         b = args.batch_size
-        print(f"  naive  (stock processor + encode per image) : {rate_text(naive)} images/s")
-        print(
-            f"  ours   (tokenize_images, JPEG to codes)     : {rate_text(ours)} images/s   ratio {ours / naive:.2f}x"
+        pixels = batch_pixels(size, b)
+        steps = max(1, (n if args.quick else max(n, 4 * b)) // b)
+        if device.type == "cuda" or args.compile:  # cuDNN autotuning, compilation, allocator warm-up
+            warm = max(1, min(n, b))
+            run_naive(paths[:warm], naive_vq, processor, device, dtype)
+            run_ours(records[: min(n, 2 * b)], model_dir, media, encoder, args)
+            run_encoder_only(encoder, pixels, 1)
+            run_stock_encoder_only(naive_vq, pixels, 1, device, dtype)
+        # Same output: the codes agree. Not every code: the stock processor scales by 0.0078, not
+        # 1/127.5, its resize differs, bf16 rounds differently, and random VQ weights put many latents
+        # near a tie; a broken path agrees on ~1/8192 of them.
+        agreed: dict[str, float] = {}
+
+        def same(key: str, floor: float):
+            def check(a: list, b: list) -> bool:
+                agreed[key] = agreement(a, b)
+                print(f"  code agreement {key}: {agreed[key]:.3f}")
+                return agreed[key] >= floor
+
+            return check
+
+        e2e = bench.compare(
+            "JPEG -> codes (naive: stock processor + encode per image; ours: tokenize_images)",
+            naive=lambda: run_naive(paths, naive_vq, processor, device, dtype),
+            ours=lambda: run_ours(records, model_dir, media, encoder, args),
+            repeats=repeats,
+            work=n,
+            unit="images",
+            same=same("end_to_end", 0.5),
         )
-        print(f"  stock  encoder only, batch {b:<4}             : {rate_text(stock)} images/s")
-        print(
-            f"  ours   encoder only, batch {b:<4}             : {rate_text(enc)} images/s   "
-            f"ratio {enc / stock:.2f}x; end-to-end / encoder-only {100 * ours / enc:.0f}%"
+        enc = bench.compare(
+            f"encoder only, batch {b} (stock ChameleonVQVAE.encode vs ours)",
+            naive=lambda: run_stock_encoder_only(naive_vq, pixels, steps, device, dtype),
+            ours=lambda: run_encoder_only(encoder, pixels, steps),
+            repeats=repeats,
+            work=steps * b,
+            unit="images",
+            same=same("encoder_only", 0.9 if args.dtype == "fp32" else 0.5),
+            names=("stock", "ours"),
         )
-        print(
-            f"  code agreement naive vs ours: {agree:.3f} (the stock processor scales by 0.0078, not 1/127.5)"
+        share = e2e["sides"]["ours"]["rate_median"] / enc["sides"]["ours"]["rate_median"]
+        bench.figure(
+            "end_to_end_share_of_encoder", share, f"ours end-to-end / ours encoder-only: {100 * share:.0f}%"
         )
+        bench.figure("code_agreement", agreed)
+        bench.finish()
 
 
 if __name__ == "__main__":

@@ -210,13 +210,9 @@ def test_cfg_combines_three_rows():
     want = torch.tensor([[0.6 + 1.5, 1 - 1.2 + 6.0, 1.2 + 6.0]])
     torch.testing.assert_close(got, want)
     assert torch.equal(combine_cfg(c, i, u, cfg_text=1.0, cfg_image=1.0), c)  # weights 1: plain conditional
-    assert image_only_prompt([0, 50, 8197, 4, 5, 8196, 60, 2], bos=0, boi=8197, eoi=8196) == [
-        0,
-        8197,
-        4,
-        5,
-        8196,
-    ]
+    codes = frozenset(range(4, 8196))
+    ids = [0, 9050, 8197, 4, 5, 8196, 9060, 2]
+    assert image_only_prompt(ids, bos=0, boi=8197, eoi=8196, image_ids=codes) == [0, 8197, 4, 5, 8196]
 
 
 @torch.no_grad()
@@ -403,7 +399,10 @@ def test_prompt_image_without_tokens_is_rejected(engine):
 
 def test_prompt_image_tokens_are_used(engine):
     tokens = list(range(engine.tokens_per_image))
-    with_img = instance("im", "What is shown?", images=[{"tokens": tokens, "vq": "x"}])
+    from medmax_cli.generate.stage import vq_fingerprint
+
+    vq = vq_fingerprint(engine.model_dir)  # tokens of another codebook are refused
+    with_img = instance("im", "What is shown?", images=[{"tokens": tokens, "vq": vq}])
     (out,) = generate_stage([with_img], engine=engine, config=GenerateConfig(max_new_tokens=6))
     (plain,) = generate_stage(
         [instance("im", "What is shown?")], engine=engine, config=GenerateConfig(max_new_tokens=6)
@@ -472,7 +471,7 @@ def test_command_in_a_pipe(tiny_model_dir, tmp_path, adapter_dir):
     src.write_text("".join(json.dumps(r) + "\n" for r in recs))
     cmd = (
         f"{sys.executable} -m medmax_cli generate --model {tiny_model_dir} --adapter {adapter_dir} "
-        f"--max-new-tokens 4 --batch-size 2 --task vqa --task image_generation --limit 1 "
+        f"--max-new-tokens 4 --batch-size 2 --task vqa --task image_generation --limit 1 --preset medmax-eval "
         f"--media-dir {media.root} -q {src} | tee {tmp_path}/out.jsonl "
         f"| {sys.executable} -m medmax_cli validate --media-dir {media.root} --json"
     )
@@ -484,6 +483,8 @@ def test_command_in_a_pipe(tiny_model_dir, tmp_path, adapter_dir):
     assert [o["id"] for o in outs] == ["p1", "p2"]
     assert len(outs[0]["images"][0]["tokens"]) == outs[0]["generation"]["settings"]["tokens_per_image"]
     assert outs[1]["generation"]["settings"]["adapter"].endswith("adapter")
+    assert [o["generation"]["preset"] for o in outs] == ["medmax-eval"] * 2
+    assert outs[0]["generation"]["settings"]["temperature"] == 0.0  # greedy, as MedMax's eval scripts
     assert media.path_of(outs[1]["images"][-1]).is_file()
     # same input, model and seed: byte-identical output (no timings in the records)
     again = subprocess.run(

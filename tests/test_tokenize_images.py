@@ -119,9 +119,10 @@ def test_repeated_image_is_encoded_once_in_a_run(tiny_model_dir, media, tmp_path
 
 def test_existing_tokens_for_this_codebook_are_kept(tiny_model_dir, media, tmp_path):
     vq = vq_fingerprint(tiny_model_dir)
-    records = [{"id": "t", "kind": "figure", "caption": "", "images": [{"tokens": [1, 2, 3], "vq": vq}]}]
+    codes = list(range(VQSpec.from_model_dir(tiny_model_dir).tokens_per_image))  # a whole grid
+    records = [{"id": "t", "kind": "figure", "caption": "", "images": [{"tokens": codes, "vq": vq}]}]
     out, policy = _run(records, tiny_model_dir, media, tmp_path, encoder=object())
-    assert out[0]["images"][0]["tokens"] == [1, 2, 3] and policy.report.counts["kept"] == 1
+    assert out[0]["images"][0]["tokens"] == codes and policy.report.counts["kept"] == 1
 
 
 def test_unreadable_images_are_rejected_with_a_reason(tiny_model_dir, media, tmp_path, encoder):

@@ -2,14 +2,32 @@
 
 A killed run must never leave a file that looks finished: every output, cache entry and
 state file of the toolkit goes through here.
+
+What is not a regular file is never replaced: `-o` naming a FIFO, a character device
+(`/dev/null`, a terminal) or a link to one (`/dev/stdout`, `/proc/self/fd/1`) is opened and
+written in place, since renaming a temporary file over it would swap the pipe or device for a
+plain file nobody reads. A symbolic link to a regular file keeps its link: the file it points
+to is the one replaced atomically.
+
+Any failure to write (disk full, file too large, read-only or missing directory, permission)
+becomes `CannotWrite`, an OSError naming the final path, and leaves no temporary file behind.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import IO, Any
+
+
+class CannotWrite(OSError):
+    """Writing an output failed; `filename` is the output's path, `strerror` the reason."""
+
+    def __str__(self) -> str:
+        return f"cannot write: {self.filename}: {self.strerror}"
 
 
 def _current_umask() -> int:
@@ -18,34 +36,133 @@ def _current_umask() -> int:
     return mask
 
 
+def _cannot_write(path: Path | str, exc: OSError) -> CannotWrite:
+    if isinstance(exc, CannotWrite):
+        return exc
+    return CannotWrite(exc.errno or 0, exc.strerror or str(exc), str(path))
+
+
+def in_place_target(path: Path) -> bool:
+    """True if `path` exists (following links) and is not a regular file or directory, or is a
+    link through /proc or /dev/fd (`/dev/stdout` redirected to a file: that open file is the output)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        return True
+    return stat.S_ISREG(mode) and _links_through_fd_table(path)
+
+
+def _links_through_fd_table(path: Path) -> bool:
+    current = str(path)
+    for _ in range(40):  # the kernel's own limit on link chains
+        if current.startswith(("/proc/", "/dev/fd/")):
+            return True
+        try:
+            target = os.readlink(current)
+        except OSError:
+            return False
+        current = os.path.join(os.path.dirname(current), target)
+    return False
+
+
+class _Guarded:
+    """A file object whose write/flush/close failures raise CannotWrite naming the output."""
+
+    def __init__(self, handle: IO[Any], path: Path):
+        self._handle = handle
+        self._path = path
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._handle.write(data)
+        except OSError as exc:
+            raise _cannot_write(self._path, exc) from None
+
+    def flush(self) -> None:
+        try:
+            self._handle.flush()
+        except OSError as exc:
+            raise _cannot_write(self._path, exc) from None
+
+    def close(self) -> None:
+        try:
+            self._handle.close()
+        except OSError as exc:
+            raise _cannot_write(self._path, exc) from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handle, name)
+
+    def __enter__(self) -> _Guarded:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
 class AtomicFile:
     """A file that appears under its final name only when closed without error."""
 
     def __init__(self, path: str | os.PathLike[str], mode: str = "wb", *, fsync: bool = False):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        os.fchmod(fd, 0o666 & ~_current_umask())  # mkstemp makes 0600; give what open() would
-        self.handle = os.fdopen(fd, mode)
         self.fsync = fsync
+        self._tmp: str | None = None
+        try:
+            if in_place_target(self.path):  # a pipe, a device, or a link to one: write it as it is
+                self.handle: Any = _Guarded(open(self.path, mode), self.path)
+                return
+            final = Path(os.path.realpath(self.path)) if self.path.is_symlink() else self.path
+            try:
+                final.parent.mkdir(parents=True, exist_ok=True)
+            except FileExistsError:
+                raise CannotWrite(
+                    errno.ENOTDIR, "a parent of the path is not a directory", str(path)
+                ) from None
+            fd, self._tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
+            self._final = final
+        except OSError as exc:
+            raise _cannot_write(self.path, exc) from None
+        try:
+            os.fchmod(fd, 0o666 & ~_current_umask())  # mkstemp makes 0600; give what open() would
+            self.handle = _Guarded(os.fdopen(fd, mode), self.path)
+        except OSError as exc:
+            os.close(fd)
+            self._discard()
+            raise _cannot_write(self.path, exc) from None
 
     def __enter__(self) -> IO[Any]:
-        return self.handle
+        return self.handle  # type: ignore[no-any-return]
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         self.finish(ok=exc_type is None)
 
+    def _discard(self) -> None:
+        if self._tmp is not None:
+            Path(self._tmp).unlink(missing_ok=True)
+
     def finish(self, ok: bool) -> None:
         if self.handle.closed:
             return
-        if ok and self.fsync:
-            self.handle.flush()
-            os.fsync(self.handle.fileno())
-        self.handle.close()
-        if ok:
-            os.replace(self._tmp, self.path)
-        else:
-            Path(self._tmp).unlink(missing_ok=True)
+        if not ok:  # the run failed already: drop the temporary file, keep the first error
+            try:
+                self.handle._handle.close()
+            except OSError:
+                pass
+            self._discard()
+            return
+        try:
+            if self.fsync and self._tmp is not None:
+                self.handle.flush()
+                os.fsync(self.handle.fileno())
+            self.handle.close()
+            if self._tmp is not None:
+                os.replace(self._tmp, self._final)
+                self._tmp = None
+        except OSError as exc:
+            self._discard()
+            raise _cannot_write(self.path, exc) from None
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool = False) -> Path:

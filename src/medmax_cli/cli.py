@@ -83,4 +83,9 @@ _register_commands()
 
 
 def main() -> None:
-    app()
+    """The `medmax` entry point: faults end as one line on stderr (medmax_cli.errors), exit 1."""
+    import sys
+
+    from medmax_cli.errors import run
+
+    sys.exit(run(app))

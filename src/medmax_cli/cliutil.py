@@ -323,7 +323,12 @@ class StageIO:
                 stream = self._atomic.handle
                 flush_each = False
             self._writer = RecordWriter(
-                stream, fmt=self.fmt, media=self.media, flush_each=flush_each, report=self.report
+                stream,
+                fmt=self.fmt,
+                media=self.media,
+                flush_each=flush_each,
+                report=self.report,
+                policy=getattr(self, "policy", None),  # errors met while writing obey --on-error
             )
         return self._writer
 

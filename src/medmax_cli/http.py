@@ -11,6 +11,9 @@ truncated bodies). One place gets the politeness and the retries right:
 - a `User-Agent` naming the tool and a contact (`--contact`, env `MEDMAX_CONTACT`);
 - secrets (API keys from the environment, `Authorization` headers) never appear in logs,
   errors or records: URLs are redacted before they are shown anywhere;
+- the egress policy (`medmax_cli.egress`): each request is routed (proxy from the environment or
+  direct) and checked before it is sent: credentialed data only to trusted hosts, no redirect
+  followed for a request with a body, none to another host for a credentialed request;
 - `bounded_map` for fetching media with bounded concurrency, results in input order.
 
 Clock, sleep and the random source are injectable so tests run the retry logic in microseconds.
@@ -28,12 +31,13 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 import orjson
 
-from medmax_cli import __version__
+from medmax_cli import __version__, egress
+from medmax_cli.egress import SECRET_HEADERS, SECRET_PARAMS, EgressRefused, redact_url  # noqa: F401
+from medmax_cli.egress import scrub as _scrub
 
 log = logging.getLogger(__name__)
 
@@ -50,22 +54,8 @@ DEFAULT_RATE = 5.0  # any other host: polite by default, raise it with a per-hos
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
-SECRET_PARAMS = frozenset(
-    {
-        "api_key",
-        "apikey",
-        "key",
-        "token",
-        "access_token",
-        "sig",
-        "signature",
-        "x-amz-signature",
-        "x-amz-credential",
-        "x-amz-security-token",
-        "password",
-    }
-)
-SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie"})
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 10
 
 
 class HttpError(RuntimeError):
@@ -90,27 +80,6 @@ class _Retryable(Exception):
 
 
 # --------------------------------------------------------------------------- secrets
-
-
-def redact_url(url: str, secrets: Iterable[str] = ()) -> str:
-    """The URL with secret query parameters (api_key, token, signatures) replaced by '***'."""
-    try:
-        parts = urlsplit(str(url))
-    except ValueError:
-        return _scrub(str(url), secrets)
-    if parts.query:
-        query = [(k, "***" if k.lower() in SECRET_PARAMS else v) for k, v in parse_qsl(parts.query, True)]
-        parts = parts._replace(query=urlencode(query, safe="*:/,"))
-    if parts.password or parts.username:
-        parts = parts._replace(netloc=parts.hostname or "")
-    return _scrub(urlunsplit(parts), secrets)
-
-
-def _scrub(text: str, secrets: Iterable[str]) -> str:
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return text
 
 
 def contact_user_agent(contact: str | None = None) -> str:
@@ -240,29 +209,50 @@ class HttpClient:
     rng: random.Random = field(default_factory=random.Random)
     transport: httpx.BaseTransport | None = None
     max_connections: int = 16
+    trusted_hosts: tuple[str, ...] = ()  # may receive credentialed data, besides loopback
+    env: Mapping[str, str] | None = None  # proxy/trust environment (None: os.environ at send time)
 
     def __post_init__(self) -> None:
         rates = default_rates() if self.rates is None else dict(self.rates)
         self.limiter = RateLimiter(rates, default=self.default_rate, clock=self.clock, sleep=self.sleep)
-        env_secrets = tuple(v for k, v in os.environ.items() if k.endswith(("_API_KEY", "_TOKEN")) and v)
-        self.secrets = tuple(self.secrets) + env_secrets
+        self.secrets = tuple(s for s in self.secrets if s) + egress.env_secrets()
         self.user_agent = contact_user_agent(self.contact)
-        self._client = httpx.Client(
+        self._client = self._new_client(None)
+        self._proxy_clients: dict[str, httpx.Client] = {}
+        self._lock = threading.Lock()
+        self.requests = 0  # attempts sent, for benchmarks and tests
+        self.retries = 0
+
+    def _new_client(self, proxy: str | None) -> httpx.Client:
+        # trust_env=False: proxies, .netrc and the like come only from the route the egress policy
+        # decided, never from httpx's own reading of the environment.
+        return httpx.Client(
             timeout=httpx.Timeout(self.timeout),
             headers={"User-Agent": self.user_agent},
-            follow_redirects=True,
+            follow_redirects=False,
+            trust_env=False,
+            verify=_verify_from_env(),
+            proxy=proxy,
             transport=self.transport,
             limits=httpx.Limits(
                 max_connections=self.max_connections, max_keepalive_connections=self.max_connections
             ),
         )
-        self._lock = threading.Lock()
-        self.requests = 0  # attempts sent, for benchmarks and tests
-        self.retries = 0
+
+    def _client_for(self, target: egress.Route) -> httpx.Client:
+        if target.proxy is None or self.transport is not None:
+            return self._client
+        with self._lock:
+            client = self._proxy_clients.get(target.proxy)
+            if client is None:
+                client = self._proxy_clients[target.proxy] = self._new_client(target.proxy)
+            return client
 
     # -- lifecycle
     def close(self) -> None:
         self._client.close()
+        for client in self._proxy_clients.values():
+            client.close()
 
     def __enter__(self) -> HttpClient:
         return self
@@ -287,11 +277,25 @@ class HttpClient:
         response = self.get(url, params, **kw)
         return self._json(response, url)
 
-    def post_json(self, url: str, json: Any, headers: Mapping[str, str] | None = None) -> Any:
-        """POST a JSON body and parse the JSON answer (for OpenAI-compatible LLM endpoints)."""
+    def post_json(
+        self,
+        url: str,
+        json: Any,
+        headers: Mapping[str, str] | None = None,
+        *,
+        credential: bool | None = None,
+        trusted: tuple[str, ...] = (),
+    ) -> Any:
+        """POST a JSON body and parse the JSON answer (for OpenAI-compatible LLM endpoints).
+
+        `credential` says whether the body carries credentialed data (None: as declared by
+        `egress.payload`, else treated as credentialed); `trusted` adds hosts allowed to receive it.
+        """
         body = orjson.dumps(json)
         hdrs = {"Content-Type": "application/json", **(headers or {})}
-        response = self.request("POST", url, content=body, headers=hdrs)
+        response = self.request(
+            "POST", url, content=body, headers=hdrs, credential=credential, trusted=trusted
+        )
         return self._json(response, url)
 
     def _json(self, response: httpx.Response, url: str) -> Any:
@@ -313,10 +317,58 @@ class HttpClient:
         params: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
         content: bytes | None = None,
+        credential: bool | None = None,
+        trusted: tuple[str, ...] = (),
     ) -> httpx.Response:
-        """Send one logical request, retrying transient failures; raise HttpError when it fails."""
+        """Send one logical request under the egress policy, retrying transient failures.
+
+        Raises EgressRefused when the policy forbids the route, HttpError when the request fails.
+        GET redirects are followed hop by hop (each hop checked); a request with a body is never
+        redirected.
+        """
         request = self._client.build_request(method, url, params=params, headers=headers, content=content)
+        has_body = bool(content) or method.upper() not in ("GET", "HEAD", "OPTIONS")
+        if credential is None:
+            credential = egress.current_credential()
+        allowed = (*self.trusted_hosts, *trusted)
+        origin = (request.url.scheme, request.url.host, request.url.port)
+        for _hop in range(MAX_REDIRECTS + 1):
+            response = self._send(request, credential=credential, has_body=has_body, trusted=allowed)
+            location = response.headers.get("Location")
+            if response.status_code not in REDIRECT_STATUSES or not location:
+                return response
+            shown = self.redact(str(request.url))
+            target = request.url.join(location)
+            if has_body:
+                raise HttpError(
+                    f"{method} {shown}: HTTP {response.status_code} redirect to {self.redact(str(target))} "
+                    "not followed (a request body is never re-sent to another URL)",
+                    url=shown,
+                    status=response.status_code,
+                )
+            same_origin = (target.scheme, target.host, target.port) == origin
+            if credential and not same_origin:
+                raise EgressRefused(
+                    f"egress refused: {shown} redirects a credentialed request to another origin "
+                    f"({self.redact(str(target))})"
+                )
+            keep = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+            if not same_origin:
+                keep = {k: v for k, v in keep.items() if k.lower() not in SECRET_HEADERS}
+            request = self._client.build_request("GET", target, headers=keep)
+        raise HttpError(
+            f"{method} {self.redact(url)}: more than {MAX_REDIRECTS} redirects", url=self.redact(url)
+        )
+
+    def _send(
+        self, request: httpx.Request, *, credential: bool | None, has_body: bool, trusted: tuple[str, ...]
+    ) -> httpx.Response:
+        """One hop: route and check it, then send with retries."""
+        method = request.method
         shown = self.redact(str(request.url))
+        target = egress.route(request.url, self.env)
+        egress.check(target, credential=credential, has_body=has_body, trusted=trusted, env=self.env)
+        client = self._client_for(target)
         host = request.url.host
         last: _Retryable | None = None
         for attempt in range(self.retry.attempts):
@@ -326,7 +378,7 @@ class HttpClient:
                 if attempt:
                     self.retries += 1
             try:
-                return self._attempt(request, shown)
+                return self._attempt(request, shown, client)
             except _Retryable as exc:
                 last = exc
             if attempt + 1 >= self.retry.attempts:
@@ -352,9 +404,9 @@ class HttpClient:
             attempts=self.retry.attempts,
         )
 
-    def _attempt(self, request: httpx.Request, shown: str) -> httpx.Response:
+    def _attempt(self, request: httpx.Request, shown: str, client: httpx.Client) -> httpx.Response:
         try:
-            response = self._client.send(request, stream=True)
+            response = client.send(request, stream=True)
         except httpx.TimeoutException as exc:
             raise _Retryable(f"timed out ({type(exc).__name__})") from None
         except httpx.TransportError as exc:  # resets, refused connections, protocol errors
@@ -405,6 +457,16 @@ class HttpClient:
             if len(data) != int(expected):
                 raise _Retryable(f"truncated body ({len(data)} of {expected} bytes)")
         return data
+
+
+def _verify_from_env() -> Any:
+    """TLS verification honouring SSL_CERT_FILE / SSL_CERT_DIR (which trust_env=False would drop)."""
+    cafile, capath = os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
+    if not (cafile or capath):
+        return True
+    import ssl
+
+    return ssl.create_default_context(cafile=cafile or None, capath=capath or None)
 
 
 # --------------------------------------------------------------------------- concurrency

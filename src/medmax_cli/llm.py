@@ -11,14 +11,15 @@ hosted APIs). Why our own thin client instead of an SDK:
   resumed run sends zero requests and gets byte-identical results;
 - the API key comes from the caller (the CLI reads MEDMAX_LLM_API_KEY or OPENAI_API_KEY) and is
   never logged, cached or written into records;
-- `endpoint_trusted` decides whether credentialed data (MIMIC-CXR) may go to an endpoint: only
-  loopback hosts or hosts the user lists explicitly.
+- credentialed data (MIMIC-CXR) goes only where the egress policy (`medmax_cli.egress`) allows:
+  loopback or hosts the user lists, after proxy resolution; the check runs where the request is
+  sent (`HttpClient`), so every user of this client (synthesize, score's judge) inherits it. A
+  refused credentialed request is a record error (`CredentialRefused`), rejected like any other.
 """
 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import logging
 import os
 import threading
@@ -30,8 +31,10 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from medmax_cli import egress
 from medmax_cli.atomic import atomic_write_bytes
 from medmax_cli.http import HttpClient, HttpError, RetryPolicy
+from medmax_cli.records import RecordError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -45,6 +48,10 @@ class LLMError(RuntimeError):
 
 class ReplyRejected(ValueError):
     """One request failed for good (malformed reply after every attempt, or refused by the server)."""
+
+
+class CredentialRefused(RecordError):
+    """A credentialed record that the egress policy keeps from this endpoint (reject it, go on)."""
 
 
 @dataclass(frozen=True)
@@ -83,19 +90,13 @@ def chat_url(url: str) -> str:
 
 
 def is_loopback(host: str) -> bool:
-    host = host.strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return egress.is_loopback(host)
 
 
 def endpoint_trusted(url: str, trusted_hosts: Sequence[str] = ()) -> bool:
-    """Whether credentialed data may be sent to `url`: a loopback host or one listed by the user."""
-    host = (urlsplit(url).hostname or "").lower()
-    return bool(host) and (is_loopback(host) or host in {h.lower().strip() for h in trusted_hosts})
+    """Whether credentialed data may be sent to `url`: every host on its route (proxy included)
+    is loopback or listed by the user (see `medmax_cli.egress`)."""
+    return egress.route_trusted(url, trusted_hosts)
 
 
 # --------------------------------------------------------------------------- cache
@@ -160,8 +161,11 @@ class ChatClient:
             retry=RetryPolicy(attempts=6),
             secrets=(api_key,) if api_key else (),
             max_connections=max(4, settings.concurrency),
+            trusted_hosts=settings.trusted_hosts,
         )
-        self.trusted = endpoint_trusted(self.url, settings.trusted_hosts)
+        self.trusted = egress.route_trusted(
+            self.url, (*settings.trusted_hosts, *self.http.trusted_hosts), self.http.env
+        )
         self._lock = threading.Lock()
         self.requests = 0  # logical requests sent (cache misses)
         self.cache_hits = 0
@@ -185,15 +189,26 @@ class ChatClient:
         return body
 
     def ask(
-        self, messages: Sequence[Mapping[str, str]], *, prompt_version: str, parse: Callable[[str], T]
+        self,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        prompt_version: str,
+        parse: Callable[[str], T],
+        credential: bool | None = None,
     ) -> T:
         """The parsed reply. A reply `parse` refuses (ValueError) is asked again with the next seed;
         after `attempts` tries ReplyRejected says why. Cached replies are reused, valid or not, so a
-        rerun makes the same decisions without a single request."""
+        rerun makes the same decisions without a single request.
+
+        `credential`: whether the messages carry credentialed data (None: as declared by an
+        enclosing `egress.payload(record)`; undeclared counts as credentialed for untrusted hosts).
+        CredentialRefused when the endpoint may not receive them."""
+        if credential is None:
+            credential = egress.current_credential()
         last = "no attempt"
         for attempt in range(max(1, self.settings.attempts)):
             body = self.request_body(messages, attempt)
-            raw = self._raw_reply(body, prompt_version)
+            raw = self._raw_reply(body, prompt_version, credential)
             try:
                 return parse(raw)
             except ValueError as exc:
@@ -203,7 +218,7 @@ class ChatClient:
                 log.debug("malformed reply (attempt %d): %s", attempt + 1, last)
         raise ReplyRejected(f"llm reply malformed after {self.settings.attempts} attempts: {last}")
 
-    def _raw_reply(self, body: dict[str, Any], prompt_version: str) -> str:
+    def _raw_reply(self, body: dict[str, Any], prompt_version: str, credential: bool | None = None) -> str:
         key = ReplyCache.key(self.settings.model, prompt_version, body)
         if self.cache is not None:
             cached = self.cache.get(key)
@@ -215,7 +230,13 @@ class ChatClient:
         with self._lock:
             self.requests += 1
         try:
-            answer = self.http.post_json(self.url, body, headers=headers)
+            answer = self.http.post_json(
+                self.url, body, headers=headers, credential=credential, trusted=self.settings.trusted_hosts
+            )
+        except egress.EgressRefused as exc:
+            if credential:
+                raise CredentialRefused(f"credential: {exc}") from None
+            raise LLMError(f"LLM endpoint refused by the egress policy: {exc}") from None
         except HttpError as exc:
             if exc.status in PER_ITEM_STATUSES:
                 raise ReplyRejected(f"llm request refused: HTTP {exc.status}") from None

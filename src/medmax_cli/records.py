@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from array import array
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +25,11 @@ TASKS = (
     "report_understanding",
 )
 ROLES = ("user", "assistant")
+QUESTION_TYPES = ("closed", "open", "multiple_choice")
+MAX_TOKEN_ID = 2**32 - 1  # token ids and VQ codes fit a uint32 (vocabularies and codebooks are far smaller)
+MAX_DEPTH = 64  # nesting of objects/lists in one record; writers (orjson) stop at 255
+_STRING_FIELDS = ("source", "license", "domain", "caption", "answer")
+_IMAGE_STRING_FIELDS = ("path", "url", "vq")
 
 # A WebDataset key is everything before the first dot of a member name, so ids may
 # not contain dots; slashes and whitespace would break file names and tar members.
@@ -107,12 +113,53 @@ def _check_images(record: Mapping[str, Any]) -> None:
             value = image.get(dim)
             if value is not None and not (type(value) is int and value > 0):
                 raise _fail(f"images[{i}].{dim} must be a positive integer", record)
+        for name in _IMAGE_STRING_FIELDS:
+            value = image.get(name)
+            if value is not None and not (type(value) is str and value):
+                raise _fail(f"images[{i}].{name} must be a non-empty string, got {_kind(value)}", record)
         tokens = image.get("tokens")
         if tokens is not None:
-            if type(tokens) is not list or not all(type(t) is int and t >= 0 for t in tokens):
-                raise _fail(f"images[{i}].tokens must be a list of non-negative integers", record)
+            if not _token_list(tokens):
+                raise _fail(f"images[{i}].tokens must be a list of integers in 0..{MAX_TOKEN_ID}", record)
             if "vq" not in image:
                 raise _fail(f"images[{i}] has 'tokens' but no 'vq' (which codebook made them)", record)
+
+
+def _kind(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"[:80]
+
+
+def _token_list(tokens: Any) -> bool:
+    """A list of ints (not bools, not floats) in 0..MAX_TOKEN_ID: two C-level passes (this runs
+    on every image of every record at every stage boundary)."""
+    if type(tokens) is not list:
+        return False
+    try:
+        array("I", tokens)  # refuses floats, strings, negatives and values over 2**32 - 1
+    except (TypeError, OverflowError):
+        return False
+    return _INT_ONLY.issuperset(map(type, tokens))  # and bools, which array() takes for 0/1
+
+
+_INT_ONLY = {int}
+_CONTAINERS = {dict, list}
+
+
+def _depth_ok(value: Any, limit: int, flat: frozenset[int] = frozenset()) -> bool:
+    """Whether objects/lists nest at most `limit` levels (iterative: a hostile record cannot blow
+    the Python stack). `flat`: ids of lists already checked to hold only ints (image tokens)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if id(item) in flat:
+            continue
+        children = item.values() if type(item) is dict else item
+        if _CONTAINERS.isdisjoint(map(type, children)):
+            continue
+        if depth >= limit:
+            return False
+        stack.extend((c, depth + 1) for c in children if type(c) in _CONTAINERS)
+    return True
 
 
 def _check_content(content: Any, n_images: int, path: str, record: Mapping[str, Any]) -> None:
@@ -163,7 +210,18 @@ def validate(record: Any) -> dict[str, Any]:
     meta = record.get("meta")
     if meta is not None and type(meta) is not dict:
         raise _fail("field 'meta' must be an object", record)
+    for name in _STRING_FIELDS:
+        value = record.get(name)
+        if value is not None and type(value) is not str:
+            raise _fail(f"field {name!r} must be a string, got {_kind(value)}", record)
+    qtype = record.get("question_type")
+    if qtype is not None and qtype not in QUESTION_TYPES:
+        raise _fail(f"field 'question_type' must be one of {QUESTION_TYPES}, got {_kind(qtype)}", record)
     _check_images(record)
+    images = record.get("images") or ()
+    flat = frozenset(id(image["tokens"]) for image in images if "tokens" in image)
+    if not _depth_ok(record, MAX_DEPTH, flat):
+        raise _fail(f"record nests objects/lists deeper than {MAX_DEPTH} levels", record)
 
     if "task" in record or "turns" in record:
         if record.get("task") not in TASKS:
@@ -194,8 +252,8 @@ def validate(record: Any) -> dict[str, Any]:
         raise _fail("a report record needs a string 'report'", record)
     if kind == "instance":
         tokens = record.get("tokens")
-        if tokens is not None and not (isinstance(tokens, list) and all(isinstance(t, int) for t in tokens)):
-            raise _fail("field 'tokens' must be a list of integers", record)
+        if tokens is not None and not _token_list(tokens):
+            raise _fail(f"field 'tokens' must be a list of integers in 0..{MAX_TOKEN_ID}", record)
     return record
 
 

@@ -260,7 +260,9 @@ def register(app: typer.Typer) -> None:
                 handle = open(output, "r+b" if Path(output).exists() else "wb")
                 handle.truncate(state.output_bytes or 0)
                 handle.seek(0, 2)
-                writer = RecordWriter(handle, fmt="jsonl", media=io.media, flush_each=True, report=io.report)
+                writer = RecordWriter(
+                    handle, fmt="jsonl", media=io.media, flush_each=True, report=io.report, policy=io.policy
+                )
             else:
                 writer = io.writer
             try:

@@ -91,6 +91,9 @@ def register(app: typer.Typer) -> None:
         ),
         merge: bool = _opt(None, "--merge", help="Also write RUN/merged (adapter merged into the weights)."),
         resume: bool = _opt(None, "--resume", help="Continue from RUN/checkpoints/latest."),
+        resume_new_data: bool = _opt(
+            None, "--resume-new-data", help="With --resume: continue although the shards changed."
+        ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     ) -> None:
         flags = dict(locals())  # first: every option, None where not given

@@ -21,9 +21,12 @@ from medmax_cli.cliutil import (
 
 HELP = """Generate text, images or both for task instances (the model's own decode loop).
 
-Text follows the MedMax evaluation defaults (greedy, repetition penalty 1.2, image tokens
-suppressed); images are exactly tokens-per-image codes with three-row classifier-free guidance,
-stored as PNG in the media store. --mode auto picks per instance from its task.
+--preset anole samples as Anole's reference inference does (text temperature 1.0, top-p 0.9,
+repetition penalty 1.2, up to the context); --preset medmax-eval decodes as MedMax's evaluation
+scripts (greedy text, their per-task budgets). Default: medmax-eval for evaluation items
+(meta.eval_task), anole otherwise; sampling flags override either. Images are exactly
+tokens-per-image codes with three-row classifier-free guidance, stored as PNG in the media store.
+--mode auto picks per instance from its task.
 
   medmax generate --adapter runs/lora1 < eval.jsonl | medmax score > scores.jsonl
 """
@@ -42,28 +45,37 @@ def register(app: typer.Typer) -> None:
         ),
         no_merge: bool = typer.Option(False, "--no-merge", help="Keep the adapter unmerged (slower decode)."),
         mode: str = typer.Option("auto", "--mode", help="auto | text | image | interleaved."),
+        preset: str = typer.Option(
+            None,
+            "--preset",
+            help="anole | medmax-eval [medmax-eval for items with meta.eval_task, else anole].",
+        ),
         max_new_tokens: int = typer.Option(
             None,
             "--max-new-tokens",
-            help="New-token budget per record [text 256; interleaved 256 + one image].",
+            help="New-token budget per record [the preset's: up to the context; medmax-eval VQA 1 or 60].",
         ),
         min_new_tokens: int = typer.Option(0, "--min-new-tokens", help="Suppress EOS until N new tokens."),
         seed: int = typer.Option(0, "--seed", help="Sampling seed (same seed, same output)."),
         batch_size: int = typer.Option(8, "--batch-size", help="Records decoded together."),
         prompt_format: str = typer.Option("sft", "--prompt-format", help="sft (turns closed by SEP) or raw."),
-        temperature: float = typer.Option(0.0, "--temperature", help="Text temperature; 0 = greedy."),
-        top_p: float = typer.Option(0.9, "--top-p", help="Text top-p when sampling."),
-        repetition_penalty: float = typer.Option(
-            1.2, "--repetition-penalty", help="Text repetition penalty."
+        temperature: float = typer.Option(
+            None, "--temperature", help="Text temperature; 0 = greedy [anole 1.0, medmax-eval 0]."
         ),
-        cfg_text: float = typer.Option(3.0, "--cfg-text", help="Image CFG weight on (full - image-only)."),
+        top_p: float = typer.Option(None, "--top-p", help="Text top-p when sampling [0.9]."),
+        repetition_penalty: float = typer.Option(
+            None, "--repetition-penalty", help="Text repetition penalty [1.2]."
+        ),
+        cfg_text: float = typer.Option(
+            None, "--cfg-text", help="Image CFG weight on (full - image-only) [3.0]."
+        ),
         cfg_image: float = typer.Option(
-            1.2, "--cfg-image", help="Image CFG weight on (image-only - uncond)."
+            None, "--cfg-image", help="Image CFG weight on (image-only - uncond) [1.2]."
         ),
         image_temperature: float = typer.Option(
-            0.7, "--image-temperature", help="Image sampling temperature."
+            None, "--image-temperature", help="Image sampling temperature [0.7]."
         ),
-        image_top_p: float = typer.Option(0.9, "--image-top-p", help="Image sampling top-p."),
+        image_top_p: float = typer.Option(None, "--image-top-p", help="Image sampling top-p [0.9]."),
         device: str = typer.Option("auto", "--device", help="auto (cuda if available) | cpu | cuda[:N]."),
         dtype: str = typer.Option(
             "auto", "--dtype", help="auto (bf16 on cuda, fp32 on cpu) | float32 | bfloat16."
@@ -89,6 +101,7 @@ def register(app: typer.Typer) -> None:
 
         config = GenerateConfig(
             mode=mode,
+            preset=preset,
             max_new_tokens=max_new_tokens,
             min_new_tokens=min_new_tokens,
             seed=seed,

@@ -115,6 +115,10 @@ def register(app: typer.Typer) -> None:
             raise fail("--seq-len must be >= 2; --pack-buffer, --max-count and the batch sizes must be >= 1")
         if output.exists() and not output.is_dir():
             raise fail(f"-o {output} exists and is not a directory")
+        try:  # before any input is read: a directory that cannot be made fails at once
+            output.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise fail(f"cannot create -o {output}: {exc.strerror or exc}", code=1) from None
         settings = PackSettings(
             seq_len=seq_len,
             pack=pack,
@@ -130,9 +134,11 @@ def register(app: typer.Typer) -> None:
         model_dir = _resolve_model(model)
 
         from medmax_cli.pack.manifest import model_fingerprints
+        from medmax_cli.pack.shards import OutputDirLocked
         from medmax_cli.pack.stage import pack_to_dir
         from medmax_cli.text.tokenizer import load_text_tokenizer
         from medmax_cli.text.vocab import ChameleonVocab
+        from medmax_cli.vision.tokencheck import model_tokens_per_image
 
         try:
             tokenizer = load_text_tokenizer(model_dir)
@@ -144,6 +150,7 @@ def register(app: typer.Typer) -> None:
             "dir": str(model_dir.resolve()),
             "tokenizer_fingerprint": prints["tokenizer"],
             "vq_fingerprint": prints["vq"],
+            "tokens_per_image": model_tokens_per_image(model_dir),  # image token lists must have this length
         }
 
         with StageIO(
@@ -158,17 +165,20 @@ def register(app: typer.Typer) -> None:
             validate_input=False,  # pack_to_dir validates, with a fast path for token lists
         ) as io:
             encode = _image_encoder(model_dir, io, image_batch_size, device, dtype, alpha)
-            manifest = pack_to_dir(
-                io.records,
-                output,
-                vocab=vocab,
-                tokenizer=tokenizer,
-                settings=settings,
-                policy=io.policy,
-                model=model_info,
-                encode_images=encode,
-                workers=workers,
-            )
+            try:
+                manifest = pack_to_dir(
+                    io.records,
+                    output,
+                    vocab=vocab,
+                    tokenizer=tokenizer,
+                    settings=settings,
+                    policy=io.policy,
+                    model=model_info,
+                    encode_images=encode,
+                    workers=workers,
+                )
+            except OutputDirLocked as exc:
+                raise fail(str(exc), code=1) from None
         if not quiet:
             typer.echo(
                 f"medmax pack: {manifest['samples']} samples -> {manifest['rows']} rows of {seq_len} in "

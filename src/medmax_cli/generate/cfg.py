@@ -3,7 +3,9 @@
 Each image is decoded on three rows fed the same sampled token:
 
 - `c`: the full prompt (conditional on text and images), then BOI;
-- `i`: the image-only prompt: BOS, the prompt's image blocks (BOI codes EOI), then BOI;
+- `i`: the image-only prompt: the prompt's tokens that are BOS, BOI, EOI or image codes, in order,
+  then BOI (Anole's `ImageDecoder._split_inputs_for_cfg`); for a well-formed prompt (one leading
+  BOS, complete blocks: what `stage` admits) that is BOS + the prompt's image blocks;
 - `u`: unconditional, `[BOS, BOI]`.
 
 The guided logits are `u + cfg_image * (i - u) + cfg_text * (c - i)`, then temperature and top-p
@@ -24,19 +26,12 @@ def combine_cfg(c: torch.Tensor, i: torch.Tensor, u: torch.Tensor, *, cfg_text: 
     return u + cfg_image * (i - u) + cfg_text * (c - i)
 
 
-def image_only_prompt(ids: list[int], *, bos: int, boi: int, eoi: int) -> list[int]:
-    """BOS + every complete image block (BOI ... EOI) of `ids`, in order."""
-    out = [bos]
-    block: list[int] | None = None
-    for tok in ids:
-        if tok == boi:
-            block = [tok]
-        elif block is not None:
-            block.append(tok)
-            if tok == eoi:
-                out += block
-                block = None
-    return out
+def image_only_prompt(
+    ids: list[int], *, bos: int, boi: int, eoi: int, image_ids: frozenset[int]
+) -> list[int]:
+    """The tokens of `ids` that are BOS, BOI, EOI or image codes (`image_ids`), in order."""
+    keep = image_ids | {bos, boi, eoi}
+    return [tok for tok in ids if tok in keep]
 
 
 @torch.no_grad()
@@ -66,10 +61,11 @@ def generate_images(
     b = len(full_prompts)
     guided = not (cfg_text == 1.0 and cfg_image == 1.0)
     rows: list[list[int]] = []
+    image_ids = frozenset(code_ids.tolist()) if guided else frozenset()
     for p in full_prompts:
         rows.append(p + [boi])
         if guided:
-            rows.append(image_only_prompt(p, bos=bos, boi=boi, eoi=eoi) + [boi])
+            rows.append(image_only_prompt(p, bos=bos, boi=boi, eoi=eoi, image_ids=image_ids) + [boi])
             rows.append([bos, boi])
     g = 3 if guided else 1
     lengths = torch.tensor([len(r) for r in rows], device=dev)

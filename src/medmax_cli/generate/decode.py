@@ -27,12 +27,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from medmax_cli.generate.processors import TextMasks, apply_repetition_penalty
+from medmax_cli.generate.processors import TextMasks, text_logits
 from medmax_cli.generate.sampling import sample
 
 log = logging.getLogger(__name__)
 
 GRAPH_LENGTH_STEP = 256  # captured steps attend over the whole cache: keep it near the real length
+GRAPH_POOL = 2  # caches (with their captured step) kept for reuse by later batches of the same shape
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -85,6 +86,11 @@ class Runner:
         if compile and not self.graphs:
             log.warning("--compile needs CUDA; using the eager decode step on %s", self.device)
         self._static_fn = self._step_static
+        # (batch, length) -> (cache, weakref to the last KVCache handed out over its buffers): a later
+        # batch of the same shape reuses the buffers and so the captured graph (no re-capture, no
+        # re-compile); most recently used last, at most GRAPH_POOL of them.
+        self._pool: dict[tuple[int, int], tuple[KVCache, Any]] = {}
+        self.captures = 0
         if self.graphs and fuse:
             self._static_fn = torch.compile(self._step_static, dynamic=False, fullgraph=False)
 
@@ -93,6 +99,31 @@ class Runner:
     def new_cache(self, batch: int, length: int) -> KVCache:
         if self.graphs:  # a few distinct lengths, so inductor (--compile) specialises a few times only
             length = -(-length // GRAPH_LENGTH_STEP) * GRAPH_LENGTH_STEP
+            return self._pooled_cache(batch, length)
+        return self._alloc_cache(batch, length)
+
+    def _pooled_cache(self, batch: int, length: int) -> KVCache:
+        """A cache of this shape whose earlier user is gone, cleared, with its captured step; else a
+        new one (kept for later batches, the least recently used one dropped beyond GRAPH_POOL)."""
+        import weakref
+
+        key = (batch, length)
+        entry = self._pool.pop(key, None)
+        if entry is not None and entry[1]() is None:  # nobody holds the last cache over these buffers
+            held = entry[0]
+            for tensor in (*held.keys, *held.values, held.valid):
+                tensor.zero_()  # as new: the same results as a fresh cache, bit for bit
+            cache = KVCache(held.keys, held.values, held.valid, graph=held.graph)
+        else:  # none, or still in use (its holder keeps it): a new one takes its place in the pool
+            while len(self._pool) >= GRAPH_POOL:
+                self._pool.pop(next(iter(self._pool)))
+            cache = self._alloc_cache(batch, length)
+            held = KVCache(cache.keys, cache.values, cache.valid)
+        self._pool[key] = (held, weakref.ref(cache))
+        cache.pool_entry = held  # type: ignore[attr-defined]  # _graph_step records the capture here
+        return cache
+
+    def _alloc_cache(self, batch: int, length: int) -> KVCache:
         shape = (batch, self.n_kv, length, self.head_dim)
         n = len(self.core.layers)
         keys = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(n)]
@@ -211,6 +242,10 @@ class Runner:
                 self.graphs = False
                 return out
             cache.graph = (graph, static)
+            self.captures += 1
+            held = getattr(cache, "pool_entry", None)
+            if held is not None:
+                held.graph = cache.graph  # later batches of this shape replay it
             return out
         graph, static = g
         static["tokens"].copy_(tokens)
@@ -238,6 +273,19 @@ def left_pad(prompts: list[list[int]], pad: int, device: Any) -> tuple[torch.Ten
     return ids.to(device), attn.to(device)
 
 
+def boi_last_step(
+    lengths: torch.Tensor, image_budgets: torch.Tensor, allow: torch.Tensor, masks: TextMasks
+) -> torch.Tensor:
+    """The last step t [B] at which BOI may be sampled (-1: never), for contexts of `lengths` tokens.
+
+    Anole: BOI is disallowed once the sequence holds >= max_seq_len - 1026 tokens, so at step t
+    (context lengths + t) it needs lengths + t < context - block. Ours adds that the block fits the
+    record's remaining budget: t + block <= image_budgets.
+    """
+    last = torch.minimum(masks.context - masks.image_block - 1 - lengths, image_budgets - masks.image_block)
+    return torch.where(allow, last, torch.full_like(last, -1))
+
+
 @dataclass
 class TextResult:
     """New tokens of one row and why the row stopped ("eos", "boi", "length")."""
@@ -261,12 +309,16 @@ def generate_text(
     top_p: float = 1.0,
     check_every: int = 16,
     min_new: list[int] | None = None,
+    image_budgets: list[int] | None = None,
 ) -> list[TextResult]:
     """Decode text for a batch of prompts until EOS, BOI (when images are allowed) or the budget.
 
-    `budgets[b]` is the most new tokens row b may take; BOI is allowed for row b only while
-    `allow_image[b]` and at least `masks.image_block` positions remain in its budget and in the
-    context (never an image without room). The loop does not synchronise with the host except
+    `budgets[b]` is the most new tokens row b may take in this call. BOI is allowed for row b only
+    while `allow_image[b]` and Anole's room rule holds: with L tokens in the row's context, BOI is
+    suppressed once L >= context - image_block (Anole's `DisallowTokensAtOrAfterIndexLogitsProcessor`
+    at `max_seq_len - 1026`), so an image always ends at least one position before the context
+    does. A user budget adds: the whole block must fit in `image_budgets[b]` (the new tokens the
+    record may still take; default `budgets[b]`). The loop does not synchronise with the host except
     every `check_every` steps to see whether every row has finished. EOS is suppressed for row b
     during its first `min_new[b]` steps.
     """
@@ -279,11 +331,8 @@ def generate_text(
         return [TextResult([], "length") for _ in prompts]
     offsets = torch.tensor(step_offsets or [0] * b, device=dev)
     allow = torch.tensor(allow_image or [False] * b, device=dev)
-    # Positions left for a BOI at step t: min(budget, context - prompt) - t.
-    room = torch.minimum(budget_t, masks.context - lengths)
-    boi_ok_until = torch.where(
-        allow, room - masks.image_block, torch.full_like(room, -1)
-    )  # allow while t <= this
+    image_budget_t = torch.tensor(image_budgets if image_budgets is not None else budgets, device=dev)
+    boi_ok_until = boi_last_step(lengths, image_budget_t, allow, masks)  # BOI allowed while t <= this
 
     eos_from = torch.tensor(min_new, device=dev) if min_new and any(min_new) else None
 
@@ -300,10 +349,15 @@ def generate_text(
     steps = 0
     for t in range(max_new):
         logits = runner.logits(hidden)  # [B, V]
-        if repetition_penalty != 1.0:
-            logits = apply_repetition_penalty(logits, history, repetition_penalty)
         eos_ok = None if eos_from is None else eos_from <= t
-        logits = masks.apply(logits, boi_allowed=boi_ok_until >= t, eos_allowed=eos_ok)
+        logits = text_logits(
+            logits,
+            history=history,
+            masks=masks,
+            repetition_penalty=repetition_penalty,
+            boi_allowed=boi_ok_until >= t,
+            eos_allowed=eos_ok,
+        )
         tok = sample(logits, temperature=temperature, top_p=top_p, seeds=seeds, steps=offsets + t)
         tok = torch.where(finished, masks.pad, tok)
         out[:, t] = tok

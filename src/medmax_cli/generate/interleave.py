@@ -3,7 +3,11 @@
 A row is a prompt, a mode and a token budget. Text and interleaved rows start in a text phase
 (BOI allowed only for interleaved rows, and only with room for a whole image); a row that samples
 BOI moves to an image phase (exactly `tokens_per_image` codes with three-row CFG, then EOI), and
-an interleaved row with budget left goes back to text with the image in its context. Image rows
+an interleaved row with budget left goes back to text with the image in its context, as Anole's
+`Generator` does (a new `TextDecoder` over prompt + everything generated): so an interleaved row
+holds as many images as its budget and the context allow. `Settings.text_segment` caps each text
+run (Anole's and MedMax's `max_gen_len`, which a new `TextDecoder` starts afresh after an image);
+a run that reaches it ends the row, as Anole's `MaxLengthCriteria` ends generation. Image rows
 start directly in the image phase. Each phase is one batched call; between phases a row's
 context is simply re-prefilled (one forward over the prompt, cheap next to 1,024 decode steps).
 """
@@ -33,6 +37,7 @@ class Row:
     segments: list[tuple[str, list[int]]] = field(default_factory=list)  # ("text", ids) | ("image", codes)
     used: int = 0
     stop: str = ""
+    settings: Settings | None = None  # the record's decoding settings (stage groups rows by them)
 
     def __post_init__(self) -> None:
         self.context = list(self.prompt)
@@ -57,10 +62,12 @@ def run_rows(
         r.used += 1
     while text_rows or image_rows:
         if text_rows:
+            segment = settings.text_segment or masks.context  # a run of text: Anole's max_gen_len
             results = generate_text(
                 runner,
                 [r.context for r in text_rows],
-                budgets=[r.budget - r.used for r in text_rows],
+                budgets=[min(r.budget - r.used, segment) for r in text_rows],
+                image_budgets=[r.budget - r.used for r in text_rows],
                 masks=masks,
                 seeds=torch.tensor([r.seed for r in text_rows], device=dev),
                 step_offsets=[r.used for r in text_rows],

@@ -4,9 +4,10 @@ Everything that decides which tokens may come next is built once per run from th
 (`ChameleonVocab`) and applied with `masked_fill`/`where`: no per-step Python over the vocabulary
 and no host synchronisation inside the decode loop.
 
-Text steps (MedMax evaluation defaults, REFERENCE.md 6): allowed = EOS + text tokens, and BOI only
-when images are allowed and an image block still fits. BOS, padding, SEP, the `<image>`
-placeholder, EOI and every image code are suppressed. Image steps use the image-code rows of the
+Text steps follow Anole's `TextDecoder._allowed_tokens` (GAIR-NLP/anole chameleon/inference/
+chameleon.py): allowed = EOS + the text tokens by Anole's name rule (`ChameleonVocab.anole_text_mask`:
+no image code, no name starting with `<` except `<` itself), and BOI only when images are allowed
+and Anole's room rule holds (see `decode.generate_text`). Image steps use the image-code rows of the
 head directly (see `decode.Runner.logits`), so they need no mask.
 """
 
@@ -29,6 +30,22 @@ def apply_repetition_penalty(logits: torch.Tensor, history: torch.Tensor, penalt
     score = logits.gather(1, history)  # [B, T]
     score = torch.where(score > 0, score / penalty, score * penalty)
     return logits.scatter_(1, history, score)
+
+
+def text_logits(
+    logits: torch.Tensor,
+    *,
+    history: torch.Tensor,
+    masks: TextMasks,
+    repetition_penalty: float,
+    boi_allowed: torch.Tensor,
+    eos_allowed: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One text step's processed logits [B, V], Anole's chain before temperature and top-p: allowed
+    tokens, the BOI room rule, repetition penalty over `history` (masked ids stay -inf either way)."""
+    if repetition_penalty != 1.0:
+        logits = apply_repetition_penalty(logits, history, repetition_penalty)
+    return masks.apply(logits, boi_allowed=boi_allowed, eos_allowed=eos_allowed)
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,13 +71,13 @@ class TextMasks:
         device: torch.device | str,
     ) -> TextMasks:
         text = torch.zeros(vocab_size, dtype=torch.bool)
-        n = min(vocab_size, vocab.text_token_mask.shape[0])
-        text[:n] = torch.from_numpy(vocab.text_token_mask[:n].copy())
-        text[vocab.bos] = False  # a second BOS is never a valid continuation
-        text[vocab.eos] = True
-        for special in (vocab.pad, vocab.sep, vocab.image_placeholder, vocab.boi, vocab.eoi):
-            text[special] = False
+        rule = vocab.anole_text_mask if vocab.anole_text_mask is not None else vocab.text_token_mask
+        n = min(vocab_size, rule.shape[0])
+        text[:n] = torch.from_numpy(rule[:n].copy())
         text[torch.from_numpy(vocab.image_code_to_id.copy())] = False
+        for special in (vocab.bos, vocab.pad, vocab.sep, vocab.image_placeholder, vocab.boi, vocab.eoi):
+            text[special] = False  # `<...>` names, so already out by the rule; kept explicit
+        text[vocab.eos] = True
         return cls(
             blocked=(~text).to(device),
             boi=vocab.boi,

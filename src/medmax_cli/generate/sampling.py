@@ -42,15 +42,34 @@ def uniform_noise(seeds: torch.Tensor, steps: torch.Tensor, n: int) -> torch.Ten
     key = _fmix32((seeds.long() & _M32) ^ _fmix32((steps.long() * 0x9E3779B1 + 0x7F4A7C15) & _M32))  # [B]
     idx = torch.arange(n, device=seeds.device, dtype=torch.long)
     h = _fmix32(_fmix32(key[:, None] ^ idx[None, :]) ^ (key[:, None] >> 7))  # [B, n]
-    return ((h >> 8).float() + 0.5) / float(1 << 24)
+    return unit_interval(h)
+
+
+def unit_interval(h: torch.Tensor) -> torch.Tensor:
+    """32-bit hashes -> float32 strictly inside (0, 1).
+
+    23 bits + 0.5 over 2^23 is exact in float32 and at most 1 - 2^-24 (24 bits + 0.5 would round
+    up to exactly 1.0 for the top hashes, giving an Exp(1) draw of 0, hence inf or NaN in the race
+    and a token drawn whatever its probability, even a masked one).
+    """
+    return ((h >> 9).float() + 0.5) / float(1 << 23)
 
 
 def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Zero the tail of each row beyond cumulative mass `top_p` (the top token always stays)."""
-    sorted_p, order = probs.sort(dim=-1, descending=True)
-    before = sorted_p.cumsum(dim=-1) - sorted_p  # mass strictly above each token
-    sorted_p = sorted_p.masked_fill(before > top_p, 0.0)
-    return torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+    """Zero the tail of each row as Hugging Face's `TopPLogitsWarper` (which Anole uses) does: sort
+    ascending, drop every token whose cumulative mass from the bottom is <= 1 - top_p, always keep
+    the most likely token. Equal to "keep a token while the mass above it is < top_p"."""
+    sorted_p, order = probs.sort(dim=-1, descending=False)
+    drop = sorted_p.cumsum(dim=-1) <= (1 - top_p)
+    drop[..., -1:] = False
+    return probs.masked_fill(drop.scatter(-1, order, drop), 0.0)
+
+
+def distribution(logits: torch.Tensor, *, temperature: float, top_p: float) -> torch.Tensor:
+    """The probabilities [B, V] a sampled step draws from: softmax(logits / T), top-p filtered
+    (not renormalised: the draw does not need it). Temperature <= 0 (greedy) is not a distribution."""
+    probs = torch.softmax(logits / temperature, dim=-1)
+    return top_p_filter(probs, top_p)  # also at top_p 1: drops only zero-mass tokens, as HF does
 
 
 def sample(
@@ -64,8 +83,6 @@ def sample(
     """Next index per row [B] from float logits [B, V]; temperature <= 0 is greedy (argmax)."""
     if temperature <= 0:
         return logits.argmax(dim=-1)
-    probs = torch.softmax(logits / temperature, dim=-1)
-    if top_p < 1.0:
-        probs = top_p_filter(probs, top_p)
+    probs = distribution(logits, temperature=temperature, top_p=top_p)
     race = -torch.log(uniform_noise(seeds, steps, logits.shape[-1]))  # Exp(1) [B, V]
     return (probs / race).argmax(dim=-1)

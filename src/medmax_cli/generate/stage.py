@@ -1,8 +1,10 @@
 """`medmax generate` as a library: setup_engine (model, adapter, masks) and the record stage.
 
 Read like a recipe: `setup_engine` returns one object holding the model runner, the vocabulary,
-the tokenizer and the precomputed masks; `generate_stage` batches records, builds prompts, runs
-the phases (`interleave.run_rows`) and turns tokens back into a prediction: text parts, and
+the tokenizer and the precomputed masks; `generate_stage` batches records, builds and checks
+prompts, resolves each record's settings (its preset plus the user's flags, `config.py`), runs the
+phases (`interleave.run_rows`) once per group of rows with equal settings, and turns tokens back
+into a prediction (naming the preset and every setting): text parts, and
 generated images stored as PNG in the media store (appended to `images` with their tokens and
 `vq`, referenced by index). Output order equals input order.
 """
@@ -12,11 +14,11 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medmax_cli.generate.config import DEFAULT_TEXT_TOKENS, GenerateConfig
+from medmax_cli.generate.config import GenerateConfig, Settings
 from medmax_cli.generate.interleave import Row, run_rows
 from medmax_cli.generate.prompt import prompt_ids, resolve_mode, tokens_per_image
 from medmax_cli.generate.sampling import row_seed
@@ -190,18 +192,46 @@ def vq_fingerprint(model_dir: Path) -> str:
     return fingerprint(model_dir)
 
 
-def _budget(cfg: GenerateConfig, mode: str, tpi: int) -> int:
-    block = tpi + 2
-    if mode == "image":
-        return block
-    if cfg.max_new_tokens is not None:
-        return cfg.max_new_tokens
-    return DEFAULT_TEXT_TOKENS + (block if mode == "interleaved" else 0)
+def check_prompt(ids: list[int], vocab: Any, tokens_per_image: int) -> None:
+    """Refuse a prompt Anole and this toolkit would condition differently (a pre-tokenised record's
+    `tokens` can hold anything): exactly one BOS, first; every BOI opens a block of exactly
+    `tokens_per_image` image codes closed by EOI; no image code or EOI outside a block."""
+    if not ids or ids[0] != vocab.bos:
+        raise RecordError("malformed prompt: it does not start with BOS")
+    if ids.count(vocab.bos) > 1:
+        raise RecordError(f"malformed prompt: {ids.count(vocab.bos)} BOS tokens (expected one, first)")
+    is_code = vocab.is_image_token(ids).tolist()
+    i, n = 0, len(ids)
+    while i < n:
+        tok = ids[i]
+        if tok == vocab.boi:
+            block = ids[i + 1 : i + 1 + tokens_per_image]
+            end = i + 1 + tokens_per_image
+            if (
+                len(block) < tokens_per_image
+                or not all(is_code[i + 1 : end])
+                or end >= n
+                or ids[end] != vocab.eoi
+            ):
+                raise RecordError(
+                    f"malformed prompt: unfinished image block at token {i} (BOI must be followed by "
+                    f"{tokens_per_image} image codes and EOI)"
+                )
+            i = end + 1
+            continue
+        if tok == vocab.eoi or is_code[i]:
+            raise RecordError(
+                f"malformed prompt: {'EOI' if tok == vocab.eoi else 'image code'} outside an image block at token {i}"
+            )
+        i += 1
 
 
 def _make_row(engine: Engine, record: dict[str, Any], cfg: GenerateConfig) -> Row:
     mode = resolve_mode(record, cfg.mode)
+    _check_prompt_tokens(engine, record)
+    settings = cfg.settings_for(record, mode)
     ids = prompt_ids(record, vocab=engine.vocab, tokenizer=engine.tokenizer, prompt_format=cfg.prompt_format)
+    check_prompt(ids, engine.vocab, engine.tokens_per_image)
     room = engine.context - len(ids)
     block = engine.tokens_per_image + 2
     if room < 1:
@@ -211,8 +241,28 @@ def _make_row(engine: Engine, record: dict[str, Any], cfg: GenerateConfig) -> Ro
             f"prompt too long for an image: {len(ids)} prompt tokens + {block} for the image block "
             f"> context {engine.context}"
         )
-    budget = min(_budget(cfg, mode, engine.tokens_per_image), room)
-    return Row(prompt=ids, mode=mode, seed=row_seed(cfg.seed, record["id"]), budget=budget)
+    if mode == "image":
+        budget = block
+    else:
+        budget = min(settings.max_new_tokens or room, room)
+    return Row(prompt=ids, mode=mode, seed=row_seed(cfg.seed, record["id"]), budget=budget, settings=settings)
+
+
+def _check_prompt_tokens(engine: Engine, record: dict[str, Any]) -> None:
+    """Prompt images must carry this model's codes (tag, grid length, range): tokens of another
+    codebook would be read as garbage (`--no-encode-images` does not re-encode them)."""
+    from medmax_cli.generate.prompt import _is_prompt_image
+    from medmax_cli.vision.tokencheck import check_image_tokens
+
+    if not any(isinstance(im, dict) and im.get("tokens") is not None for im in record.get("images") or []):
+        return
+    check_image_tokens(
+        record,
+        vq=vq_fingerprint(engine.model_dir),
+        tokens_per_image=engine.tokens_per_image,
+        n_codes=int(engine.vocab.n_codes),
+        which=lambda index: _is_prompt_image(record, index),
+    )
 
 
 def _prediction(engine: Engine, record: dict[str, Any], row: Row, cfg: GenerateConfig) -> dict[str, Any]:
@@ -231,16 +281,18 @@ def _prediction(engine: Engine, record: dict[str, Any], row: Row, cfg: GenerateC
         content.append({"image": len(images) - 1})
     out["images"] = images
     out["prediction"] = content
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("seed", "batch_size", "check_every")}
-    settings["mode"] = row.mode
+    settings = {"mode": row.mode, "prompt_format": cfg.prompt_format, **row.settings.record()}
     settings["model"] = str(engine.model_dir)
     if engine.adapter:
         settings["adapter"] = engine.adapter
     settings["tokens_per_image"] = engine.tokens_per_image
+    settings["context"] = engine.context
     out["generation"] = {
         "mode": row.mode,
+        "preset": row.settings.preset,
         "settings": settings,
         "seed": cfg.seed,
+        "budget": row.budget,
         "new_tokens": row.used,
         "stop": row.stop,
     }
@@ -291,7 +343,6 @@ def generate_stage(
 
     config.check()
     policy = policy or ErrorPolicy()
-    settings = config.settings()
     for batch in _batches(records, config.batch_size):
         rows: list[Row | None] = []
         for record in batch:
@@ -300,8 +351,11 @@ def generate_stage(
             except (RecordError, MediaError) as exc:
                 policy.reject(exc, record)
                 rows.append(None)
-        live = [r for r in rows if r is not None]
-        if live:
+        groups: dict[Settings, list[Row]] = {}
+        for row in rows:
+            if row is not None:
+                groups.setdefault(row.settings, []).append(row)
+        for settings, live in groups.items():  # a row's output does not depend on its batch-mates
             with torch.inference_mode():
                 run_rows(
                     engine.runner,

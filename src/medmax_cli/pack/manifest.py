@@ -137,10 +137,37 @@ def read_manifest(out_dir: str | Path) -> dict[str, Any]:
             f"{out_dir}: no {MANIFEST}: not a finished `medmax pack` output "
             "(the run may have been killed; run it again)"
         )
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a medmax packed-shard manifest (format {manifest.get('format')!r})")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a medmax packed-shard manifest (not JSON: {exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise ValueError(f"{path}: not a medmax packed-shard manifest (format {found!r})")
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise ValueError(f"{path}: malformed manifest: {problem}")
     return manifest
+
+
+def _manifest_problem(manifest: dict[str, Any]) -> str | None:
+    """What readers rely on, with its types: a hand-edited or foreign manifest fails here, by name."""
+    settings = manifest.get("settings")
+    if not isinstance(settings, dict) or type(settings.get("seq_len")) is not int:
+        return "'settings.seq_len' must be an integer"
+    shards = manifest.get("shards")
+    if not isinstance(shards, list):
+        return "'shards' must be a list"
+    fields = {"name": str, "rows": int, "first_row": int, "sha256": str}
+    for i, shard in enumerate(shards):
+        if not isinstance(shard, dict):
+            return f"shards[{i}] must be an object"
+        for key, kind in fields.items():
+            if type(shard.get(key)) is not kind:
+                return f"shards[{i}].{key} must be {'an integer' if kind is int else 'a string'}"
+        if "/" in shard["name"] or shard["name"].startswith("."):
+            return f"shards[{i}].name {shard['name']!r} is not a file in the directory"
+    return None
 
 
 def verify_shards(out_dir: str | Path, manifest: dict[str, Any] | None = None) -> None:

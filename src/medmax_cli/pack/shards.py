@@ -8,8 +8,11 @@ One tar sample per packed row, key `row-%09d` (global row index), members in sor
     row-000000000.labels.npy      int32 [L]   -100 = no loss
 
 Every tar header has mtime 0, uid/gid 0, no user names and mode 0644, so the same rows give the
-same bytes. A shard is written as `.shard-NNNNNN.tar.tmp` and renamed to `shard-NNNNNN.tar` only once
-complete; the manifest (written after the last shard) is what marks the directory finished.
+same bytes. A shard is written under a temporary name unique to the writer
+(`.shard-NNNNNN.tar.PID-RANDOM.tmp`) and renamed to `shard-NNNNNN.tar` only once complete; the
+manifest (written after the last shard) is what marks the directory finished. A run holds an
+exclusive lock on `DIR/.lock` from clearing the directory to writing the manifest
+(`lock_output_dir`), so two runs into one directory never interleave: the second one stops.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ import hashlib
 import io
 import os
 import re
+import secrets
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,9 +36,10 @@ from medmax_cli.pack.sequence import Sample
 
 SHARD_PATTERN = "shard-%06d.tar"
 SHARD_RE = re.compile(r"^shard-\d{6}\.tar$")
-TMP_RE = re.compile(r"^\.shard-\d{6}\.tar\.tmp$")
+TMP_RE = re.compile(r"^\.shard-\d{6}\.tar(\.[0-9]+-[0-9a-f]+)?\.tmp$")  # (without the tag: older runs)
 ROW_KEY = "row-%09d"
 MANIFEST = "manifest.json"
+LOCK = ".lock"
 
 
 @dataclass
@@ -162,9 +168,44 @@ class _HashingFile:
         return self.position
 
 
+class OutputDirLocked(RuntimeError):
+    """Another process is writing the shard directory."""
+
+
+@contextmanager
+def lock_output_dir(out_dir: str | os.PathLike[str]) -> Iterator[Path]:
+    """Hold an exclusive, non-blocking `flock` on `out_dir/.lock` for the duration of a pack run.
+
+    The kernel releases the lock when its holder dies, so a killed run never blocks the rerun that
+    cleans up after it. The file holds the holder's pid, for the message; it is never deleted
+    (unlinking a lock file races with a run that has just opened it).
+    """
+    import fcntl
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            raise OutputDirLocked(
+                f"{out} is being written by another pack run (pid {holder}); wait for it to finish "
+                "or write to another directory"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield out
+        os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def clear_outputs(out_dir: Path) -> None:
     """Remove a previous run's manifest (first: the directory stops looking finished), its shards
-    and any temporary shard files. Other files in the directory are left alone."""
+    and any temporary shard files (call it holding `lock_output_dir`: no live run owns them then).
+    Other files in the directory are left alone."""
     (out_dir / MANIFEST).unlink(missing_ok=True)
     for path in out_dir.iterdir():
         if SHARD_RE.match(path.name) or TMP_RE.match(path.name):
@@ -216,8 +257,10 @@ class ShardWriter:
     def _open_shard(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         index = len(self.shards)
-        self._tmp = self.out_dir / f".{SHARD_PATTERN % index}.tmp"
-        self._file = open(self._tmp, "wb")
+        # unique per writer: even without the directory lock, two writers never share a temp file
+        tag = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self._tmp = self.out_dir / f".{SHARD_PATTERN % index}.{tag}.tmp"
+        self._file = open(self._tmp, "xb")
         self._hasher = _HashingFile(self._file)
         self._is_open = True
         self._rows_in_shard = 0

@@ -22,7 +22,7 @@ import numpy as np
 from medmax_cli.pack.binpack import OnePerRow, StreamPacker
 from medmax_cli.pack.manifest import PackStats, build_manifest, write_manifest
 from medmax_cli.pack.sequence import TRAIN_ON, Sample, build_sequences, text_tokenizer
-from medmax_cli.pack.shards import PackedRow, ShardWriter, clear_outputs, make_row
+from medmax_cli.pack.shards import PackedRow, ShardWriter, clear_outputs, lock_output_dir, make_row
 from medmax_cli.pack.truncate import fit_length
 from medmax_cli.records import RecordError, validate
 from medmax_cli.streams import ErrorPolicy
@@ -98,16 +98,23 @@ def _needs_encoding(record: dict[str, Any], expected_vq: str | None) -> bool:
     return False
 
 
-def _check_vq(record: dict[str, Any], expected_vq: str | None) -> None:
-    if expected_vq is None or record.get("tokens") is not None:
+def _check_vq(
+    record: dict[str, Any],
+    expected_vq: str | None,
+    tokens_per_image: int | None = None,
+    n_codes: int | None = None,
+) -> None:
+    """Image tokens must be the model's: its codebook tag, its grid length, codes in range."""
+    from medmax_cli.vision.tokencheck import token_problem
+
+    if record.get("tokens") is not None:
         return
     for i, image in enumerate(record.get("images") or []):
-        vq = image.get("vq") if isinstance(image, dict) else None
-        if image.get("tokens") is not None and vq != expected_vq:
-            raise RecordError(
-                f"images[{i}] tokens come from VQ {vq!r}, but the model's VQ is {expected_vq!r} "
-                "(re-run tokenize-images with this model)"
-            )
+        if not isinstance(image, dict) or image.get("tokens") is None:
+            continue
+        problem = token_problem(image, vq=expected_vq, tokens_per_image=tokens_per_image, n_codes=n_codes)
+        if problem:
+            raise RecordError(f"images[{i}] {problem} (re-run tokenize-images with this model)")
 
 
 def _encode_batch(
@@ -139,6 +146,8 @@ def _ready_batches(
     encode_images: ImageEncoder | None,
     expected_vq: str | None,
     check: bool,
+    tokens_per_image: int | None = None,
+    n_codes: int | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
     """Batches of valid records whose images all carry tokens of the model's codebook."""
     iterator = iter(records)
@@ -152,7 +161,7 @@ def _ready_batches(
         ready = []
         for record in _encode_batch(batch, encode_images, expected_vq):
             try:
-                _check_vq(record, expected_vq)
+                _check_vq(record, expected_vq, tokens_per_image, n_codes)
                 ready.append(record)
             except RecordError as exc:
                 policy.reject(exc, record)
@@ -195,8 +204,11 @@ def _check_alpha(record: dict[str, Any], alpha: str) -> RecordError | None:
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(vocab, tokenizer, settings: PackSettings) -> None:
-    _WORKER.update(vocab=vocab, tokenizer=text_tokenizer(tokenizer), settings=settings)
+def _worker_init(vocab, tokenizer, settings: PackSettings, cache_bytes: int | None = None) -> None:
+    from medmax_cli.text.tokenizer import TextTokenizer
+
+    wrapped = TextTokenizer(tokenizer, cache_bytes=cache_bytes) if cache_bytes else text_tokenizer(tokenizer)
+    _WORKER.update(vocab=vocab, tokenizer=wrapped, settings=settings)
 
 
 def _worker_build(batch: list[dict[str, Any]]) -> list[Sample | RecordError]:
@@ -214,13 +226,15 @@ def samples(
     expected_vq: str | None = None,
     check: bool = True,
     workers: int = 0,
+    tokens_per_image: int | None = None,
 ) -> Iterator[Sample]:
     """Samples that fit `settings.seq_len` (truncated when needed), in input order.
 
     `check` validates each record against the schema (`validate_instance`); pass False only for
     records already validated. `workers` > 0 tokenises and assembles batches in that many processes
     (order kept, at most 2 batches per worker in flight); reading, validation, image encoding and
-    the error policy stay in this process, so the output is the same for any `workers`."""
+    the error policy stay in this process, so the output is the same for any `workers`.
+    `tokens_per_image`: the model's VQ grid; image token lists of another length are rejected."""
     tokenizer = text_tokenizer(tokenizer)
     ready_batches = _ready_batches(
         records,
@@ -229,6 +243,8 @@ def samples(
         encode_images=encode_images,
         expected_vq=expected_vq,
         check=check,
+        tokens_per_image=tokens_per_image,
+        n_codes=int(vocab.n_codes),
     )
 
     def emit(batch: list[dict[str, Any]], results: list[Sample | RecordError]) -> Iterator[Sample]:
@@ -246,8 +262,11 @@ def samples(
 
     # spawn, not fork: the parent may hold torch and tokenizers thread pools.
     context = multiprocessing.get_context("spawn")
+    # the tokenizer cache budget is split over the workers, so memory does not grow with --workers
+    budget = getattr(tokenizer, "cache_bytes", None)
+    share = max(budget // workers, 4 << 20) if budget else None
     with context.Pool(
-        workers, initializer=_worker_init, initargs=(vocab, tokenizer.tokenizer, settings)
+        workers, initializer=_worker_init, initargs=(vocab, tokenizer.tokenizer, settings, share)
     ) as pool:
         window: deque = deque()
         for batch in ready_batches:
@@ -274,7 +293,14 @@ def rows(items: Iterable[Sample], settings: PackSettings) -> Iterator[PackedRow]
         yield make_row(group)
 
 
-def pack_to_dir(
+def pack_to_dir(records: Iterable[dict[str, Any]], out_dir: str | Path, **options: Any) -> dict[str, Any]:
+    """`write_pack` holding the exclusive lock of `out_dir` from clearing it to writing the manifest,
+    so two runs into one directory cannot interleave (`shards.OutputDirLocked` for the second)."""
+    with lock_output_dir(out_dir) as out:
+        return write_pack(records, out, **options)
+
+
+def write_pack(
     records: Iterable[dict[str, Any]],
     out_dir: str | Path,
     *,
@@ -287,7 +313,7 @@ def pack_to_dir(
     check: bool = True,
     workers: int = 0,
 ) -> dict[str, Any]:
-    """Write shards and then the manifest to `out_dir`; returns the manifest.
+    """Write shards and then the manifest to `out_dir`; returns the manifest (use `pack_to_dir`).
 
     A previous run's manifest and shards in `out_dir` are removed first. If anything fails, the
     shard being written is deleted and no manifest is written, so the directory never looks finished.
@@ -320,6 +346,7 @@ def pack_to_dir(
                     expected_vq=model.get("vq_fingerprint"),
                     check=check,
                     workers=workers,
+                    tokens_per_image=model.get("tokens_per_image"),
                 )
             ),
             settings,

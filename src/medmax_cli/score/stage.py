@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from medmax_cli.egress import payload
 from medmax_cli.media import MediaError, MediaStore
 from medmax_cli.records import RecordError, text_of
 from medmax_cli.score import rules_medmax, rules_robust
@@ -117,7 +118,8 @@ def score_records(
 
     def one(record: dict[str, Any]) -> list[dict[str, Any]]:
         try:
-            line = score_one(record, scorer)
+            with payload(record):  # the judge's requests carry this record (egress policy)
+                line = score_one(record, scorer)
         except (RecordError, MediaError) as exc:
             rejected[record["id"]] = str(exc)  # check_id ran first: the id is a string
             raise

@@ -36,10 +36,22 @@ class EvalIndex:
         self.items = 0
         self.unreadable_images = 0
 
-    def add_records(self, records: Iterable[Mapping[str, Any]]) -> EvalIndex:
+    def add_records(self, records: Iterable[Mapping[str, Any]], workers: int | None = None) -> EvalIndex:
+        """Add records in order; their images are hashed ahead, `workers` threads at a time."""
+        chunk: list[Mapping[str, Any]] = []
         for record in records:
-            self.add(record)
+            chunk.append(record)
+            if len(chunk) >= 256:
+                self._add_chunk(chunk, workers)
+                chunk = []
+        if chunk:
+            self._add_chunk(chunk, workers)
         return self
+
+    def _add_chunk(self, chunk: list[Mapping[str, Any]], workers: int | None) -> None:
+        self.hasher.prefetch((ref for record in chunk for ref in record.get("images") or []), workers)
+        for record in chunk:
+            self.add(record)
 
     def add(self, record: Mapping[str, Any]) -> None:
         self.items += 1
@@ -56,8 +68,12 @@ class EvalIndex:
         if key:
             self.questions.setdefault(key, rid)
 
-    def check(self, instance: Mapping[str, Any]) -> str | None:
-        """A reason "contaminated: ..." when the instance overlaps the evaluation set, else None."""
+    def check(self, instance: Mapping[str, Any], hasher: ImageHasher | None = None) -> str | None:
+        """A reason "contaminated: ..." when the instance overlaps the evaluation set, else None.
+
+        `hasher`: the one the training images go through (the stage's, shared with the
+        near-duplicate filter, so each training image is hashed once); default the eval set's."""
+        hasher = hasher or self.hasher
         refs = instance.get("images") or []
         for ref in refs:
             sha = ref.get("sha256")
@@ -67,7 +83,7 @@ class EvalIndex:
         if key and key in self.questions:
             return f"contaminated: question of eval item {self.questions[key]}"
         for ref in refs:
-            sha, value = self.hasher.lookup(ref)
+            sha, value = hasher.lookup(ref)
             if sha and sha in self.shas:
                 return f"contaminated: image shared with eval item {self.shas[sha]}"
             if value is not None:

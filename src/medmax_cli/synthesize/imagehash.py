@@ -13,7 +13,9 @@ them (multi-index hashing, see the class), which turns the naive O(n^2) scan int
 from __future__ import annotations
 
 import hashlib
-from collections import defaultdict
+import os
+import threading
+from collections import defaultdict, deque
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -115,18 +117,28 @@ class NearDupIndex(Generic[V]):
         return None if best is None else (self._values[best[1]], best[0])
 
 
+def default_hash_workers() -> int:
+    """Threads that hash images: decoding and resizing release the GIL in Pillow."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 class ImageHasher:
     """pHash and sha256 of record images, read from the media store (cached by sha256 or path).
 
     `extra_roots` are other folders an image `path` may be relative to (e.g. the folder of an
     --exclude file that was never imported into the store). Unreadable images give None.
+    Thread-safe, and each image is hashed once even when several threads ask for it at the same
+    time (the later ones wait for the first); `hashed` counts the images actually decoded.
     """
 
     def __init__(self, media: MediaStore | None, extra_roots: Iterable[Path] = ()):
         self.media = media
         self.extra_roots = [Path(r) for r in extra_roots]
         self._cache: dict[str, tuple[str | None, int | None]] = {}
+        self._pending: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
         self.unreadable = 0
+        self.hashed = 0
 
     def _bytes(self, ref: Mapping[str, Any]) -> bytes | None:
         if self.media is not None and ref.get("path"):
@@ -141,11 +153,7 @@ class ImageHasher:
                 continue
         return None
 
-    def lookup(self, ref: Mapping[str, Any]) -> tuple[str | None, int | None]:
-        """(sha256, phash) of an image reference; either may be None when the bytes are missing."""
-        key = ref.get("sha256") or f"path:{ref.get('path')}"
-        if key in self._cache:
-            return self._cache[key]
+    def _compute(self, ref: Mapping[str, Any]) -> tuple[str | None, int | None]:
         data = self._bytes(ref)
         sha = ref.get("sha256") or (hashlib.sha256(data).hexdigest() if data is not None else None)
         value: int | None = None
@@ -154,10 +162,58 @@ class ImageHasher:
                 value = phash(decode_image(data, what=str(ref.get("path"))).image)
             except MediaError:
                 value = None
-        if value is None:
-            self.unreadable += 1
-        self._cache[key] = (sha, value)
         return sha, value
+
+    def lookup(self, ref: Mapping[str, Any]) -> tuple[str | None, int | None]:
+        """(sha256, phash) of an image reference; either may be None when the bytes are missing."""
+        key = ref.get("sha256") or f"path:{ref.get('path')}"
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                return hit
+            event = self._pending.get(key)
+            owner = event is None
+            if owner:
+                event = self._pending[key] = threading.Event()
+        if not owner:
+            event.wait()
+            return self._cache.get(key) or self.lookup(ref)  # owner failed: try ourselves
+        result: tuple[str | None, int | None] | None = None
+        try:
+            result = self._compute(ref)
+        finally:
+            with self._lock:
+                if result is not None:
+                    self._cache[key] = result
+                    self.hashed += 1
+                    if result[1] is None:
+                        self.unreadable += 1
+                del self._pending[key]
+            event.set()
+        return result
 
     def phash_of(self, ref: Mapping[str, Any]) -> int | None:
         return self.lookup(ref)[1]
+
+    def prefetch(self, refs: Iterable[Mapping[str, Any]], workers: int | None = None) -> None:
+        """Hash these images with `workers` threads (default `default_hash_workers`), for later
+        `lookup`s to find in the cache. Unreadable images are cached as such, never raised."""
+        workers = default_hash_workers() if workers is None else workers
+        todo = [r for r in refs if isinstance(r, Mapping) and (r.get("sha256") or r.get("path"))]
+        if workers <= 1 or len(todo) <= 1:
+            for ref in todo:
+                self.lookup(ref)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medmax-hash") as pool:
+            window: deque = deque()
+            for ref in todo:
+                window.append(pool.submit(self.lookup, ref))
+                if len(window) >= 4 * workers:
+                    window.popleft().result()
+            for future in window:
+                future.result()

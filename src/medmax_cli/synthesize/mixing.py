@@ -4,13 +4,14 @@ The ratio fixes the share of each listed task in the output; the largest output 
 every share (and the per-task cap) is kept. Tasks not listed keep all their instances (then the
 cap); weight 0 drops a task. Which instances of a task survive is decided by ranking them by
 sha256(seed, id), so the choice does not depend on input order; survivors keep input order.
+`mix_stream` does the same in memory that does not grow with the corpus (the stage uses it).
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from medmax_cli.records import TASKS
@@ -82,3 +83,54 @@ def mix(
             why = "weight 0" if ratio and ratio.get(task) == 0 else f"quota {quota[task]} of {counts[task]}"
             dropped.append((x, f"mixing: {task} over its {why}"))
     return kept, dropped
+
+
+def mix_stream(
+    instances: Iterable[dict[str, Any]],
+    *,
+    ratio: Mapping[str, float] | None,
+    max_per_task: int | None,
+    seed: int,
+    spill_dir: str | None = None,
+) -> Iterator[tuple[dict[str, Any], str | None]]:
+    """`mix` in bounded memory: (instance, None) if kept, (instance, reason) if dropped, input order.
+
+    The quotas need every task's count, so the instances are spilled to a temporary file on the
+    first pass (memory keeps 9 bytes an instance: its rank key and the keep flag) and read back on
+    the second; the kept set is exactly `mix`'s (the same (key, position) ranking within a task).
+    """
+    import tempfile
+    from array import array
+
+    import numpy as np
+    import orjson
+
+    keys: dict[str, array] = {}
+    with tempfile.TemporaryFile(prefix="medmax-mix-", dir=spill_dir) as spill:
+        for x in instances:
+            keys.setdefault(str(x.get("task")), array("d")).append(seeded_unit(seed, x["id"], "mix"))
+            spill.write(orjson.dumps(x))
+            spill.write(b"\n")
+        counts = {task: len(k) for task, k in keys.items()}
+        quota = quotas(counts, ratio, max_per_task)
+        keep: dict[str, np.ndarray] = {}
+        for task, k in keys.items():
+            values = np.frombuffer(k, dtype=np.float64)
+            flags = np.zeros(len(values), dtype=bool)
+            flags[np.lexsort((np.arange(len(values)), values))[: quota[task]]] = True  # by key, then position
+            keep[task] = flags
+        del keys
+        seen = dict.fromkeys(counts, 0)
+        spill.seek(0)
+        for line in spill:
+            x = orjson.loads(line)
+            task = str(x.get("task"))
+            position = seen[task]
+            seen[task] += 1
+            if keep[task][position]:
+                yield x, None
+            else:
+                why = (
+                    "weight 0" if ratio and ratio.get(task) == 0 else f"quota {quota[task]} of {counts[task]}"
+                )
+                yield x, f"mixing: {task} over its {why}"

@@ -27,8 +27,8 @@ from medmax_cli.synthesize.common import BuildContext, Drop, new_instance
 from medmax_cli.synthesize.decontaminate import EvalIndex
 from medmax_cli.synthesize.domain import domain_of
 from medmax_cli.synthesize.filters import ExactDedup, NearDupFilter
-from medmax_cli.synthesize.imagehash import ImageHasher
-from medmax_cli.synthesize.mixing import mix
+from medmax_cli.synthesize.imagehash import ImageHasher, default_hash_workers
+from medmax_cli.synthesize.mixing import mix_stream
 
 log = logging.getLogger(__name__)
 
@@ -149,11 +149,13 @@ def synthesize(
     max_caption_words: int = 400,
     ratio: dict[str, float] | None = None,
     max_per_task: int | None = None,
+    hash_workers: int | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Task instances from source records (see the module doc for the order of the steps).
 
     `near_dup_bits` None turns the near-duplicate filter off; `exclude` comes from `load_exclude`;
-    `hasher` (default: one reading `media`) computes the image hashes and caches them by sha256.
+    `hasher` (default: one reading `media`) computes the image hashes and caches them by sha256;
+    `hash_workers` threads (default `default_hash_workers`) hash images ahead of the filters.
     """
     policy = policy or ErrorPolicy()
     report = policy.report
@@ -162,16 +164,32 @@ def synthesize(
         raise ValueError(f"unknown task(s) {unknown}; choose among {', '.join(TASKS)}")
     ctx = BuildContext(seed=seed, min_caption_words=min_caption_words, max_caption_words=max_caption_words)
     exact = ExactDedup() if dedup else None
-    near = NearDupFilter(hasher or ImageHasher(media), near_dup_bits) if near_dup_bits is not None else None
+    # one hasher for the training images, shared by the near-duplicate filter and decontamination:
+    # each image is hashed once, by `hash_workers` threads ahead of the filters
+    hasher = hasher or ImageHasher(media)
+    near = NearDupFilter(hasher, near_dup_bits) if near_dup_bits is not None else None
+    hashing = near is not None or exclude is not None
+    hash_workers = default_hash_workers() if hash_workers is None else hash_workers
 
     def work(record: dict[str, Any]) -> tuple[dict[str, Any], list[Output] | None, Exception | None]:
         try:
-            return record, build_record(record, tasks=tasks, ctx=ctx, client=client), None
+            outputs = build_record(record, tasks=tasks, ctx=ctx, client=client)
         except (RecordError, MediaError) as exc:
             return record, None, exc
+        if hashing and hash_workers > 1:
+            for output in outputs:
+                if not isinstance(output, Drop):
+                    for ref in output.get("images") or []:
+                        if not isinstance(ref, dict) or not (ref.get("sha256") or ref.get("path")):
+                            continue
+                        if exclude is None or ref.get("sha256") not in exclude.shas:  # else no decode
+                            hasher.lookup(ref)  # into the cache, in this worker thread
+        return record, outputs, None
 
     def filtered() -> Iterator[dict[str, Any]]:
         workers = client.settings.concurrency if client is not None and "visual_chat" in tasks else 1
+        if hashing:
+            workers = max(workers, hash_workers)
         for record, outputs, error in ordered_map(work, records, workers):
             if error is not None:
                 policy.reject(error, record)
@@ -189,7 +207,7 @@ def synthesize(
                 # dedup is for the instances built here, so only decontamination applies to it.
                 built = output is not record
                 reason = (
-                    (exclude.check(output) if exclude else None)
+                    (exclude.check(output, hasher) if exclude else None)
                     or (exact.check(output) if exact and built else None)
                     or (near.check(output) if near and built else None)
                 )
@@ -203,10 +221,11 @@ def synthesize(
             report.count(str(instance.get("task", "instance")))
             yield instance
     else:
-        kept, dropped = mix(list(filtered()), ratio=ratio, max_per_task=max_per_task, seed=seed)
-        for instance, reason in dropped:
-            drop(policy, instance, reason)
-        for instance in kept:
+        # streamed through a spill file: memory stays flat in the corpus size (issue 16)
+        for instance, reason in mix_stream(filtered(), ratio=ratio, max_per_task=max_per_task, seed=seed):
+            if reason is not None:
+                drop(policy, instance, reason)
+                continue
             report.count(str(instance.get("task", "instance")))
             yield instance
     skipped = report.counts.get(SKIPPED, 0)

@@ -105,7 +105,10 @@ def build(
     mentions = context_sentences(record)
     try:
         pairs = client.ask(
-            messages_for(caption, mentions), prompt_version=PROMPT_VERSION, parse=parse_conversation
+            messages_for(caption, mentions),
+            prompt_version=PROMPT_VERSION,
+            parse=parse_conversation,
+            credential=bool(record.get("credential")),
         )
     except ReplyRejected as exc:
         yield Drop(str(exc), TASK)

@@ -18,6 +18,57 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+DEFAULT_CACHE_BYTES = 64 << 20  # all caches of one TextTokenizer together (pack splits it over workers)
+
+
+def entry_bytes(key: str, ids: list[int]) -> int:
+    """What one cache entry holds in CPython, roughly: the key str (~49 B + 1-4 B a character), the
+    list (56 B + 8 B a slot) and its int objects (28 B each above 256; small ints are shared)."""
+    return 105 + len(key) + 36 * len(ids)
+
+
+class BoundedCache(dict):
+    """A str -> ids dict bounded by an estimate of its bytes, not its entries: per-text entries
+    vary from a word (~150 B) to a multi-paragraph caption (~50 KB), so an entry count bounds
+    nothing (issue 16: 854 MB at 20k instances). Over budget, the oldest half is dropped."""
+
+    def __init__(self, max_bytes: int):
+        super().__init__()
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.evicted = 0
+
+    def put_many(self, keys: Sequence[str], values: Sequence[list[int]], evict: bool = True) -> None:
+        for key, ids in zip(keys, values, strict=True):
+            if key not in self:
+                self.bytes += entry_bytes(key, ids)
+            self[key] = ids
+        if evict:
+            self.evict()
+
+    def evict(self) -> None:
+        if self.bytes > self.max_bytes:
+            self.shrink(self.max_bytes // 2)
+
+    def shrink(self, target: int) -> None:
+        """Drop the oldest entries (insertion order) until at most `target` bytes remain."""
+        drop = []
+        total = self.bytes
+        for key in self:
+            if total <= target:
+                break
+            total -= entry_bytes(key, self[key])
+            drop.append(key)
+        for key in drop:
+            del self[key]
+        self.evicted += len(drop)
+        self.bytes = total
+
+    def clear(self) -> None:
+        super().clear()
+        self.bytes = 0
+
+
 TOKENIZER_FILES = ("tokenizer.json", "text_tokenizer.json", "tokenizer/text_tokenizer.json")
 
 
@@ -63,15 +114,20 @@ class TextTokenizer:
     batches): the tokenizer's regex pre-tokenisation is what costs, and instruction text repeats its
     words. The first `verify` texts that take this path are also encoded whole and compared; any
     difference turns the word path off. Other texts use `encode_batch_fast` with a per-text cache.
+    The caches together stay within about `cache_bytes` (see `BoundedCache`): memory does not grow
+    with the corpus, only the hit rate depends on the budget.
     """
 
-    def __init__(self, tokenizer, path: Path | None = None, cache_size: int = 1 << 20, verify: int = 256):
+    def __init__(
+        self, tokenizer, path: Path | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES, verify: int = 256
+    ):
         self.tokenizer = tokenizer
         self.path = path
-        self._cache_size = cache_size
-        self._texts: dict[str, list[int]] = {}
-        self._first: dict[str, list[int]] = {}  # word at the start of a text
-        self._spaced: dict[str, list[int]] = {}  # word after a space: ids of " " + word
+        self.cache_bytes = cache_bytes
+        # texts repeat less than words: they get a quarter of the budget, words the rest
+        self._texts = BoundedCache(cache_bytes // 4)
+        self._first = BoundedCache(cache_bytes // 4)  # word at the start of a text
+        self._spaced = BoundedCache(cache_bytes // 2)  # word after a space: ids of " " + word
         self._word_path = word_split_is_exact(tokenizer)
         self._to_verify = verify if self._word_path else 0
         specials = [t.content for t in tokenizer.get_added_tokens_decoder().values()]
@@ -95,10 +151,6 @@ class TextTokenizer:
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text (no BOS/EOS added), as the tokenizer gives for the whole text."""
-        if len(self._first) + len(self._spaced) + len(self._texts) > self._cache_size:
-            self._first.clear()
-            self._spaced.clear()
-            self._texts.clear()
         out: list[list[int] | None] = [None] * len(texts)
         by_words: list[tuple[int, list[str]]] = []
         whole: list[int] = []
@@ -113,9 +165,10 @@ class TextTokenizer:
             self._encode_words(texts, by_words, out)
         missing = sorted({texts[i] for i in whole if texts[i] not in self._texts})
         if missing:
-            self._texts.update(zip(missing, self._encode_whole(missing), strict=True))
+            self._texts.put_many(missing, self._encode_whole(missing), evict=False)
         for i in whole:
             out[i] = self._texts[texts[i]]
+        self._texts.evict()  # after the lookups: it may drop entries this batch just used
         return out  # type: ignore[return-value]
 
     def _encode_words(self, texts: Sequence[str], by_words: list[tuple[int, list[str]]], out: list) -> None:
@@ -125,13 +178,16 @@ class TextTokenizer:
         for _, words in by_words:
             seen.update(words)  # C-level; the first word is in there too (harmless: a few extra encodes)
         new_spaced = sorted(seen.difference(spaced))
+        # entries go in now, eviction waits until this batch has looked up all of its words
         if new_first:
-            first.update(zip(new_first, self._encode_whole(new_first), strict=True))
+            first.put_many(new_first, self._encode_whole(new_first), evict=False)
         if new_spaced:
-            spaced.update(zip(new_spaced, self._encode_whole([" " + w for w in new_spaced]), strict=True))
+            spaced.put_many(new_spaced, self._encode_whole([" " + w for w in new_spaced]), evict=False)
         lookup = spaced.__getitem__
         for i, words in by_words:
             out[i] = first[words[0]] + list(chain.from_iterable(map(lookup, islice(words, 1, None))))
+        first.evict()
+        spaced.evict()
         if self._to_verify > 0:
             check = by_words[: self._to_verify]
             self._to_verify -= len(check)

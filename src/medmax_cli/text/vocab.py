@@ -19,6 +19,12 @@ the code + 4 rule, so a corrupted map fails loudly instead of producing wrong im
 Text tokens (`text_token_mask`) are the ids the text tokenizer can produce, plus BOS and EOS: every
 named id that is not an image code, not a `<reservedNNNNN>` name and not one of `<pad>`, `<unk>`,
 `<eoss>`, `<racm3:break>`, `<image>`. Ids missing from the map are not text.
+
+`anole_text_mask` is the set text decoding may emit, by Anole's rule (GAIR-NLP/anole
+chameleon/inference/vocab.py, `VocabInfo.text_tokens`): every named id except image tokens (names
+starting `IMGIMG`) and names starting with `<`, the single name `<` excepted. BOS, EOS and every
+`<...>` special or BPE piece (`</`, `<br`, ...) are out; a decoder adds EOS (and BOI) itself.
+`anole_rule_counts` reports how many ids each part of the rule removes (docs/generate.md).
 """
 
 from __future__ import annotations
@@ -66,6 +72,33 @@ def image_code_of(name: str) -> int | None:
     return int("".join(str(ord(c) - ord("A")) for c in m.group(1)))
 
 
+def anole_rule_of(name: str) -> str:
+    """Which part of Anole's text rule a vocabulary name falls under: "image", "special" or "text"."""
+    if name.startswith("IMGIMG"):
+        return "image"
+    if name.startswith("<") and name != "<":
+        return "special"
+    return "text"
+
+
+def anole_text_mask(vocab_map: Mapping[str, int], size: int) -> np.ndarray:
+    """bool [size]: the ids Anole's rule counts as text (see the module docstring)."""
+    mask = np.zeros(size, dtype=bool)
+    for name, i in vocab_map.items():
+        if anole_rule_of(name) == "text":
+            mask[int(i)] = True
+    return mask
+
+
+def anole_rule_counts(vocab_map: Mapping[str, int]) -> dict[str, int]:
+    """How many named ids each part of Anole's rule removes or keeps:
+    {"image": .., "special": .., "text": ..} (`special` = names starting with `<`, except `<`)."""
+    counts = {"image": 0, "special": 0, "text": 0}
+    for name in vocab_map:
+        counts[anole_rule_of(name)] += 1
+    return counts
+
+
 def _readonly(a: np.ndarray) -> np.ndarray:
     a.setflags(write=False)
     return a
@@ -90,6 +123,7 @@ class ChameleonVocab:
     image_code_to_id: np.ndarray  # int64 [n_codes]: VQ code -> token id
     id_to_image_code: np.ndarray  # int64 [vocab_size]: token id -> VQ code, -1 when not an image token
     text_token_mask: np.ndarray  # bool [vocab_size]: ids the text tokenizer can produce, plus BOS/EOS
+    anole_text_mask: np.ndarray | None = None  # bool [vocab_size]: text by Anole's rule (generation)
 
     @property
     def n_codes(self) -> int:
@@ -188,6 +222,7 @@ class ChameleonVocab:
             image_code_to_id=_readonly(image_code_to_id),
             id_to_image_code=_readonly(id_to_image_code),
             text_token_mask=_readonly(text),
+            anole_text_mask=_readonly(anole_text_mask(vocab_map, size)),
         )
         if size == REAL_VOCAB_SIZE and vocab.image_placeholder == REAL_IMAGE_PLACEHOLDER_ID:
             vocab._check_real_layout()

@@ -6,11 +6,17 @@ process are saved the same way), the scheduler, every rank's RNG states, the dat
 resolved config, and a loadable export: `adapter/` (PEFT) or `model/` (--full). Only rank 0
 writes: into `.tmp-step-N`, renamed to `step-N`, then `latest` is replaced. A run killed at any
 moment leaves the previous `latest` intact.
+
+The data position is a step number, so it only means something on the same rows: every checkpoint
+records a fingerprint of the shards (`data_identity`), and `--resume` on shards that were re-packed
+or replaced since stops with both fingerprints (`check_resume_data`) unless `--resume-new-data`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import random
 import shutil
@@ -24,11 +30,52 @@ import torch.distributed as dist
 from medmax_cli.atomic import atomic_write_bytes
 from medmax_cli.train.config import ConfigError, TrainConfig, resume_mismatches
 
+log = logging.getLogger(__name__)
+
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 STATE_FILE = "trainer_state.json"
 # Files of the base model directory that an exported model does not rewrite itself.
 _MODEL_OWN_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json")
+
+
+def data_identity(cfg: TrainConfig, manifest: dict[str, Any]) -> dict[str, str]:
+    """Which rows a run trains on: the shards directory and a sha256 over the manifest's shard list
+    (name, rows and sha256 of every shard), so re-packing into the same directory changes it."""
+    shards = [[s.get("name"), s.get("rows"), s.get("sha256")] for s in manifest.get("shards") or []]
+    digest = hashlib.sha256(json.dumps(shards, sort_keys=True).encode()).hexdigest()
+    return {"shards": str(cfg.shards), "fingerprint": f"sha256:{digest[:16]}"}
+
+
+def check_resume_data(run: str | Path, cfg: TrainConfig, data: dict[str, str]) -> None:
+    """Before anything loads: refuse to --resume on other rows than the checkpoint was trained on
+    (the data position would point into different data), unless cfg.resume_new_data."""
+    path = latest_dir(run)
+    if path is None:
+        return  # load_latest says there is nothing to resume
+    try:
+        saved = json.loads((path / STATE_FILE).read_text(encoding="utf-8")).get("data") or {}
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--resume: cannot read {path / STATE_FILE}: {exc}") from None
+    if not saved.get("fingerprint"):
+        log.warning(
+            "%s records no data fingerprint (an older run): cannot check the shards are the same", path
+        )
+        return
+    if saved["fingerprint"] == data["fingerprint"]:
+        return
+    if getattr(cfg, "resume_new_data", False):
+        log.warning(
+            "--resume-new-data: %s was trained on %s (data %s); continuing on %s (data %s)",
+            path, saved.get("shards"), saved["fingerprint"], data["shards"], data["fingerprint"],
+        )  # fmt: skip
+        return
+    raise ConfigError(
+        f"--resume: {path} was trained on shards {saved.get('shards')} (data {saved['fingerprint']}), "
+        f"but {data['shards']} now holds other data (data {data['fingerprint']}): the shards were "
+        "re-packed or replaced, so the saved data position would point into different rows. Resume on "
+        "the original shards, start a new run (another -o), or pass --resume-new-data to continue on these"
+    )
 
 
 def _world(env: Any) -> int:
@@ -98,8 +145,10 @@ def save(
     env: Any,
     position: dict[str, int],
     model_dir: str,
+    data: dict[str, str] | None = None,
 ) -> Path | None:
-    """Collective: every rank calls it; rank 0 writes RUN/checkpoints/step-`step`."""
+    """Collective: every rank calls it; rank 0 writes RUN/checkpoints/step-`step`.
+    `data`: `data_identity` of the shards, checked by the next --resume."""
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     model_state, optim_state = get_state_dict(model, optimizer, options=_options(cfg))
@@ -129,6 +178,7 @@ def save(
             "world_size": _world(env),
             "config": cfg.to_dict(),
             "model": str(model_dir),
+            "data": data,
         }
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
         if final.exists():

@@ -95,6 +95,7 @@ class TrainConfig:
     log_to: str = "tensorboard"  # trackers beside metrics.jsonl: tensorboard,wandb,mlflow or none
     merge: bool = False  # also write RUN/merged (adapter merged into the base weights)
     resume: bool = False  # continue from RUN/checkpoints/latest
+    resume_new_data: bool = False  # --resume even though the shards changed since the checkpoint
 
     @property
     def world_size(self) -> int:
@@ -202,6 +203,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"node_rank must be in [0, {cfg.nodes}), got {cfg.node_rank}")
     if cfg.full and cfg.merge:
         raise ConfigError("--merge applies to LoRA; --full already writes a complete model to RUN/model")
+    if cfg.resume_new_data and not cfg.resume:
+        raise ConfigError("--resume-new-data goes with --resume")
     if cfg.save_every < 0 or cfg.keep_checkpoints < 0:
         raise ConfigError("save_every and keep_checkpoints must be >= 0")
 

@@ -296,6 +296,9 @@ def train(cfg: TrainConfig, model_dir: str, *, show_progress: bool = True) -> di
     run = Path(cfg.output)
     vocab = ChameleonVocab.from_model_dir(model_dir)
     data = setup_data(cfg, env, int(vocab.pad))
+    data_id = ckpt.data_identity(cfg, data.shards.manifest)
+    if cfg.resume:  # before the model loads: re-packed shards fail fast
+        ckpt.check_resume_data(run, cfg, data_id)
     steps = total_steps(cfg, data)
     module = setup_model(cfg, model_dir, env)
     model = wrap_distributed(module, cfg, env)
@@ -407,7 +410,18 @@ def train(cfg: TrainConfig, model_dir: str, *, show_progress: bool = True) -> di
                     flush=True,
                 )
             if (cfg.save_every and step % cfg.save_every == 0) or step == stop:
-                ckpt.save(run, step, model, optimizer, scheduler, cfg, env, data.position(step), model_dir)
+                ckpt.save(
+                    run,
+                    step,
+                    model,
+                    optimizer,
+                    scheduler,
+                    cfg,
+                    env,
+                    data.position(step),
+                    model_dir,
+                    data=data_id,
+                )
                 last_saved = step
     finally:
         if bar is not None:

@@ -35,6 +35,7 @@ from medmax_cli.vision.cache import TokenCache, default_cache_dir
 from medmax_cli.vision.fingerprint import vq_fingerprint
 from medmax_cli.vision.preprocess import ALPHA_MODES, preprocess_uint8
 from medmax_cli.vision.spec import VQSpec
+from medmax_cli.vision.tokencheck import token_problem
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,9 @@ def tokenize_images(
 ) -> Iterator[dict[str, Any]]:
     """Yield the records with `images[i].tokens` (codes 0..K-1) and `images[i].vq` filled in.
 
-    Images that already carry tokens for this model's codebook are left alone. `encoder` (a
+    Images that already carry tokens for this model's codebook are left alone, unless the tokens
+    cannot be this codebook's (wrong length for its grid, codes out of range): those are encoded
+    again from the image, or the record is rejected when it has no image to encode. `encoder` (a
     `VQEncoder`) is built from `model_dir` on the first cache miss when not given. `compile`
     wraps it in torch.compile and pads the last batch so shapes never change.
     """
@@ -124,6 +127,7 @@ def tokenize_images(
     spec = VQSpec.from_model_dir(model_dir)
     vq = vq_fingerprint(model_dir)
     key_vq = cache_key(vq, alpha)
+    tpi = spec.tokens_per_image  # a kept or cached token list must have exactly this length
     report = policy.report
     prefetch = prefetch or max(2 * batch_size, batch_size + 2 * workers)
     max_window = 4 * prefetch + 64
@@ -155,11 +159,16 @@ def tokenize_images(
         images = record.get("images") or []
         todo: list[tuple[int, dict[str, Any]]] = []
         for index, ref in enumerate(images):
-            if ref.get("tokens") is not None and ref.get("vq") == vq and image_alpha(ref) == alpha:
-                report.count("kept")
-                continue
+            bad = None  # why tokens tagged with this codebook cannot be kept (wrong length, codes)
+            if ref.get("tokens") is not None and ref.get("vq") == vq:
+                bad = token_problem(ref, vq=vq, tokens_per_image=tpi, n_codes=spec.num_embeddings)
+                if bad is None and image_alpha(ref) == alpha:
+                    report.count("kept")
+                    continue
             if not ref.get("path"):
-                if ref.get("tokens") is not None and ref.get("vq") == vq:
+                if bad is not None:
+                    reason = f"images[{index}] {bad}, and no 'path' in the media store to re-encode"
+                elif ref.get("tokens") is not None and ref.get("vq") == vq:
                     reason = (
                         f"images[{index}] has tokens made with --alpha {image_alpha(ref)}, not this run's "
                         f"--alpha {alpha}, and no 'path' in the media store to re-encode"
@@ -173,11 +182,16 @@ def tokenize_images(
                     reason = f"images[{index}] has no 'path' in the media store (fetch the image first)"
                 pending.error = RecordError(reason)
                 return pending
+            if bad is not None:
+                log.warning("images[%d] of %s: %s: re-encoding it", index, record.get("id"), bad)
+                report.count("re-encoded (bad tokens)")
             todo.append((index, ref))
         hits = cache.get_many([ref["sha256"] for _, ref in todo if ref.get("sha256")], key_vq)
         for index, ref in todo:
             pending.waiting += 1
             sha = ref.get("sha256")
+            if sha in hits and len(hits[sha]) != tpi:  # a damaged cache entry: encode again
+                del hits[sha]
             if sha in hits:
                 report.count("cached")
                 give(pending, index, hits[sha])

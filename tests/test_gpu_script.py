@@ -1,0 +1,109 @@
+"""bench/gpu.sh works the first time on a lent GPU machine (issue 16): its plumbing, dry-run on the
+CPU, and the wheels it carries (CPython 3.12 tags, every dependency the device lacks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "bench" / "gpu.sh"
+WHEELS = ROOT / "gpu-wheels"
+# The device image's Python packages (/work/.library/device/KINDS.md, "Python packages already
+# there", read 2026-11-17), lower-case with '-' for '_': what need not be carried.
+DEVICE = set(
+    """accelerate click filelock fsspec h11 httpcore httpx huggingface-hub idna jinja2 lxml markdown matplotlib
+    numpy packaging peft pillow protobuf pyarrow pytest pytest-timeout pyyaml regex requests rich safetensors
+    setuptools shellingham tensorboard tokenizers torch tqdm transformers typer typing-extensions urllib3""".split()
+)
+
+
+def norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_dry_run_plumbing(tmp_path):
+    out = tmp_path / "out"
+    env = {
+        **os.environ,
+        "OUT": str(out),
+        "GPU_DRY_RUN": "1",
+        "GPU_DRY_FAIL": "vision",
+        "PYTHON": sys.executable,
+    }
+    env.pop("BENCH_RESULTS", None)
+    result = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    summary = (out / "summary.txt").read_text()
+    steps = re.findall(r"^== (\S+) \(limit (\d+)s\)", summary, re.M)
+    assert [name for name, _ in steps] == ["train", "gpu-tests", "vision", "generate"]  # training first
+    status = {name: rc for rc, name in re.findall(r"^rc=(\d+) \((\S+),", summary, re.M)}
+    assert status == {
+        "train": "0",
+        "gpu-tests": "0",
+        "vision": "3",
+        "generate": "0",
+    }  # a failure does not stop it
+    envlog = (out / "env.log").read_text()
+    total = int(re.search(r"step limits total (\d+)s", envlog).group(1))
+    assert total < 540  # one device command may run 600 s; the rest is the start and transfers
+    assert "imports ok" in envlog and "env check rc=0" in envlog
+    for name, _ in steps:  # each step wrote its log and (the stub) its results file as it went
+        assert (out / f"{name}.log").read_text().startswith(f"dry-run step {name}")
+        doc = json.loads((out / f"stub-{name}.quick.json").read_text())
+        assert doc["cores"] >= 1 and doc["commit"] and doc["loadavg_start"] is not None
+    assert not (ROOT / "bench" / "results" / "stub-train.quick.json").exists()  # $BENCH_RESULTS was used
+
+
+def test_every_step_names_a_script_that_exists_and_the_flags_it_takes():
+    text = SCRIPT.read_text()
+    assert "PYTHONUNBUFFERED=1" in text
+    for script, flags in re.findall(r'^  "\S+ \d+ \$PY (bench/\S+\.py)([^"]*)"', text, re.M):
+        source = (ROOT / script).read_text()
+        for flag in re.findall(r"--[a-z-]+", flags):
+            assert f'"{flag}"' in source, (script, flag)
+
+
+def test_the_wheel_script_covers_what_the_device_lacks():
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    needed = {norm(re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0]) for d in deps} - DEVICE
+    pinned = {
+        norm(n)
+        for n in re.findall(r"([A-Za-z0-9_.-]+)==[0-9]", (ROOT / "bench" / "gpu-wheels.sh").read_text())
+    }
+    assert needed <= pinned, needed - pinned
+
+
+@pytest.mark.skipif(not WHEELS.is_dir(), reason="no gpu-wheels/ here (make gpu-wheels downloads them)")
+def test_carried_wheels_install_on_cpython_312():
+    wheels = sorted(WHEELS.glob("*.whl"))
+    assert wheels
+    names = set()
+    for wheel in wheels:
+        parts = wheel.name[: -len(".whl")].split("-")
+        name, python, abi, platform = parts[0], parts[-3], parts[-2], parts[-1]
+        names.add(norm(name))
+        assert {"cp312", "py3"} & set(python.split(".")), wheel.name  # cp312, py3, py2.py3
+        assert abi in ("cp312", "abi3", "none"), wheel.name
+        assert platform == "any" or "x86_64" in platform, wheel.name
+    assert len(names) == len(wheels), "two versions of one package stop the whole install"
+    for wheel in wheels:  # what each wheel needs is on the device or carried too
+        with zipfile.ZipFile(wheel) as z:
+            meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+            requires = [
+                line.split(":", 1)[1].strip()
+                for line in z.read(meta).decode().splitlines()
+                if line.startswith("Requires-Dist:") and "extra ==" not in line
+            ]
+        for req in requires:
+            dep = norm(re.split(r"[<>=!~\[; (]", req, maxsplit=1)[0])
+            assert dep in DEVICE or dep in names, (wheel.name, dep)
