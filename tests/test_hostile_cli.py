@@ -4,9 +4,8 @@ an output path that cannot be created. Each must fail with exit status != 0, no 
 and a message naming the offending file. (Empty input is fine for a stream stage: zero records in,
 zero out, exit 0; it only must not trace back.)
 
-Cases marked `TOP_LEVEL` rely on the one top-level error handler (issue 13, helper i13a) that turns
-OSError and friends into `medmax <cmd>: cannot ...: <path>: <reason>`; they are expected to fail
-until that handler is merged (xfail, not strict, so they start passing silently once it is).
+Environment faults (an unwritable output) go through the one top-level error handler (errors.py) that
+turns OSError and friends into `medmax <cmd>: cannot ...: <path>: <reason>`.
 """
 
 from __future__ import annotations
@@ -30,12 +29,6 @@ WRONG_TYPES = (
     + json.dumps([1, 2, 3])
     + "\n"
 ).encode()
-TOP_LEVEL = "needs the top-level OSError handler (i13a)"
-# Known defects found by this sweep in code other helpers own (listed for the lead); xfail, not
-# strict, so each starts passing, silently, once its fix is merged.
-SELECT_SHARD = "i13a: streams.select_shard reads record['id'] before validation (pack: validate_input=False)"
-SCORE_WHERE = "i14: score's record errors name neither the file nor the line"
-VQA_RAD = "i12: fetch vqa-rad traces back on a malformed JSON file"
 
 
 @dataclass
@@ -48,7 +41,6 @@ class Case:
     input_name: str = "input.jsonl"
     names: str = "{input}"  # this (formatted) must appear in stderr
     empty_ok: bool = False  # exit 0 is a right answer (empty input)
-    xfail: str | None = None
     setup: list[tuple[str, bytes]] = field(default_factory=list)  # extra files (relative, bytes)
     real_shards: bool = False  # {input} is a valid shard directory (finetune)
 
@@ -58,7 +50,6 @@ def _stream(
     model: bool = False,
     out: bool = True,
     only: tuple[str, ...] | None = None,
-    xfail: dict[str, str] | None = None,
 ) -> list[Case]:
     """The standard cases of a stage that reads records from a file argument (`only` these kinds;
     the model-loading commands run fewer: each start costs seconds of torch import)."""
@@ -95,12 +86,8 @@ def _stream(
                 good + b"\n",
                 names="a-file",
                 setup=[("a-file", b"a regular file, not a directory\n")],
-                xfail=TOP_LEVEL,
             )
         )
-    for case in cases:
-        kind = case.name.split(": ", 1)[1]
-        case.xfail = (xfail or {}).get(kind, case.xfail)  # None: expected to pass already
     return [c for c in cases if only is None or c.name.split(": ", 1)[1] in only]
 
 
@@ -161,7 +148,6 @@ def _fetch() -> list[Case]:
             GARBAGE,
             "VQA_RAD Dataset Public.json",
             names="VQA_RAD Dataset Public.json",
-            xfail=VQA_RAD,
         ),
         Case(
             "fetch vqa-rad: wrong types",
@@ -177,14 +163,13 @@ CASES: list[Case] = [
     *_stream(["cat"]),
     *[c for c in _stream(["validate"], out=False)],
     *_stream(["synthesize"]),
-    *_stream(["score"], xfail={"wrong types": SCORE_WHERE}),
+    *_stream(["score"]),
     *_stream(["tokenize-images"], model=True, only=("garbage", "wrong types", "missing model")),
     *_stream(["detokenize"], model=True, only=("garbage", "missing model")),
     *_stream(
         ["pack"],
         model=True,
         only=("garbage", "empty", "wrong types", "missing model", "unwritable output"),
-        xfail={"wrong types": SELECT_SHARD, "unwritable output": None},  # pack creates -o up front
     ),
     *_stream(["generate", "--max-new-tokens", "2"], model=True, only=("wrong types", "missing model")),
     *_finetune(),
@@ -194,7 +179,6 @@ CASES: list[Case] = [
         ["init-model", "--tiny", "-o", "{tmp}/a-file/model"],
         names="a-file",
         setup=[("a-file", b"x\n")],
-        xfail=TOP_LEVEL,
     ),
 ]
 
@@ -220,9 +204,7 @@ def _write_shards(out: Path) -> None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_bad_input_fails_cleanly_naming_the_file(case: Case, tmp_path: Path, tiny_model_dir: Path, request):
-    if case.xfail:
-        request.applymarker(pytest.mark.xfail(reason=case.xfail, strict=False))
+def test_bad_input_fails_cleanly_naming_the_file(case: Case, tmp_path: Path, tiny_model_dir: Path):
     for rel, data in case.setup:
         (tmp_path / rel).write_bytes(data)
     input_path = tmp_path / case.input_name

@@ -165,6 +165,17 @@ class StageIO:
 
     # -- setup / teardown
     def __enter__(self) -> StageIO:
+        if self.output != "-":  # open the output first: an unwritable path fails before any input is read
+            self._atomic = AtomicFile(self.output)
+        try:
+            return self._setup()
+        except BaseException:
+            if self._atomic is not None:
+                self._atomic.finish(ok=False)
+            self._stack.close()
+            raise
+
+    def _setup(self) -> StageIO:
         rejects_handle: IO[bytes] | None = None
         if self.rejects_path is not None:
             if self.run.rejects_append:
@@ -319,7 +330,8 @@ class StageIO:
                 stream: IO[bytes] = sys.stdout.buffer
                 flush_each = True
             else:
-                self._atomic = AtomicFile(self.output)
+                if self._atomic is None:
+                    self._atomic = AtomicFile(self.output)
                 stream = self._atomic.handle
                 flush_each = False
             self._writer = RecordWriter(

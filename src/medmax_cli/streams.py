@@ -306,6 +306,13 @@ def _read_jsonl(
         except orjson.JSONDecodeError as exc:
             policy.reject(RecordError(f"malformed JSON ({exc})"), line.rstrip(b"\n"), where=where)
             continue
+        if not isinstance(record, dict):  # structural, so even stages that validate later see objects
+            kind = type(record).__name__
+            policy.reject(RecordError(f"a record must be a JSON object, got {kind}"), record, where=where)
+            continue
+        if not check and not isinstance(record.get("id"), str):  # checked stages get this from validate()
+            policy.reject(RecordError("record has no 'id' (a string)"), record, where=where)
+            continue
         if check:
             try:
                 validate(record)
@@ -651,7 +658,7 @@ def select_shard(
     records: Iterable[dict[str, Any]], shard: tuple[int, int] | None
 ) -> Iterator[dict[str, Any]]:
     for record in records:
-        rid = record.get("id")
-        # a record with no id is passed on: the stage's own check names it (no KeyError here)
+        rid = record.get("id") if isinstance(record, dict) else None
+        # a record with no id (or not an object) is passed on: the stage's own check names it (no KeyError here)
         if not isinstance(rid, str) or in_shard(rid, shard):
             yield record
