@@ -189,7 +189,7 @@ def deep(levels: int) -> dict:
 def test_a_300_level_meta_is_a_record_error_not_a_writer_crash(media, tmp_path, medmax):
     bad = qa(1, meta=deep(300))
     validate(qa(2, meta=deep(40)))  # deep but sane passes
-    with pytest.raises(RecordError, match="deeper than 64 levels"):
+    with pytest.raises(RecordError, match="deeper than 255 levels"):
         validate(bad)
     # orjson writes at most 254 levels: build the line by hand
     line = b'{"id":"q1","kind":"qa","question":"?","answer":"a","meta":' + b'{"x":' * 300 + b"{}" + b"}" * 301
@@ -207,7 +207,7 @@ def test_a_300_level_meta_is_a_record_error_not_a_writer_crash(media, tmp_path, 
         )
         assert b"Traceback" not in result.stderr
         reject = orjson.loads((tmp_path / f"r-{fmt}.jsonl").read_bytes())
-        assert reject["record_id"] == "q1" and "deeper than 64 levels" in reject["reason"]
+        assert reject["record_id"] == "q1" and "deeper than 255 levels" in reject["reason"]
     # a writer handed such a record directly rejects it through the policy (it cannot be serialised)
     rejects = io.BytesIO()
     writer = RecordWriter(io.BytesIO(), policy=ErrorPolicy("skip", rejects))
