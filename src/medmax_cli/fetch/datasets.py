@@ -72,7 +72,9 @@ def read_vqa_rad(
     with `qid_linked_id` (which questions paraphrase one another) in meta too.
     """
     if path.suffix == ".parquet" or (path.is_dir() and any(path.rglob("*.parquet"))):
-        yield from _vqa_rad_parquet(path, media=media, policy=policy)
+        yield from _hf_vqa_parquet(
+            path, prefix="vqa_rad", source="vqa-rad", license="cc0", media=media, policy=policy
+        )
         return
     file = (
         path if path.is_file() else find(path, "VQA_RAD Dataset Public.json", "VQA_RAD_Dataset_Public.json")
@@ -109,15 +111,20 @@ def read_vqa_rad(
     yield from emit(((f"{file}[{i}]", lambda r=r, i=i: build(r, i)) for i, r in enumerate(rows)), policy)
 
 
-def _vqa_rad_parquet(path: Path, *, media: MediaStore, policy: ErrorPolicy) -> Iterator[dict]:
+def _hf_vqa_parquet(
+    path: Path, *, prefix: str, source: str, license: str, media: MediaStore, policy: ErrorPolicy
+) -> Iterator[dict]:
+    """A Hugging Face VQA parquet release (VQA-RAD and PathVQA mirrors): sharded `{split}-{k}-of-{n}`
+    files of image {bytes, path}, question, answer; ids carry split and shard (rows restart per shard)."""
+
     def build(file: Path, index: int, row: dict) -> dict:
         split, shard = shard_split(file)
         answer = str(row["answer"])
         return {
-            "id": make_id("vqa_rad", split, shard, index),
+            "id": make_id(prefix, split, shard, index),
             "kind": "qa",
-            "source": "vqa-rad",
-            "license": "cc0",
+            "source": source,
+            "license": license,
             "credential": False,
             "question": str(row["question"]),
             "answer": answer,
@@ -184,25 +191,9 @@ def read_slake(
 def read_pathvqa(path: Path, *, media: MediaStore, policy: ErrorPolicy, **_: Any) -> Iterator[dict]:
     """PathVQA, Hugging Face parquet release: `data/{split}-{k}-of-{n}-<hash>.parquet` (every split
     sharded; row numbers restart in each shard) with image {bytes, path}, question, answer."""
-
-    def build(file: Path, index: int, row: dict) -> dict:
-        split, shard = shard_split(file)
-        answer = str(row["answer"])
-        return {
-            "id": make_id("pathvqa", split, shard, index),
-            "kind": "qa",
-            "source": "pathvqa",
-            "license": "mit",
-            "credential": False,
-            "question": str(row["question"]),
-            "answer": answer,
-            "question_type": closed_or_open(answer),
-            "images": [hf_image(media, row["image"], f"{file.name}:{index} image")],
-            "meta": {"split": split},
-        }
-
-    rows = parquet_rows(parquet_files(path), policy)
-    yield from emit(((f"{f}:{i}", lambda f=f, i=i, r=r: build(f, i, r)) for f, i, r in rows), policy)
+    return _hf_vqa_parquet(
+        path, prefix="pathvqa", source="pathvqa", license="mit", media=media, policy=policy
+    )
 
 
 PMC_VQA_V1 = ("Figure_path", "Question", "Choice A", "Choice B", "Answer_label")
