@@ -180,8 +180,8 @@ class ErrorPolicy:
                 "reason": reason,
                 "raw": raw,
             }
-            try:
-                line = orjson.dumps(entry, default=str)
+            try:  # numpy arrays (pack's checked image codes) are written as the lists they were
+                line = orjson.dumps(entry, default=str, option=orjson.OPT_SERIALIZE_NUMPY)
             except TypeError:  # orjson.JSONEncodeError: too deep or not JSON at all; keep a prefix
                 entry["raw"] = _safe_repr(raw)
                 line = orjson.dumps(entry, default=str)
@@ -276,15 +276,15 @@ def _read_jsonl(
     stream: IO[bytes], *, name: str, policy: ErrorPolicy, check: bool, seen: SeenIds | None = None
 ) -> Iterator[dict[str, Any]]:
     cap = byte_limit(MAX_LINE_BYTES_ENV, DEFAULT_MAX_LINE_BYTES)
+    counts = policy.report.counts  # the hot loop touches locals only; error paths build messages
+    readline, loads, JSONDecodeError = stream.readline, orjson.loads, orjson.JSONDecodeError
     line_no = 0
     while True:
         try:
-            line = stream.readline(cap + 1)
-            if len(line) > cap and not line.endswith(b"\n"):
+            line = readline(cap + 1)
+            over = len(line) > cap and not line.endswith(b"\n")
+            if over:
                 _skip_line(stream)
-                over = True
-            else:
-                over = False
         except (EOFError, OSError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
             raise StreamError(
                 f"{name}: truncated or corrupt compressed stream after line {line_no} ({exc})"
@@ -292,37 +292,41 @@ def _read_jsonl(
         if not line:
             break
         line_no += 1
-        where = f"{name}:{line_no}"
         if over:
             policy.reject(
                 RecordError(f"line longer than the {cap}-byte limit (env {MAX_LINE_BYTES_ENV})"),
                 line[:200],
-                where=where,
+                where=f"{name}:{line_no}",
             )
             continue
-        if not line.strip():
-            continue
         try:
-            record = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            policy.reject(RecordError(f"malformed JSON ({exc})"), line.rstrip(b"\n"), where=where)
+            record = loads(line)
+        except JSONDecodeError as exc:
+            if not line.strip():
+                continue  # blank lines are allowed
+            policy.reject(
+                RecordError(f"malformed JSON ({exc})"), line.rstrip(b"\n"), where=f"{name}:{line_no}"
+            )
             continue
-        if not isinstance(record, dict):  # structural, so even stages that validate later see objects
+        if type(record) is not dict:  # structural, so even stages that validate later see objects
             kind = type(record).__name__
-            policy.reject(RecordError(f"a record must be a JSON object, got {kind}"), record, where=where)
-            continue
-        if not check and not isinstance(record.get("id"), str):  # checked stages get this from validate()
-            policy.reject(RecordError("record has no 'id' (a string)"), record, where=where)
+            policy.reject(
+                RecordError(f"a record must be a JSON object, got {kind}"), record, where=f"{name}:{line_no}"
+            )
             continue
         if check:
             try:
                 validate(record)
             except RecordError as exc:
-                policy.reject(exc, record, where=where)
+                policy.reject(exc, record, where=f"{name}:{line_no}")
                 continue
-        if not _unique(record, seen, policy, where):
+        elif type(record.get("id")) is not str:  # checked stages get this from validate()
+            policy.reject(RecordError("record has no 'id' (a string)"), record, where=f"{name}:{line_no}")
             continue
-        policy.report.count("in")
+        if seen is not None and not seen.add(record["id"]):
+            policy.reject(duplicate_error(record["id"]), record, where=f"{name}:{line_no}")
+            continue
+        counts["in"] += 1
         yield record
 
 

@@ -47,7 +47,7 @@ from medmax_cli.score.tasks import (
     eval_task_of,
     question_type_of,
 )
-from medmax_cli.streams import ErrorPolicy, map_records
+from medmax_cli.streams import ErrorPolicy
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +106,12 @@ def score_records(
     policy = policy or ErrorPolicy()
     seen: set[str] = set()
     rejected: dict[str, str] = {}  # id -> reason, for items whose prediction a rule rejected
+    count = policy.report.counts  # a Counter: one dict update per item, not a method call
+    sends = scorer.judge is not None  # only the judge sends requests: declare the payload then
 
     def check_id(record: dict[str, Any]) -> list[dict[str, Any]]:
         rid = record.get("id")
-        if not isinstance(rid, str) or not rid:
+        if type(rid) is not str or not rid:
             raise RecordError("prediction has no 'id'")
         if rid in seen:
             raise RecordError(f"duplicate id {rid!r}: each item must be scored once", record_id=rid)
@@ -118,18 +120,28 @@ def score_records(
 
     def one(record: dict[str, Any]) -> list[dict[str, Any]]:
         try:
-            with payload(record):  # the judge's requests carry this record (egress policy)
+            if sends:
+                with payload(record):  # the judge's requests carry this record (egress policy)
+                    line = score_one(record, scorer)
+            else:
                 line = score_one(record, scorer)
         except (RecordError, MediaError) as exc:
             rejected[record["id"]] = str(exc)  # check_id ran first: the id is a string
             raise
-        policy.report.count(line["status"])
+        count[line["status"]] += 1
         return [line]
 
-    if workers <= 1:
-        yield from map_records(map_records(records, check_id, policy), one, policy)
-    else:
+    if workers > 1:
         yield from _threaded(records, check_id, one, policy, workers)
+    else:
+        for record in records:  # map_records(check_id) then map_records(one), in one loop
+            try:
+                check_id(record)
+                (line,) = one(record)
+            except (RecordError, MediaError) as exc:
+                policy.reject(exc, record)
+                continue
+            yield line
     for item in expected or ():
         rid = item.get("id")
         if rid in rejected:  # its prediction was set aside: the item stays in n, unscored
@@ -246,7 +258,7 @@ def score_one(record: Mapping[str, Any], scorer: Scorer) -> dict[str, Any]:
         "id": record["id"],
         "eval_task": eval_task,
         "task": task,
-        "question_type": question_type_of(record) if task == "vqa" else None,
+        "question_type": question_type_of(record, eval_task) if task == "vqa" else None,
         "metric": METRIC_OF_TASK.get(task, "accuracy"),
         "rules": scorer.version,
         "score": None,

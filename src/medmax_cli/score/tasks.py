@@ -7,6 +7,7 @@ other module (rules, summary, report, docs) reads this table.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 CLOSED, OPEN, MULTIPLE_CHOICE = "closed", "open", "multiple_choice"
@@ -43,6 +44,7 @@ _BY_LETTERS = {name.replace("_", ""): name for name in VQA_TASKS}
 _MC_SUFFIXES = ("_mcq", "_multiple_choice", "_mc")
 
 
+@lru_cache(maxsize=4096)  # a handful of spellings per run, met once per item
 def canonical_task(name: str) -> str:
     """One of the 12 names for the spellings readers use ("PMC-VQA", "pmc_vqa_mcq", "VQARAD_closed");
     any other name is returned unchanged."""
@@ -64,10 +66,11 @@ def eval_task_of(record: Mapping[str, Any]) -> str:
     return canonical_task(str(name)) if name else str(record.get("task") or "?")
 
 
-def question_type_of(record: Mapping[str, Any]) -> str | None:
-    """closed / open / multiple_choice: the record's own field, else the task table."""
+def question_type_of(record: Mapping[str, Any], eval_task: str | None = None) -> str | None:
+    """closed / open / multiple_choice: the record's own field, else the task table
+    (`eval_task`: the record's eval_task_of, when the caller has it already)."""
     qtype = record.get("question_type")
     if qtype in QUESTION_TYPES:
         return str(qtype)
-    known = VQA_TASKS.get(eval_task_of(record))
+    known = VQA_TASKS.get(eval_task if eval_task is not None else eval_task_of(record))
     return known[0] if known else None
