@@ -80,7 +80,7 @@ def _image_block(instance: Mapping[str, Any], index: int, vocab, cache: dict[int
             f"images[{index}] has no VQ tokens (run medmax tokenize-images, or pack with the vision "
             "library installed to encode on the fly)"
         )
-    if not tokens:
+    if len(tokens) == 0:  # a list, or the int64 array pack's token check made of it
         raise RecordError(f"images[{index}].tokens is empty")
     try:
         ids = vocab.codes_to_ids(tokens)
@@ -123,10 +123,12 @@ def _turns(instance: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 
 def _assemble(instance: Mapping[str, Any], text_ids: list[list[int]], vocab, train_on: str) -> Sample:
     turns = _turns(instance)
-    pieces: list[np.ndarray] = [np.array([vocab.bos], dtype=np.int32)]
-    supervised: list[bool] = [False]  # BOS is never a label
+    # Pieces first (text id lists as the tokenizer gave them, image blocks as arrays), then one
+    # preallocated row filled slice by slice: no per-piece array, no concatenate, no mask.
+    pieces: list[Any] = []
+    supervised: list[bool] = []
     spans: list[tuple[int, int]] = []
-    position = 1
+    position = 1  # after BOS
     texts = iter(text_ids)
     cache: dict[int, np.ndarray] = {}
     last = len(turns) - 1
@@ -134,23 +136,34 @@ def _assemble(instance: Mapping[str, Any], text_ids: list[list[int]], vocab, tra
         on = train_on == "all" or turn["role"] == "assistant"
         for part in turn["content"]:
             if "text" in part:
-                piece = np.asarray(next(texts), dtype=np.int32)
+                piece = next(texts)
             else:
                 piece = _image_block(instance, part["image"], vocab, cache)
                 spans.append((position, position + len(piece)))
             pieces.append(piece)
             supervised.append(on)
             position += len(piece)
-        pieces.append(np.array([vocab.eos if t == last else vocab.sep], dtype=np.int32))
+        pieces.append((vocab.eos if t == last else vocab.sep,))
         supervised.append(on)
         position += 1
-    input_ids = np.concatenate(pieces)  # int32 [L]
+    input_ids = np.empty(position, dtype=np.int32)
+    input_ids[0] = vocab.bos
+    start = 1
+    for piece in pieces:
+        end = start + len(piece)
+        input_ids[start:end] = piece
+        start = end
     if train_on == "medmax":
         return Sample(input_ids, _medmax_labels(input_ids, vocab), spans)
-    mask = np.repeat(np.array(supervised), [len(p) for p in pieces])  # bool [L]
-    labels = np.where(mask, input_ids, np.int32(IGNORE)).astype(np.int32)
-    if not mask.any():
+    if not any(supervised):
         raise RecordError("nothing to learn: the instance has no assistant turn (use --train-on all?)")
+    labels = np.full(position, IGNORE, dtype=np.int32)  # BOS is never a label
+    start = 1
+    for piece, on in zip(pieces, supervised, strict=True):
+        end = start + len(piece)
+        if on:
+            labels[start:end] = input_ids[start:end]
+        start = end
     return Sample(input_ids, labels, spans)
 
 

@@ -9,15 +9,12 @@ pack_to_dir(...)  writes the shards, then the manifest (last), and returns the m
 from __future__ import annotations
 
 import logging
-from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from medmax_cli.pack.binpack import OnePerRow, StreamPacker
 from medmax_cli.pack.manifest import PackStats, build_manifest, write_manifest
@@ -57,10 +54,12 @@ class PackSettings:
 
 
 def validate_instance(record: Any) -> dict[str, Any]:
-    """`records.validate`, with image token lists checked by numpy instead of per token in Python.
+    """`records.validate`, with image token lists left to `_with_codes` (one numpy pass per image).
 
     Token lists are most of the bytes of a tokenised instance, and the schema's per-element check was
-    the largest cost of pack; the rest of the record goes through the schema unchanged.
+    the largest cost of pack; the rest of the record goes through the schema unchanged. Every record
+    that reaches the tokenizer passes `_with_codes` after this, which checks each token list against
+    the model (integers, the VQ's grid length, codes in range) while converting it once.
     """
     images = record.get("images") if isinstance(record, dict) else None
     if not isinstance(images, list) or not any(isinstance(im, dict) and "tokens" in im for im in images):
@@ -71,18 +70,6 @@ def validate_instance(record: Any) -> dict[str, Any]:
         for im in images
     ]
     validate(light)
-    for i, image in enumerate(images):
-        tokens = image.get("tokens") if isinstance(image, dict) else None
-        if isinstance(tokens, list) and tokens:
-            try:
-                ok = np.frombuffer(array("q", tokens), dtype=np.int64).min() >= 0  # array(): ints only
-            except (TypeError, OverflowError):
-                ok = False
-            if not ok:
-                rid = record.get("id")
-                raise RecordError(
-                    f"images[{i}].tokens must be a list of non-negative integers", record_id=rid
-                )
     return record
 
 
@@ -98,23 +85,31 @@ def _needs_encoding(record: dict[str, Any], expected_vq: str | None) -> bool:
     return False
 
 
-def _check_vq(
+def _with_codes(
     record: dict[str, Any],
     expected_vq: str | None,
     tokens_per_image: int | None = None,
     n_codes: int | None = None,
-) -> None:
-    """Image tokens must be the model's: its codebook tag, its grid length, codes in range."""
-    from medmax_cli.vision.tokencheck import token_problem
+) -> dict[str, Any]:
+    """The record (a shallow copy) with each image's tokens as an int64 array, after checking they are
+    the model's: its codebook tag, its grid length, codes in range. The caller's record is untouched;
+    the arrays serialise back to the same JSON lists (rejects use orjson's numpy support)."""
+    from medmax_cli.vision.tokencheck import checked_codes
 
-    if record.get("tokens") is not None:
-        return
-    for i, image in enumerate(record.get("images") or []):
+    images = record.get("images")
+    if record.get("tokens") is not None or not images:
+        return record
+    converted = list(images)
+    for i, image in enumerate(images):
         if not isinstance(image, dict) or image.get("tokens") is None:
             continue
-        problem = token_problem(image, vq=expected_vq, tokens_per_image=tokens_per_image, n_codes=n_codes)
+        codes, problem = checked_codes(
+            image, vq=expected_vq, tokens_per_image=tokens_per_image, n_codes=n_codes
+        )
         if problem:
             raise RecordError(f"images[{i}] {problem} (re-run tokenize-images with this model)")
+        converted[i] = {**image, "tokens": codes}
+    return {**record, "images": converted}
 
 
 def _encode_batch(
@@ -161,8 +156,7 @@ def _ready_batches(
         ready = []
         for record in _encode_batch(batch, encode_images, expected_vq):
             try:
-                _check_vq(record, expected_vq, tokens_per_image, n_codes)
-                ready.append(record)
+                ready.append(_with_codes(record, expected_vq, tokens_per_image, n_codes))
             except RecordError as exc:
                 policy.reject(exc, record)
         yield ready

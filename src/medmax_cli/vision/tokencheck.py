@@ -4,7 +4,7 @@ The `vq` tag says which codebook made the tokens, but a list with the right tag 
 cut short, padded, edited by hand or by a buggy tool. Such a list would train (or prompt) the model
 on an image block of the wrong length, which no decoder can turn back into an image. One check,
 used by tokenize-images (re-encode from the image, or reject), pack (reject) and
-`generate --no-encode-images` (reject). No torch here: cheap to import from any stage.
+`generate --no-encode-images` (reject). numpy only, no torch: cheap to import from any stage.
 """
 
 from __future__ import annotations
@@ -14,7 +14,48 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from medmax_cli.records import RecordError
+
+
+def checked_codes(
+    image: Mapping[str, Any],
+    *,
+    vq: str | None,
+    tokens_per_image: int | None,
+    n_codes: int | None,
+) -> tuple[np.ndarray | None, str | None]:
+    """(codes as int64, None) when `image["tokens"]` can be used with this model, else (None, why).
+
+    One conversion per image (a C-level `array` pass that refuses floats and strings) serves both the
+    check and the caller, who needs the codes as an array anyway (pack's image blocks). A list or a
+    1-D integer array is accepted (None limits: unchecked)."""
+    tokens = image.get("tokens")
+    if tokens is None:
+        return None, "has no VQ tokens"
+    if vq is not None and image.get("vq") != vq:
+        return None, f"tokens come from VQ {image.get('vq')!r}, but the model's VQ is {vq!r}"
+    if isinstance(tokens, np.ndarray) and tokens.ndim == 1 and tokens.dtype.kind in "iu":
+        codes = tokens.astype(np.int64, copy=False)
+    elif isinstance(tokens, list):
+        try:
+            codes = np.frombuffer(array("q", tokens), dtype=np.int64)  # ints only
+        except (TypeError, OverflowError):
+            return None, "tokens must be a list of integers"
+    else:
+        return None, f"tokens must be a list of integers, got {type(tokens).__name__}"
+    if tokens_per_image is not None and len(codes) != tokens_per_image:
+        return None, (
+            f"has {len(codes)} tokens, but the model's VQ makes {tokens_per_image} per image "
+            "(truncated or edited tokens)"
+        )
+    if len(codes):
+        low, high = int(codes.min()), int(codes.max())
+        if low < 0 or (n_codes is not None and high >= n_codes):
+            limit = f"[0, {n_codes})" if n_codes is not None else "[0, ...)"
+            return None, f"tokens must be codes in {limit}, found {low}..{high}"
+    return codes, None
 
 
 def token_problem(
@@ -25,28 +66,7 @@ def token_problem(
     n_codes: int | None,
 ) -> str | None:
     """Why `image["tokens"]` cannot be used with this model (None: they can; None limits: unchecked)."""
-    tokens = image.get("tokens")
-    if tokens is None:
-        return "has no VQ tokens"
-    if vq is not None and image.get("vq") != vq:
-        return f"tokens come from VQ {image.get('vq')!r}, but the model's VQ is {vq!r}"
-    if not isinstance(tokens, list):
-        return f"tokens must be a list of integers, got {type(tokens).__name__}"
-    if tokens_per_image is not None and len(tokens) != tokens_per_image:
-        return (
-            f"has {len(tokens)} tokens, but the model's VQ makes {tokens_per_image} per image "
-            "(truncated or edited tokens)"
-        )
-    if tokens:
-        try:
-            codes = array("q", tokens)  # ints only: floats and strings raise TypeError
-        except (TypeError, OverflowError):
-            return "tokens must be a list of integers"
-        low, high = min(codes), max(codes)
-        if low < 0 or (n_codes is not None and high >= n_codes):
-            limit = f"[0, {n_codes})" if n_codes is not None else "[0, ...)"
-            return f"tokens must be codes in {limit}, found {low}..{high}"
-    return None
+    return checked_codes(image, vq=vq, tokens_per_image=tokens_per_image, n_codes=n_codes)[1]
 
 
 def check_image_tokens(
