@@ -290,7 +290,9 @@ def main() -> None:
 
         def run_ours() -> dict:
             tok = load_text_tokenizer(model_dir)  # fresh each run: a cold cache, as a real run starts
-            return ours_pack(data, tmp_path / "ours", tok, vocab, args.seq_len, args.pack_buffer, args.workers)
+            return ours_pack(
+                data, tmp_path / "ours", tok, vocab, args.seq_len, args.pack_buffer, args.workers
+            )
 
         def run_tokenizer() -> int:
             return tokenizer_limit(Tokenizer.from_file(tokenizer_file), texts, 256) + structure
