@@ -1,8 +1,9 @@
 """Rule-scored items/s: a naive scorer (json per line + MedMax-style python rules) vs `medmax score`'s stage.
 
 Both read JSONL prediction lines, score closed and multiple-choice items with MedMax's rules and
-write one scored JSON line per item; ours also checks the fields it reads (id, prediction, answer),
-counts statuses and keeps what the summary needs. The bootstrap summary of ours is timed separately.
+write one scored JSON line per item; ours is the command's pass (`score.stage.score_stream`): it also
+checks the fields it reads (id, prediction, answer), hashes the input for the summary's provenance,
+counts statuses and keeps what the summary needs. The bootstrap summary is timed separately.
 
     .venv/bin/python bench/score.py           # 300k synthetic predictions
     .venv/bin/python bench/score.py --quick   # 30k
@@ -87,19 +88,18 @@ def naive(data: bytes) -> tuple[int, dict[str, list[int]]]:
 
 
 def ours(data: bytes, kept: list) -> int:
-    from medmax_cli.score.stage import Scorer, score_records
-    from medmax_cli.score.summary import compact
-    from medmax_cli.streams import ErrorPolicy, RecordWriter, read_records
+    """The command's pass (`score_stream`: rules, the scored line written, the compact line kept for
+    the summary) on records read as the command reads them, through the input's sha256."""
+    from medmax_cli.score.stage import Scorer, score_stream
+    from medmax_cli.streams import ErrorPolicy, HashingReader, RecordWriter, read_records
 
     policy = ErrorPolicy()
     writer = RecordWriter(io.BytesIO(), flush_each=False)
-    n = 0
-    records = read_records(io.BytesIO(data), policy=policy, check=False)  # as the command reads them
-    for line in score_records(records, scorer=Scorer(), policy=policy):
-        kept.append(compact(line))
-        writer.write(line)
-        n += 1
-    return n
+    stream = HashingReader(io.BytesIO(data))
+    records = read_records(stream, policy=policy, check=False)
+    kept += score_stream(records, scorer=Scorer(), write=writer.write, policy=policy)
+    assert len(stream.hexdigest()) == 64
+    return policy.report.counts["in"]
 
 
 def run_side(side: str, total: int) -> Measured:
@@ -135,7 +135,9 @@ def main() -> None:
 
     bench = Bench("score", quick=args.quick, settings={"predictions": total})
     print(f"score bench: {total:,} synthetic closed/multiple-choice predictions")
-    print("  naive: json + python rules, like MedMax's script; ours: medmax score stage (orjson + checks)")
+    print(
+        "  naive: json + python rules, like MedMax's script; ours: medmax score's pass (orjson, checks, input hash)"
+    )
     summary_seconds: list[float] = []
 
     def same(counts: dict[str, list[int]], kept: list) -> bool:

@@ -35,6 +35,7 @@ from medmax_cli.streams import (
     FORMATS,
     AtomicFile,
     ErrorPolicy,
+    HashingReader,
     RecordWriter,
     RunReport,
     StreamError,
@@ -125,6 +126,7 @@ class StageIO:
         shard: str | None = None,
         quiet: bool = False,
         validate_input: bool = True,
+        hash_input: bool = False,
         progress_unit: str = "rec",
         written_key: str = "out",
     ):
@@ -140,6 +142,8 @@ class StageIO:
         self.fmt = fmt
         self.quiet = quiet
         self.validate_input = validate_input
+        self._input_hash: HashingReader | None = None
+        self.hash_input = hash_input
         self.progress_unit = progress_unit
         self.media = MediaStore(media_dir if media_dir is not None else default_media_dir())
         self.report = RunReport(stage)
@@ -290,6 +294,8 @@ class StageIO:
                 raise fail(f"input file {path} does not exist")
             stream = self._stack.enter_context(open(path, "rb"))
             name = str(path)
+        if self.hash_input:
+            stream = self._input_hash = HashingReader(stream)
         records = read_records(
             stream,
             name=name,
@@ -299,6 +305,14 @@ class StageIO:
         )
         records = select_shard(records, self.shard)
         return self._counted(records)
+
+    @property
+    def input_sha256(self) -> str:
+        """sha256 of the input bytes read so far (`hash_input=True`): after the last record, the
+        digest `sha256sum` prints for the input file."""
+        if self._input_hash is None:
+            raise RuntimeError("StageIO(hash_input=True) and read records first")
+        return self._input_hash.hexdigest()
 
     def _counted(self, records: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         meter, count = self.progress_meter, self.report.counts

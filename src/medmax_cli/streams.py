@@ -215,10 +215,33 @@ def map_records(
 # --------------------------------------------------------------------------- reading
 
 
+class HashingReader(io.RawIOBase):
+    """A read-only byte stream that hashes (sha256) what is read through it, in the reader's own
+    chunks: the digest of a fully read input equals `sha256sum` of the file."""
+
+    def __init__(self, stream: IO[bytes]):
+        super().__init__()
+        self._stream = stream
+        self._sha = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._stream.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        self._sha.update(data)
+        return n
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()
+
+
 def _peekable(stream: IO[bytes]) -> io.BufferedReader:
     if isinstance(stream, io.BufferedReader):
         return stream
-    return io.BufferedReader(stream)  # type: ignore[arg-type]
+    return io.BufferedReader(stream, 1 << 16)  # type: ignore[arg-type]
 
 
 def detect_format(stream: io.BufferedReader) -> str:

@@ -93,7 +93,7 @@ def register(app: typer.Typer) -> None:
 
         from medmax_cli.score import summary as summ
         from medmax_cli.score.judge import JudgeError
-        from medmax_cli.score.stage import InputHash, score_records
+        from medmax_cli.score.stage import score_stream
 
         with StageIO(
             "score",
@@ -104,25 +104,23 @@ def register(app: typer.Typer) -> None:
             media_dir=media_dir,
             quiet=quiet,
             validate_input=False,  # the stage checks the fields it reads (id, prediction, answer)
+            hash_input=True,  # the summary names its input by the sha256 of its bytes
         ) as io:
             scorer, judge_cache_obj = _scorer(
                 rules, judge_url, judge_model, judge_cache, judge_retries, clip_model, io.media
             )
-            hasher = InputHash()
-            kept = []
             expected = _read(expect, io.media) if expect else None
             try:
-                for line in score_records(
-                    hasher.wrap(io.records),
+                kept = score_stream(
+                    io.records,
                     scorer=scorer,
+                    write=io.write,
                     policy=io.policy,
                     expected=expected,
                     workers=judge_concurrency
                     if scorer.judge is not None and scorer.judge.chat is not None
                     else 1,
-                ):
-                    kept.append(summ.compact(line))
-                    io.write(line)
+                )
             except JudgeError as exc:
                 raise fail(f"judge: {exc} (verdicts so far are cached; rerun to resume)", 1) from None
             finally:
@@ -131,8 +129,8 @@ def register(app: typer.Typer) -> None:
             provenance = {
                 "rules": rules,
                 "rules_version": scorer.version,
-                "input_sha256": hasher.hexdigest(),
-                "input_records": hasher.count,
+                "input_sha256": io.input_sha256,
+                "input_records": io.report.counts["in"],
             }
             if scorer.judge is not None:
                 # what decides the verdicts, not how many calls this run made: a cached rerun

@@ -17,13 +17,10 @@ answer, the per-domain visual-chat score), where status is
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
-
-import orjson
 
 from medmax_cli.egress import payload
 from medmax_cli.media import MediaError, MediaStore
@@ -70,23 +67,6 @@ class Scorer:
     @property
     def version(self) -> str:
         return RULE_SETS[self.rules]
-
-
-class InputHash:
-    """sha256 over the canonical JSON (sorted keys) of every input record, in order."""
-
-    def __init__(self) -> None:
-        self._hash = hashlib.sha256()
-        self.count = 0
-
-    def wrap(self, records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        for record in records:
-            self._hash.update(orjson.dumps(record, option=orjson.OPT_SORT_KEYS) + b"\n")
-            self.count += 1
-            yield record
-
-    def hexdigest(self) -> str:
-        return self._hash.hexdigest()
 
 
 def score_records(
@@ -155,6 +135,27 @@ def score_records(
         line = score_one(item, scorer)
         policy.report.count("missing")
         yield line
+
+
+def score_stream(
+    records: Iterable[dict[str, Any]],
+    *,
+    scorer: Scorer,
+    write: Callable[[dict[str, Any]], None],
+    policy: ErrorPolicy | None = None,
+    expected: Iterable[dict[str, Any]] | None = None,
+    workers: int = 1,
+) -> list[dict[str, Any]]:
+    """The score command's pass: score every record, `write` its line, and keep the fields the
+    summary reads (`summary.compact`, returned); one place, so the bench times what the command does."""
+    from medmax_cli.score.summary import compact
+
+    kept: list[dict[str, Any]] = []
+    keep = kept.append
+    for line in score_records(records, scorer=scorer, policy=policy, expected=expected, workers=workers):
+        keep(compact(line))
+        write(line)
+    return kept
 
 
 def _rejected_line(item: Mapping[str, Any], scorer: Scorer, reason: str) -> dict[str, Any]:
