@@ -241,7 +241,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=4096)
     parser.add_argument("--pack-buffer", type=int, default=2000)
     parser.add_argument("--codes-per-image", type=int, default=1024)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=0, help="ours: tokenising processes (0: in-process)")
     args = parser.parse_args()

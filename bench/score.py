@@ -5,7 +5,7 @@ write one scored JSON line per item; ours is the command's pass (`score.stage.sc
 checks the fields it reads (id, prediction, answer), hashes the input for the summary's provenance,
 counts statuses and keeps what the summary needs. The bootstrap summary is timed separately.
 
-    .venv/bin/python bench/score.py           # 300k synthetic predictions
+    .venv/bin/python bench/score.py           # 150k synthetic predictions
     .venv/bin/python bench/score.py --quick   # 30k
 """
 
@@ -125,11 +125,11 @@ def run_side(side: str, total: int) -> Measured:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="30k predictions instead of 300k")
+    parser.add_argument("--quick", action="store_true", help="30k predictions instead of 150k")
     parser.add_argument("-n", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    total = args.n or (30_000 if args.quick else 300_000)
+    total = args.n or (30_000 if args.quick else 150_000)
     repeats = 1 if args.quick else args.repeats
     from medmax_cli.score.summary import summarise
 
