@@ -59,3 +59,24 @@ def test_performance_doc_quotes_the_results_files():
     from report import DOC, render
 
     assert render() in DOC.read_text()  # rerun `python bench/report.py --write` after a bench run
+
+
+def test_performance_summary_quotes_the_figures():
+    """The hand-written summary table's wall and CPU ratios are the generated Figures' (no stale copy)."""
+    import re
+
+    from report import DOC
+
+    text = DOC.read_text()
+    summary = text[text.index("## Summary of the last run") : text.index("## Memory against corpus size")]
+    figures = text[text.index("## Figures") :]
+    quoted = 0
+    for row in summary.splitlines():
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        if len(cells) < 4 or not cells[0] or cells[0] in ("bench", "---"):
+            continue
+        for cell in cells[2:4]:  # wall, CPU time; the last column quotes an earlier run
+            for ratio in re.findall(r"\d+\.\d\dx \[\d+\.\d\d-\d+\.\d\d\]", cell):
+                assert ratio in figures, f"summary quotes {ratio!r}, which the Figures section does not hold"
+                quoted += 1
+    assert quoted >= 10
