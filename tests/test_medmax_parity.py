@@ -299,3 +299,26 @@ def test_commands_tokenize_drop_then_pack_medmax(tiny_model_dir, media, tmp_path
            input=tokens.stdout, env=env)  # fmt: skip
     settings = json.loads((tmp_path / "d" / "manifest.json").read_text())["settings"]
     assert settings["alpha"] == "drop" and settings["train_on"] == "medmax"
+
+
+def test_a_rejected_instance_is_written_as_it_came_in(tmp_path, tok, vocab):
+    """pack checks image tokens into arrays before the alpha rule; a record rejected after that goes
+    to the rejects file with its token lists as they were, and the caller's record is not changed."""
+    import copy
+    import io
+
+    import orjson
+
+    from medmax_cli.pack.stage import PackSettings, pack_to_dir
+
+    inst, _, _ = _build("vqa", vocab.n_codes)
+    inst["images"][0]["alpha"] = "drop"
+    before = copy.deepcopy(inst)
+    rejects = io.BytesIO()
+    policy = ErrorPolicy("skip", rejects=rejects, stage="pack")
+    manifest = pack_to_dir(
+        [inst], tmp_path / "w", vocab=vocab, tokenizer=tok, settings=PackSettings(), policy=policy
+    )
+    assert manifest["samples"] == 0 and inst == before
+    (entry,) = [orjson.loads(line) for line in rejects.getvalue().splitlines()]
+    assert "--alpha drop" in entry["reason"] and entry["raw"] == before
