@@ -178,3 +178,30 @@ def test_cli_help_lists_commands(medmax):
     result = medmax("--help")
     assert b"validate" in result.stdout and b"cat" in result.stdout
     assert medmax("--version").stdout.startswith(b"medmax ")
+
+
+def test_hashing_reader_streams_a_pipe_and_hashes_what_it_read():
+    """Through HashingReader a record is read as soon as its line arrives (a slow producer is not
+    held back for a full chunk), and the digest is the sha256 of the bytes, as sha256sum gives it."""
+    import hashlib
+    import os
+    import threading
+
+    from medmax_cli.streams import HashingReader, read_records
+
+    first = b'{"id": "a", "kind": "figure", "caption": "x"}\n'
+    rest = b'{"id": "b", "kind": "figure", "caption": "y"}\n'
+    r, w = os.pipe()
+    with os.fdopen(r, "rb") as source, os.fdopen(w, "wb", buffering=0) as sink:
+        sink.write(first)
+        stream = HashingReader(source)
+        records = read_records(stream, name="pipe")
+        got: list = []
+        reader = threading.Thread(target=lambda: got.append(next(records)), daemon=True)
+        reader.start()
+        reader.join(timeout=10)
+        assert got and got[0]["id"] == "a"  # the writer is still open: nothing but that line was there
+        sink.write(rest)
+        sink.close()
+        assert [x["id"] for x in records] == ["b"]
+    assert stream.hexdigest() == hashlib.sha256(first + rest).hexdigest()

@@ -222,13 +222,15 @@ class HashingReader(io.RawIOBase):
     def __init__(self, stream: IO[bytes]):
         super().__init__()
         self._stream = stream
+        # read1: what a pipe has now, so a slow producer's records are not held back for a full chunk
+        self._read = getattr(stream, "read1", stream.read)
         self._sha = hashlib.sha256()
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
-        data = self._stream.read(len(buffer))
+        data = self._read(len(buffer))
         n = len(data)
         buffer[:n] = data
         self._sha.update(data)
