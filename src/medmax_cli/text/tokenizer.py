@@ -9,11 +9,8 @@ BOS/SEP/EOS are placed by `medmax_cli.pack.sequence`.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
-
-log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_BYTES = 64 << 20  # the text cache of one TextTokenizer (pack splits it over workers)
 
