@@ -7,10 +7,13 @@ hosted APIs). Why our own thin client instead of an SDK:
 - retries on 429/5xx honour Retry-After (through `medmax_cli.http.HttpClient`);
 - a reply that the caller's parser rejects (malformed JSON, missing fields) is asked again with the
   next seed, then given up with a reason, never guessed;
-- every raw reply is cached on disk under sha256(model, prompt version, request), so a rerun or a
-  resumed run sends zero requests and gets byte-identical results;
-- the API key comes from the caller (the CLI reads MEDMAX_LLM_API_KEY or OPENAI_API_KEY) and is
-  never logged, cached or written into records;
+- every raw reply is cached on disk under sha256(endpoint URL, model, prompt version, request), so
+  a rerun or a resumed run sends zero requests and gets byte-identical results, and another
+  endpoint serving a model of the same name never gets this one's replies; an answer with no
+  reply in it (no choices, null content) is a failed request, never cached;
+- the API key comes from the caller and goes only to this client's endpoint (synthesize reads
+  MEDMAX_LLM_API_KEY or OPENAI_API_KEY; the judge reads MEDMAX_JUDGE_API_KEY only); it is never
+  logged, cached or written into records;
 - credentialed data (MIMIC-CXR) goes only where the egress policy (`medmax_cli.egress`) allows:
   loopback or hosts the user lists, after proxy resolution; the check runs where the request is
   sent (`HttpClient`), so every user of this client (synthesize, score's judge) inherits it. A
@@ -43,11 +46,25 @@ PER_ITEM_STATUSES = frozenset({400, 413, 422})  # this request is refused; the n
 
 
 class LLMError(RuntimeError):
-    """The endpoint cannot be used at all (unreachable after retries, 401/403/404): stop the run."""
+    """The endpoint cannot be used at all (unreachable after retries, 401/403/404): stop the run.
+
+    `status` is the HTTP status of the failed request (None: no answer, e.g. a timeout or a refused
+    connection, or a refusal by the egress policy), so a caller that tells one failed request from
+    an unusable endpoint (the judge) can."""
+
+    def __init__(self, message: str, *, status: int | None = None, transport: bool = False):
+        super().__init__(message)
+        self.status = status
+        self.transport = transport  # the request failed in flight (HTTP error, timeout, no answer)
 
 
 class ReplyRejected(ValueError):
     """One request failed for good (malformed reply after every attempt, or refused by the server)."""
+
+
+class NoReply(ReplyRejected):
+    """The server answered without a reply: no `choices`, an empty list, or `content` null.
+    A failed request, not a reply: never cached, so a rerun asks again."""
 
 
 class CredentialRefused(RecordError):
@@ -113,9 +130,10 @@ class ReplyCache:
         self.root = Path(root)
 
     @staticmethod
-    def key(model: str, prompt_version: str, request: Mapping[str, Any]) -> str:
+    def key(endpoint: str, model: str, prompt_version: str, request: Mapping[str, Any]) -> str:
+        """The entry of one request to one endpoint: another service (URL) never shares it."""
         material = orjson.dumps(
-            {"model": model, "prompt_version": prompt_version, "request": request},
+            {"endpoint": endpoint, "model": model, "prompt_version": prompt_version, "request": request},
             option=orjson.OPT_SORT_KEYS,
         )
         return hashlib.sha256(material).hexdigest()
@@ -208,7 +226,14 @@ class ChatClient:
         last = "no attempt"
         for attempt in range(max(1, self.settings.attempts)):
             body = self.request_body(messages, attempt)
-            raw = self._raw_reply(body, prompt_version, credential)
+            try:
+                raw = self._raw_reply(body, prompt_version, credential)
+            except NoReply as exc:  # not cached; the next attempt asks again
+                if attempt + 1 >= max(1, self.settings.attempts):
+                    raise
+                last = str(exc)
+                log.debug("no reply in the answer (attempt %d): %s", attempt + 1, last)
+                continue
             try:
                 return parse(raw)
             except ValueError as exc:
@@ -219,7 +244,7 @@ class ChatClient:
         raise ReplyRejected(f"llm reply malformed after {self.settings.attempts} attempts: {last}")
 
     def _raw_reply(self, body: dict[str, Any], prompt_version: str, credential: bool | None = None) -> str:
-        key = ReplyCache.key(self.settings.model, prompt_version, body)
+        key = ReplyCache.key(self.url, self.settings.model, prompt_version, body)
         if self.cache is not None:
             cached = self.cache.get(key)
             if cached is not None:
@@ -240,7 +265,7 @@ class ChatClient:
         except HttpError as exc:
             if exc.status in PER_ITEM_STATUSES:
                 raise ReplyRejected(f"llm request refused: HTTP {exc.status}") from None
-            raise LLMError(f"LLM endpoint failed: {exc}") from None
+            raise LLMError(f"LLM endpoint failed: {exc}", status=exc.status, transport=True) from None
         reply = _content_of(answer)
         if self.cache is not None:
             self.cache.put(key, reply, model=self.settings.model, prompt_version=prompt_version)
@@ -248,12 +273,18 @@ class ChatClient:
 
 
 def _content_of(answer: Any) -> str:
-    """choices[0].message.content of a chat-completions answer ("" when the server gave none)."""
+    """choices[0].message.content of a chat-completions answer. NoReply when there is none (no or
+    empty `choices`, no message, `content` null or not a string): that is a failed request, not a
+    reply, and must not be cached. An empty string is a reply (the model said nothing)."""
     try:
         content = answer["choices"][0]["message"]["content"]
     except (KeyError, IndexError, TypeError):
-        return ""  # cached like any reply; the parser rejects it with a reason
-    return content if isinstance(content, str) else ""
+        choices = answer.get("choices") if isinstance(answer, dict) else None
+        what = "no 'choices'" if choices is None else "empty 'choices'" if choices == [] else "no message"
+        raise NoReply(f"llm answer holds no reply ({what})") from None
+    if not isinstance(content, str):
+        raise NoReply(f"llm answer holds no reply (message content is {type(content).__name__})")
+    return content
 
 
 def strip_code_fence(text: str) -> str:

@@ -27,7 +27,9 @@ HELP = """Score predictions: one scored line per item on stdout, a Markdown tabl
 
 Closed and multiple-choice VQA use rules (--rules medmax reproduces MedMax exactly,
 --rules robust parses free-form answers); open VQA and visual chat need an
-OpenAI-compatible judge (--judge-url, --judge-model), verdicts cached in --judge-cache;
+OpenAI-compatible judge (--judge-url, --judge-model, key from MEDMAX_JUDGE_API_KEY only),
+verdicts cached in --judge-cache; a judge request that gets no reply is judge_error (never
+cached, asked again by the next run, exit status 1);
 captioning, image generation and interleaved images need BiomedCLIP (--clip-model DIR).
 See docs/score.md."""
 
@@ -146,21 +148,28 @@ def register(app: typer.Typer) -> None:
                     "retries": judge_retries if scorer.judge.protocol == "robust" else 0,
                 }
                 io.report.count("judge calls", scorer.judge.calls)
+                if scorer.judge.errors:
+                    io.report.count("judge errors", scorer.judge.errors)
             result = summ.summarise(
                 kept, seed=seed, n_boot=n_boot, cluster=cluster_by_image, provenance=provenance
             )
         _write_outputs(result, summary, report, quiet)
+        if result["macro"]["judge_errors"]:
+            raise fail(
+                f"{result['macro']['judge_errors']} judge requests got no reply (status judge_error, "
+                "summary complete: false); they are not cached: rerun to ask them again",
+                1,
+            )
 
     def _scorer(rules, judge_url, judge_model, judge_cache, judge_retries, clip_model, media):
-        from medmax_cli.score.judge import Judge, VerdictCache, openai_chat
+        from medmax_cli.score.judge import JUDGE_KEY_ENV, Judge, VerdictCache, openai_chat
         from medmax_cli.score.stage import Scorer
 
         judge = cache = None
         if judge_model:
             cache = VerdictCache(judge_cache or Path(".medmax-cache/judge"))
-            api_key = os.environ.get(
-                "MEDMAX_JUDGE_API_KEY"
-            )  # else the shared MEDMAX_LLM_API_KEY / OPENAI_API_KEY
+            # the judge's own key only: another service's key never goes to the judge host
+            api_key = os.environ.get(JUDGE_KEY_ENV) or None
             chat = openai_chat(judge_url, judge_model, api_key=api_key) if judge_url else None
             judge = Judge(chat, model=judge_model, cache=cache, retries=judge_retries, protocol=rules)
         encoder = None

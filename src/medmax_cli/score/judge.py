@@ -7,7 +7,15 @@ for the two scores); one call per item, and a reply MedMax could not score is `d
 counted, never re-asked. `robust`: our own prompts and a strict parser; a verdict that does not
 parse is asked again (with a reminder of the format) up to `retries` times, then `judge_failed`.
 Temperature 0 (and seed 0) are always sent, no `max_tokens` (a verdict is never cut). Verdicts
-are cached keyed by (judge model, prompt version, item id, prompt hash): a rerun is offline.
+are cached keyed by (judge endpoint, judge model, prompt version, item id, prompt hash): a rerun
+is offline.
+
+A judge that fails is neither protocol's verdict: a request that gets no reply (transport error,
+timeout, an HTTP error status, 400 included, an answer with no choices or null content) makes
+the item `judge_error`: never cached, asked again by the next run. MedMax's own scorer crashes
+there (`response.choices[0].message.content` then `'Correctness: 1' in None` / `None.strip()`),
+so no MedMax number exists for such an item, and none is made up here. A refused key (401/403)
+or a missing endpoint (404) stops the run (every item would fail the same way).
 """
 
 from __future__ import annotations
@@ -39,6 +47,15 @@ class JudgeError(RuntimeError):
 
 class NotCached(JudgeError):
     """Offline (no endpoint) and the verdict is not in the cache: the item stays unscored."""
+
+
+class JudgeFailure(RuntimeError):
+    """One judge request failed (no reply): the item is `judge_error`, never cached."""
+
+
+JUDGE_KEY_ENV = "MEDMAX_JUDGE_API_KEY"
+FATAL_STATUSES = frozenset({401, 403, 404})  # the endpoint or the key is wrong: every item would fail
+DOWN_AFTER = 8  # consecutive failed requests after which the judge is taken as down for this run
 
 
 # --------------------------------------------------------------------------- prompts
@@ -229,35 +246,63 @@ def parse_pair(text: str) -> tuple[float, float] | None:
 # --------------------------------------------------------------------------- cache
 
 
+def endpoint_id(url: str | None) -> str:
+    """What the cache keeps of the judge's URL: its sha256 (a URL may carry a secret)."""
+    return hashlib.sha256((url or "").encode()).hexdigest()
+
+
 class VerdictCache:
-    """Good verdicts on disk (one JSONL file, append-only), keyed by model, prompt version, item."""
+    """Verdicts on disk (one JSONL file, append-only), keyed by endpoint, model, prompt version,
+    item and prompt. Only replies are kept (verdicts and MedMax drops), never a failed request."""
 
     def __init__(self, directory: str | Path):
         self.path = Path(directory) / "verdicts.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._entries: dict[str, dict[str, Any]] = {}
+        self._by_request: dict[str, dict[str, dict[str, Any]]] = {}  # request key -> endpoint -> entry
         if self.path.exists():
             for line in self.path.read_bytes().splitlines():
                 try:
                     entry = orjson.loads(line)
                 except orjson.JSONDecodeError:
                     continue  # a line cut by a killed run: that verdict is asked again
-                self._entries[entry["key"]] = entry
+                if isinstance(entry, dict) and isinstance(entry.get("request"), str):
+                    self._add(entry)  # entries of older versions (no endpoint) are asked again
         self._handle = open(self.path, "ab")
         self._lock = threading.Lock()
 
     @staticmethod
-    def key(model: str, prompt_version: str, item_id: str, messages: Messages) -> str:
+    def request_key(model: str, prompt_version: str, item_id: str, messages: Messages) -> str:
         prompt_hash = hashlib.sha256(orjson.dumps(messages)).hexdigest()
         return hashlib.sha256(f"{model}\0{prompt_version}\0{item_id}\0{prompt_hash}".encode()).hexdigest()
+
+    @staticmethod
+    def key(endpoint: str, request_key: str) -> str:
+        """The entry of one request to one judge endpoint (`endpoint_id`)."""
+        return hashlib.sha256(f"{endpoint}\0{request_key}".encode()).hexdigest()
+
+    def _add(self, entry: dict[str, Any]) -> None:
+        self._entries[entry["key"]] = entry
+        self._by_request.setdefault(entry["request"], {})[str(entry.get("endpoint"))] = entry
 
     def get(self, key: str) -> dict[str, Any] | None:
         return self._entries.get(key)
 
+    def get_any(self, request_key: str) -> dict[str, Any] | None:
+        """Offline (no endpoint given): the verdict when one endpoint gave it; NotCached when
+        several did (which one the user means is theirs to say, with --judge-url)."""
+        found = self._by_request.get(request_key) or {}
+        if len(found) > 1:
+            raise NotCached(
+                f"verdicts from {len(found)} judge endpoints are cached for this item; "
+                "pass --judge-url to say which one to use"
+            )
+        return next(iter(found.values()), None)
+
     def put(self, key: str, entry: dict[str, Any]) -> None:
         entry = {"key": key, **entry}
         with self._lock:  # one writer at a time: judge calls run on a thread pool
-            self._entries[key] = entry
+            self._add(entry)
             self._handle.write(orjson.dumps(entry) + b"\n")
             self._handle.flush()
 
@@ -274,13 +319,19 @@ class VerdictCache:
 @dataclass
 class Verdict:
     score: float | None  # 1/0 for correctness, s2/s1 for the relative score; None when unparseable
-    status: str  # "ok" | "judge_failed" (robust, after retries) | "dropped" (medmax: MedMax skips it)
-    raw: str  # the last reply
+    # "ok" | "judge_failed" (robust, after retries) | "dropped" (medmax: MedMax skips it)
+    # | "judge_error" (a request got no reply: never cached, asked again by the next run)
+    status: str
+    raw: str  # the last reply ("" for judge_error)
     attempts: int  # calls made (0 when cached)
     cached: bool
+    error: str | None = None  # judge_error: why the request failed
 
     def as_dict(self) -> dict[str, Any]:
-        return {"raw": self.raw, "attempts": self.attempts, "cached": self.cached}
+        out: dict[str, Any] = {"raw": self.raw, "attempts": self.attempts, "cached": self.cached}
+        if self.error is not None:
+            out["error"] = self.error
+        return out
 
 
 PROTOCOLS = ("medmax", "robust")
@@ -297,6 +348,7 @@ class Judge:
         cache: VerdictCache | None = None,
         retries: int = 2,
         protocol: str = "robust",
+        endpoint: str | None = None,
     ):
         if protocol not in PROTOCOLS:
             raise ValueError(f"judge protocol must be one of {', '.join(PROTOCOLS)}; got {protocol!r}")
@@ -305,9 +357,14 @@ class Judge:
         self.cache = cache
         self.retries = retries
         self.protocol = protocol
+        # the endpoint is part of the cache key (openai_chat names its URL); offline: any one endpoint
+        self.endpoint = endpoint if endpoint is not None else getattr(chat, "endpoint", None)
         self.calls = 0
         self.failed = 0
         self.dropped = 0
+        self.errors = 0  # requests that got no reply (judge_error items)
+        self._streak = 0  # consecutive failed requests
+        self._down: str | None = None  # why the judge is taken as down for the rest of this run
         self._lock = threading.Lock()
 
     @property
@@ -352,18 +409,17 @@ class Judge:
     def _medmax(
         self, item_id: str, version: str, messages: Messages, parse: Callable[[str], float | None]
     ) -> Verdict:
-        """One call, as MedMax: a reply it could not score is dropped (cached too, so a rerun agrees)."""
-        key = VerdictCache.key(self.model, version, item_id, messages)
-        if self.cache is not None and (hit := self.cache.get(key)) is not None:
+        """One call, as MedMax: a reply it could not score is dropped (cached too, so a rerun agrees);
+        a request that got no reply is judge_error (not cached: MedMax has no number for it)."""
+        request, key, hit = self._lookup(item_id, version, messages)
+        if hit is not None:
             if hit.get("status") == "dropped":
                 with self._lock:
                     self.dropped += 1
             return Verdict(hit["score"], hit.get("status", "ok"), hit["raw"], 0, True)
-        if self.chat is None:
-            raise NotCached(f"item {item_id!r}: verdict not in the judge cache and no --judge-url")
-        with self._lock:
-            self.calls += 1
-        raw = self.chat(messages)
+        raw = self._call(messages)
+        if not isinstance(raw, str):
+            return raw  # the judge_error verdict
         value = parse(raw)
         score = None if value is None else float(value)
         status = "ok" if score is not None else "dropped"
@@ -371,10 +427,58 @@ class Judge:
             log.info("judge reply for %s is one MedMax drops: %.80r", item_id, raw)
             with self._lock:
                 self.dropped += 1
-        if self.cache is not None:
-            entry = {"model": self.model, "prompt": version, "item": item_id, "score": score, "raw": raw}
-            self.cache.put(key, {**entry, "status": status})
+        self._store(key, request, version, item_id, score, raw, status)
         return Verdict(score, status, raw, 1, False)
+
+    def _lookup(
+        self, item_id: str, version: str, messages: Messages
+    ) -> tuple[str, str, dict[str, Any] | None]:
+        """(request key, entry key, cached entry or None); NotCached when offline and not cached."""
+        request = VerdictCache.request_key(self.model, version, item_id, messages)
+        key = VerdictCache.key(endpoint_id(self.endpoint), request)
+        hit = None
+        if self.cache is not None:
+            hit = self.cache.get(key) if self.chat is not None else self.cache.get_any(request)
+        if hit is None and self.chat is None:
+            raise NotCached(f"item {item_id!r}: verdict not in the judge cache and no --judge-url")
+        return request, key, hit
+
+    def _store(
+        self, key: str, request: str, version: str, item_id: str, score: float | None, raw: str, status: str
+    ) -> None:
+        if self.cache is None:
+            return
+        entry = {"endpoint": endpoint_id(self.endpoint), "request": request, "model": self.model}
+        entry.update(prompt=version, item=item_id, score=score, raw=raw, status=status)
+        self.cache.put(key, entry)
+
+    def _call(self, messages: Messages) -> str | Verdict:
+        """The reply, or a judge_error Verdict when the request got none (counted; a judge that
+        failed DOWN_AFTER times in a row is not asked again this run: its items are judge_error)."""
+        assert self.chat is not None
+        with self._lock:
+            down = self._down
+            if down is None:
+                self.calls += 1
+        if down is not None:
+            return self._error(f"not asked: {down}", 0)
+        try:
+            raw = self.chat(messages)
+        except JudgeFailure as exc:
+            with self._lock:
+                self._streak += 1
+                if self._streak >= DOWN_AFTER and self._down is None:
+                    self._down = f"the judge failed {self._streak} requests in a row (last: {exc})"
+                    log.warning("judge: %s; the remaining items are judge_error", self._down)
+            return self._error(str(exc), 1)
+        with self._lock:
+            self._streak = 0
+        return raw
+
+    def _error(self, why: str, attempts: int) -> Verdict:
+        with self._lock:
+            self.errors += 1
+        return Verdict(None, "judge_error", "", attempts, False, error=why)
 
     def _ask(
         self,
@@ -384,24 +488,19 @@ class Judge:
         reminder: str,
         parse: Callable[[str], float | None],
     ) -> Verdict:
-        key = VerdictCache.key(self.model, version, item_id, messages)
-        if self.cache is not None and (hit := self.cache.get(key)) is not None:
+        request, key, hit = self._lookup(item_id, version, messages)
+        if hit is not None:
             return Verdict(hit["score"], "ok", hit["raw"], 0, True)
-        if self.chat is None:
-            raise NotCached(f"item {item_id!r}: verdict not in the judge cache and no --judge-url")
         conversation = list(messages)
         raw = ""
         for attempt in range(1, self.retries + 2):
-            with self._lock:
-                self.calls += 1
-            raw = self.chat(conversation)
+            reply = self._call(conversation)
+            if not isinstance(reply, str):  # no reply: judge_error, whatever came before
+                return Verdict(None, "judge_error", raw, attempt, False, error=reply.error)
+            raw = reply
             score = parse(raw)
             if score is not None:
-                if self.cache is not None:
-                    self.cache.put(
-                        key,
-                        {"model": self.model, "prompt": version, "item": item_id, "score": score, "raw": raw},
-                    )
+                self._store(key, request, version, item_id, score, raw, "ok")
                 return Verdict(score, "ok", raw, attempt, False)
             log.info("judge reply for %s did not parse (attempt %d): %.80r", item_id, attempt, raw)
             conversation = [
@@ -419,7 +518,13 @@ def _maybe_float(value: int | None) -> float | None:
 
 
 def openai_chat(
-    url: str, model: str, *, api_key: str | None = None, timeout: float = 120.0, max_tokens: int | None = None
+    url: str,
+    model: str,
+    *,
+    api_key: str | None = None,
+    timeout: float = 120.0,
+    max_tokens: int | None = None,
+    http: Any = None,
 ) -> ChatFn:
     """A ChatFn for an OpenAI-compatible endpoint (`.../v1` or `.../chat/completions`), temperature 0.
 
@@ -427,6 +532,9 @@ def openai_chat(
     Retry-After); the malformed-reply retries and the cache are the judge's own (they need the
     reminder turn and the item key), so the client gets one attempt per call and no cache.
     `max_tokens` is not sent by default (MedMax sent none): a long reply never loses its verdict.
+    `api_key` is the judge's own (the CLI reads MEDMAX_JUDGE_API_KEY): no other service's key is
+    ever looked up. A request that gets no reply raises JudgeFailure; a refused key or a missing
+    endpoint (401/403/404), JudgeError. The function's `endpoint` attribute is the URL it posts to.
     """
     from medmax_cli import llm
 
@@ -440,14 +548,24 @@ def openai_chat(
         attempts=1,
         timeout=timeout,
     )
-    client = llm.ChatClient(settings, api_key=api_key or llm.api_key_from_env(), cache=None)
+    client = llm.ChatClient(settings, api_key=api_key, cache=None, http=http)  # http: tests
 
     def chat(messages: Messages) -> str:
         try:
             return client.ask(messages, prompt_version="judge", parse=str)
-        except llm.ReplyRejected as exc:  # this request refused (HTTP 400/413/422): an unparseable verdict
-            return f"<no reply: {exc}>"
+        except llm.ReplyRejected as exc:  # refused (HTTP 400/413/422) or no reply in the answer
+            raise JudgeFailure(str(exc)) from None
         except llm.LLMError as exc:
+            if exc.status in (401, 403):
+                have = "was sent" if api_key else "was not set"
+                raise JudgeError(
+                    f"{exc}: the judge endpoint refused the request; its key comes from "
+                    f"{JUDGE_KEY_ENV} only ({have}; the judge never uses MEDMAX_LLM_API_KEY or "
+                    "OPENAI_API_KEY)"
+                ) from None
+            if exc.transport and exc.status not in FATAL_STATUSES:
+                raise JudgeFailure(str(exc)) from None  # timeout, 5xx after retries, no answer
             raise JudgeError(str(exc)) from None
 
+    chat.endpoint = client.url  # type: ignore[attr-defined]  # part of the verdict cache key
     return chat

@@ -9,6 +9,9 @@ answer, the per-domain visual-chat score), where status is
 - "unscored": nothing could score it (an open item with no judge, a similarity item with
   no CLIP model or no image): score null, it lowers coverage;
 - "judge_failed": the judge's verdict did not parse after retries (robust): score null, reported;
+- "judge_error": a judge request got no reply (transport error, timeout, HTTP error status,
+  no choices, null content): score null, never cached, asked again by the next run; the
+  summary counts it apart and is not complete while any remain (MedMax has no number for it);
 - "dropped": a judge reply MedMax's parser cannot score (medmax): score null, out of the mean
   as MedMax keeps it out, counted, and 0 in the summary's all-items figure;
 - "unparsed": robust rules found no clear answer and no judge was asked: score null, counted;
@@ -383,6 +386,10 @@ def _apply_verdict(verdict: Verdict, line: dict[str, Any]) -> None:
     line.pop("reason", None)
     if verdict.status == "judge_failed":
         line.update(status="judge_failed", reason="judge verdict did not parse after retries")
+    elif verdict.status == "judge_error":
+        line.update(
+            status="judge_error", reason=f"judge request failed: {verdict.error} (not cached; a rerun asks again)"
+        )
     elif verdict.status == "dropped":
         line.update(status="dropped", reason="judge reply MedMax's parser cannot score (MedMax drops it)")
 

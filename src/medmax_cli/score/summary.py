@@ -101,12 +101,16 @@ def summarise(
             "missing": statuses.get("missing", 0),
             "unscored": statuses.get("unscored", 0),
             "judge_failed": statuses.get("judge_failed", 0),
+            "judge_error": statuses.get("judge_error", 0),
             "dropped": statuses.get("dropped", 0),
             "unparsed": statuses.get("unparsed", 0),
             "rejected": statuses.get("rejected", 0),
             "mean": _r(mean),
-            # every item, those with no score (dropped, unparsed, unscored, ...) counted as 0
-            "mean_all_items": _r(sum(values) / len(items)) if items else None,
+            # every item, those with no score (dropped, unparsed, unscored, ...) counted as 0; none
+            # while a judge request failed (a failure is no answer, right or wrong)
+            "mean_all_items": _r(sum(values) / len(items))
+            if items and not statuses.get("judge_error")
+            else None,
             "stderr": _r(se),
             "ci95": _ci(percentile_ci(reps[name]) if name in reps else None),
             "seed": seed_t,
@@ -118,11 +122,15 @@ def summarise(
     macro["unscored_tasks"] = [
         t for t in VQA_TASKS if t in tasks and t not in reps
     ]  # present, nothing scored
+    # judge requests that got no reply, in any task (the 12 and the others): rerun to ask again
+    macro["judge_errors"] = sum(t["judge_error"] for t in tasks.values())
     # complete: every item of the 12 tasks has a score, or is one MedMax itself drops (a judge
-    # reply it cannot parse), which its own number leaves out as the mean here does
+    # reply it cannot parse), which its own number leaves out as the mean here does; and no judge
+    # request anywhere failed
     macro["complete"] = (
         not macro["missing_tasks"]
         and not macro["unscored_tasks"]
+        and not macro["judge_errors"]
         and all(tasks[t]["scored"] + tasks[t]["dropped"] == tasks[t]["n"] for t in present)
     )
     by_type = {
@@ -209,6 +217,7 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
             + "."
         )
     for key, why in (
+        ("judge_error", "judge requests that got no reply, not cached: rerun to ask them again"),
         ("dropped", "judge replies MedMax's parser cannot score, left out of the mean as MedMax does"),
         ("unparsed", "no clear answer under --rules robust (no judge asked), left out of the mean"),
         ("rejected", "predictions rejected as bad records (see the rejects file)"),
