@@ -388,7 +388,8 @@ def _apply_verdict(verdict: Verdict, line: dict[str, Any]) -> None:
         line.update(status="judge_failed", reason="judge verdict did not parse after retries")
     elif verdict.status == "judge_error":
         line.update(
-            status="judge_error", reason=f"judge request failed: {verdict.error} (not cached; a rerun asks again)"
+            status="judge_error",
+            reason=f"judge request failed: {verdict.error} (not cached; a rerun asks again)",
         )
     elif verdict.status == "dropped":
         line.update(status="dropped", reason="judge reply MedMax's parser cannot score (MedMax drops it)")
