@@ -11,8 +11,9 @@
 # Environment: MODEL (model dir; default: a tiny demo model built in $OUT/model), ADAPTER (a
 # finetune run or adapter dir), EVAL (MedMax eval parquet file/dir, or a JSONL of source records;
 # default: the bundled sample; EVAL_IMAGES when its images are not beside it), OUT, RULES (medmax|robust), SEED, JUDGE_URL + JUDGE_MODEL (open
-# questions), CLIP_MODEL, MEDMAX_MEDIA (default $OUT/media), LONG_TOKENS and MM_OUT_TOKENS (the
-# captioning / visual chat and mm_out budgets, default MedMax's 4096 and 1024).
+# questions), CLIP_MODEL, MEDMAX_MEDIA (default $OUT/media), LONG_TOKENS (the captioning / visual
+# chat budget, default MedMax's 4096) and MM_OUT_TOKENS (mm_out's budget per text run, default
+# MedMax's 1024; images never count against it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
@@ -48,8 +49,10 @@ medmax synthesize "$OUT/eval-sources.jsonl" --tasks vqa,captioning,image_generat
     --no-dedup --near-dup-bits -1 --seed "$SEED" \
   | medmax tokenize-images --model "$MODEL" -o "$OUT/instances.jsonl"
 
-# 4. generate with MedMax's budgets (evaluation/*.py): closed and multiple choice 1 token, open 60,
-#    captioning and visual chat 4096, mm_out 1024, image generation one image. Under --rules medmax
+# 4. generate with MedMax's budgets (evaluation/*.py; docs/generate.md cites each line): closed and
+#    multiple choice 1 token, open 60, captioning and visual chat 4096, image generation one image,
+#    mm_out 1024 per text run (max_gen_len starts afresh after each image, and an image block
+#    always has room: Anole's rule, so mm_out draws its images). Under --rules medmax
 #    image generation is MedMax's first 100 prompts per source (meta.eval_index < 100); the items
 #    left out are listed in $OUT/excluded.jsonl and are not expected by the scorer.
 PARTS="$OUT/parts"
@@ -78,15 +81,17 @@ for line in src.read_text(encoding="utf-8").splitlines():
 for f in out.values():
     f.close()
 PY
-gen() {  # gen PART BUDGET: generate one part (an empty part gives an empty file)
-  medmax generate "${gen_args[@]}" ${2:+--max-new-tokens "$2"} --seed "$SEED" \
-    -o "$PARTS/pred.$1.jsonl" < "$PARTS/$1.jsonl"
+gen() {  # gen PART [FLAGS...]: generate one part (an empty part gives an empty file)
+  local part="$1"
+  shift
+  medmax generate "${gen_args[@]}" "$@" --seed "$SEED" \
+    -o "$PARTS/pred.$part.jsonl" < "$PARTS/$part.jsonl"
 }
-gen short 1
-gen open 60
-gen long "${LONG_TOKENS:-4096}"
-gen image ""
-gen mm_out "${MM_OUT_TOKENS:-1024}"
+gen short --max-new-tokens 1
+gen open --max-new-tokens 60
+gen long --max-new-tokens "${LONG_TOKENS:-4096}"
+gen image
+gen mm_out --text-run-tokens "${MM_OUT_TOKENS:-1024}"
 cat "$PARTS"/pred.{short,open,long,image,mm_out}.jsonl > "$OUT/predictions.jsonl"
 cp "$PARTS/expected.jsonl" "$OUT/expected.jsonl"
 if [[ -s "$PARTS/excluded.jsonl" ]]; then

@@ -53,7 +53,14 @@ def register(app: typer.Typer) -> None:
         max_new_tokens: int = typer.Option(
             None,
             "--max-new-tokens",
-            help="New-token budget per record [the preset's: up to the context; medmax-eval VQA 1 or 60].",
+            help="New-token budget per record, image blocks included [the preset's: up to the context; "
+            "medmax-eval VQA 1 or 60]. For MedMax's per-text-run budget use --text-run-tokens.",
+        ),
+        text_run_tokens: int = typer.Option(
+            None,
+            "--text-run-tokens",
+            help="Most tokens per text run, afresh after each image (MedMax's and Anole's max_gen_len); "
+            "an image block never counts against it [medmax-eval interleaved 1024, else none].",
         ),
         min_new_tokens: int = typer.Option(0, "--min-new-tokens", help="Suppress EOS until N new tokens."),
         seed: int = typer.Option(0, "--seed", help="Sampling seed (same seed, same output)."),
@@ -103,6 +110,7 @@ def register(app: typer.Typer) -> None:
             mode=mode,
             preset=preset,
             max_new_tokens=max_new_tokens,
+            text_segment=text_run_tokens,
             min_new_tokens=min_new_tokens,
             seed=seed,
             batch_size=batch_size,

@@ -67,11 +67,14 @@ SAMPLING_FIELDS = (
 
 
 def eval_budget(record: Mapping[str, Any], mode: str) -> tuple[int | None, int | None]:
-    """(max_new_tokens, text_segment) MedMax's evaluation scripts use for this item.
+    """(max_new_tokens, text_segment) MedMax's evaluation scripts use for this item (docs/generate.md
+    cites each line, Hritikbansal/medmax at 20b7055).
 
     evaluation/vqa.py `run_vqa_eval`: closed and multiple choice 1 token, open 60; image_text.py
     `run_image_captioning_eval` and visual_chat.py `run_visual_chat_eval`: 4096 (the whole context);
-    mm_out.py `run_mm_out_eval`: 1024 per text run, images allowed; image generation draws one image.
+    mm_out.py `run_mm_out_eval`: 1024 per text run, images allowed (the record's budget is the
+    context, so an image block always has room while Anole's BOI rule allows one); image generation
+    draws one image.
     """
     if mode == "interleaved":
         return None, MEDMAX_INTERLEAVED_SEGMENT
@@ -95,6 +98,7 @@ class GenerateConfig:
     mode: str = "auto"  # auto | text | image | interleaved (auto: from the instance's task)
     preset: str | None = None  # anole | medmax-eval | None: per record (see default_preset)
     max_new_tokens: int | None = None  # None: the preset's budget (see Settings.max_new_tokens)
+    text_segment: int | None = None  # most tokens per text run (None: the preset's; --text-run-tokens)
     min_new_tokens: int = 0  # EOS suppressed until this many new tokens (0: Anole and MedMax)
     seed: int = 0  # same seed + same input = same output (per-record seeds derive from it and the id)
     batch_size: int = 8  # records decoded together (left-padded)
@@ -118,6 +122,8 @@ class GenerateConfig:
             raise ValueError(f"--prompt-format must be one of {', '.join(PROMPT_FORMATS)}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ValueError("--max-new-tokens must be at least 1")
+        if self.text_segment is not None and self.text_segment < 1:
+            raise ValueError("--text-run-tokens must be at least 1")
         if self.min_new_tokens < 0:
             raise ValueError("--min-new-tokens must be >= 0")
         if self.batch_size < 1:
@@ -135,6 +141,8 @@ class GenerateConfig:
         max_new, segment = (None, ANOLE_SEGMENT) if preset == "anole" else eval_budget(record, mode)
         if self.max_new_tokens is not None:
             max_new = self.max_new_tokens
+        if self.text_segment is not None:
+            segment = self.text_segment
         return replace(
             base,
             max_new_tokens=max_new,
