@@ -58,6 +58,9 @@ if os.environ.get("GPU_DRY_RUN") != "1":  # the heavy imports (~30 s on a busy C
     import torch, webdataset, transformers, peft, accelerate
     print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else "")
     print("transformers", transformers.__version__, "peft", peft.__version__, "webdataset", webdataset.__version__)
+    try:  # the carried [clip] wheels: the gpu-tests step runs the open_clip test with them
+        import open_clip; print("open_clip", open_clip.__version__)
+    except Exception as exc: print("open_clip unavailable (its gpu test will skip):", exc)
 print("imports ok: orjson", orjson.__version__, "medmax_cli", medmax_cli.__file__)
 EOF
   echo "env check rc=$?"

@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu.sh"
@@ -21,8 +22,22 @@ WHEELS = ROOT / "gpu-wheels"
 DEVICE = set(
     """accelerate click filelock fsspec h11 httpcore httpx huggingface-hub idna jinja2 lxml markdown matplotlib
     numpy packaging peft pillow protobuf pyarrow pytest pytest-timeout pyyaml regex requests rich safetensors
-    setuptools shellingham tensorboard tokenizers torch tqdm transformers typer typing-extensions urllib3""".split()
+    setuptools shellingham tensorboard timm tokenizers torch torchvision tqdm transformers typer
+    typing-extensions urllib3""".split()
 )
+
+
+# The device's interpreter, for a requirement's environment marker: CPython 3.12.3 on Linux x86-64.
+DEVICE_MARKERS = {
+    "python_version": "3.12",
+    "python_full_version": "3.12.3",
+    "implementation_name": "cpython",
+    "platform_python_implementation": "CPython",
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "platform_machine": "x86_64",
+    "os_name": "posix",
+}
 
 
 def norm(name: str) -> str:
@@ -105,5 +120,35 @@ def test_carried_wheels_install_on_cpython_312():
                 if line.startswith("Requires-Dist:") and "extra ==" not in line
             ]
         for req in requires:
-            dep = norm(re.split(r"[<>=!~\[; (]", req, maxsplit=1)[0])
+            parsed = Requirement(req)
+            if parsed.marker is not None and not parsed.marker.evaluate(DEVICE_MARKERS):
+                continue  # not for the device's Python (e.g. wcwidth's backport for Python < 3.2)
+            dep = norm(parsed.name)
             assert dep in DEVICE or dep in names, (wheel.name, dep)
+
+
+def test_the_open_clip_test_runs_in_the_gpu_step():
+    """The open_clip similarity test is skipped on the CPU machines (no PyPI CPU torchvision for our
+    CPU torch) and marked `gpu`, so gpu.sh's `-m gpu` step runs it where the carried wheels give it
+    open_clip: the wheel script carries open_clip_torch and its dependencies the device lacks, and
+    never a torchvision (the image's 0.26 is torch 2.11's; a carried one would shadow it)."""
+    import ast
+    import tomllib
+
+    source = (ROOT / "tests" / "test_score_similarity.py").read_text()
+    test = next(
+        node
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.FunctionDef) and node.name == "test_open_clip_tiny_random_model"
+    )
+    marks = {ast.unparse(d) for d in test.decorator_list}
+    assert "pytest.mark.gpu" in marks
+    assert re.search(r'"gpu-tests \d+ \$PY -m pytest[^"]* -m gpu tests', SCRIPT.read_text())
+    pinned = {
+        norm(n)
+        for n in re.findall(r"([A-Za-z0-9_.-]+)==[0-9]", (ROOT / "bench" / "gpu-wheels.sh").read_text())
+    }
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["clip"]
+    clip = {norm(re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0]) for d in extra}
+    assert clip <= pinned and {"ftfy", "wcwidth"} <= pinned
+    assert "torchvision" not in pinned and "torch" not in pinned
