@@ -275,3 +275,11 @@ def test_score_command_exits_1_while_judge_errors_remain(tmp_path, medmax):
         assert second.returncode == 0, second.stderr
         assert all(orjson.loads(x)["status"] != "judge_error" for x in second.stdout.splitlines())
         assert orjson.loads((tmp_path / "s.json").read_bytes())["macro"]["judge_errors"] == 0
+
+
+def test_a_chat_function_returning_none_is_a_failure_not_a_drop():
+    """A library caller's ChatFn that hands back None (a null content it passed through) is no
+    reply: judge_error, not MedMax's drop of an unparseable reply."""
+    judge = Judge(lambda messages: None, model="j", protocol="medmax")
+    (line,) = score_records([vqa("a", "vqa_rad_open", "liver", "liver")], scorer=Scorer(judge=judge))
+    assert line["status"] == "judge_error" and "NoneType" in line["judge"]["error"]

@@ -418,8 +418,8 @@ class Judge:
                     self.dropped += 1
             return Verdict(hit["score"], hit.get("status", "ok"), hit["raw"], 0, True)
         raw = self._call(messages)
-        if not isinstance(raw, str):
-            return raw  # the judge_error verdict
+        if isinstance(raw, Verdict):
+            return raw  # judge_error
         value = parse(raw)
         score = None if value is None else float(value)
         status = "ok" if score is not None else "dropped"
@@ -471,6 +471,8 @@ class Judge:
                     self._down = f"the judge failed {self._streak} requests in a row (last: {exc})"
                     log.warning("judge: %s; the remaining items are judge_error", self._down)
             return self._error(str(exc), 1)
+        if not isinstance(raw, str):  # a ChatFn that returned no text (None): no reply either
+            return self._error(f"the judge returned no text ({type(raw).__name__})", 1)
         with self._lock:
             self._streak = 0
         return raw
@@ -495,7 +497,7 @@ class Judge:
         raw = ""
         for attempt in range(1, self.retries + 2):
             reply = self._call(conversation)
-            if not isinstance(reply, str):  # no reply: judge_error, whatever came before
+            if isinstance(reply, Verdict):  # no reply: judge_error, whatever came before
                 return Verdict(None, "judge_error", raw, attempt, False, error=reply.error)
             raw = reply
             score = parse(raw)
