@@ -283,3 +283,13 @@ def test_a_chat_function_returning_none_is_a_failure_not_a_drop():
     judge = Judge(lambda messages: None, model="j", protocol="medmax")
     (line,) = score_records([vqa("a", "vqa_rad_open", "liver", "liver")], scorer=Scorer(judge=judge))
     assert line["status"] == "judge_error" and "NoneType" in line["judge"]["error"]
+
+
+def test_compare_counts_pairs_left_out_for_a_judge_error():
+    from medmax_cli.score.compare import compare, markdown_compare
+
+    a = [{"id": "x", "eval_task": "vqa_rad_open", "score": 1.0, "status": "scored"}]
+    b = [{"id": "x", "eval_task": "vqa_rad_open", "score": None, "status": "judge_error"}]
+    result = compare(a, b, n_boot=10)
+    assert result["counts"]["judge_error_in_either"] == 1
+    assert "judge_error" in markdown_compare(result)

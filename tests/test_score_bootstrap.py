@@ -126,7 +126,7 @@ def test_paired_compare():
     assert t["ci95"][0] > 0  # a strict improvement on paired items: the CI excludes 0
     assert result["tasks"]["pmc_vqa"]["diff"] == 0.0
     assert result["macro"]["diff"] == pytest.approx(gain / 3, abs=1e-6)
-    assert result["counts"] == {"only_a": 0, "only_b": 0, "unscored_in_either": 0}
+    assert result["counts"] == {"only_a": 0, "only_b": 0, "unscored_in_either": 0, "judge_error_in_either": 0}
 
 
 def test_compare_refuses_duplicate_ids():

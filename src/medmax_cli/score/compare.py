@@ -35,7 +35,7 @@ def compare(
 ) -> dict[str, Any]:
     a, b = _by_id(lines_a, "A"), _by_id(lines_b, "B")
     pairs: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
-    only_a = only_b = unscored = 0
+    only_a = only_b = unscored = judge_errors = 0
     for rid, x in a.items():
         y = b.get(rid)
         if y is None:
@@ -43,6 +43,7 @@ def compare(
             continue
         if x["score"] is None or y["score"] is None:
             unscored += 1
+            judge_errors += "judge_error" in (x.get("status"), y.get("status"))
             continue
         pairs[str(x["eval_task"])].append(
             (float(x["score"]), float(y["score"]), str(x.get("cluster") or rid))
@@ -79,7 +80,13 @@ def compare(
         "seed": seed,
         "n_boot": n_boot,
         "cluster": "image" if cluster else None,
-        "counts": {"only_a": only_a, "only_b": only_b, "unscored_in_either": unscored},
+        # judge_error_in_either: pairs left out because a judge request failed (rerun that side)
+        "counts": {
+            "only_a": only_a,
+            "only_b": only_b,
+            "unscored_in_either": unscored,
+            "judge_error_in_either": judge_errors,
+        },
         "macro": macro,
         "tasks": tasks,
     }
@@ -113,4 +120,7 @@ def markdown_compare(result: Mapping[str, Any]) -> str:
         f"| **VQA average** ({macro['n_tasks']}/12) | | | | {pct(macro['diff'])} | "
         f"{'-' if ci is None else f'{pct(ci[0])} to {pct(ci[1])}'} |"
     )
+    failed = result["counts"].get("judge_error_in_either")
+    if failed:
+        rows += ["", f"Left out: {failed} pairs with a judge_error on a side (rerun its score to ask again)."]
     return "\n".join(rows) + "\n"
