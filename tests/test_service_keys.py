@@ -47,6 +47,7 @@ def test_judge_never_borrows_the_llm_keys(tmp_path, medmax):
         result = medmax(*_judge_args(spy.url, tmp_path / "c1"), input=DATA, env=env, check=False)
         assert result.returncode == 0, result.stderr
         assert _auth(spy) == [None]  # no judge key: no Authorization header at all
+        assert b"no MEDMAX_JUDGE_API_KEY" in result.stderr  # says why, naming the judge's variable
         env = {**LLM_KEYS, "MEDMAX_JUDGE_API_KEY": "sk-judge-secret"}
         result = medmax(*_judge_args(spy.url, tmp_path / "c2"), input=DATA, env=env, check=False)
         assert result.returncode == 0, result.stderr

@@ -162,6 +162,7 @@ def register(app: typer.Typer) -> None:
             )
 
     def _scorer(rules, judge_url, judge_model, judge_cache, judge_retries, clip_model, media):
+        from medmax_cli.llm import API_KEY_ENV
         from medmax_cli.score.judge import JUDGE_KEY_ENV, Judge, VerdictCache, openai_chat
         from medmax_cli.score.stage import Scorer
 
@@ -170,6 +171,12 @@ def register(app: typer.Typer) -> None:
             cache = VerdictCache(judge_cache or Path(".medmax-cache/judge"))
             # the judge's own key only: another service's key never goes to the judge host
             api_key = os.environ.get(JUDGE_KEY_ENV) or None
+            if judge_url and api_key is None and any(os.environ.get(k) for k in API_KEY_ENV):
+                typer.echo(  # those who relied on the old fallback learn why the judge gets no key
+                    f"medmax score: note: no {JUDGE_KEY_ENV}: the judge is sent no key "
+                    f"({' / '.join(API_KEY_ENV)} belong to the synthesis LLM and are never sent to the judge)",
+                    err=True,
+                )
             chat = openai_chat(judge_url, judge_model, api_key=api_key) if judge_url else None
             judge = Judge(chat, model=judge_model, cache=cache, retries=judge_retries, protocol=rules)
         encoder = None
