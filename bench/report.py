@@ -40,7 +40,12 @@ SUMMARY = [
     ("fetch", "crawl", "token bucket vs sleep-per-request limiter (both near 20 req/s on loopback)", False),
     ("synthesize", "stage", "whole stage: builders + filters + decontamination", False),
     ("synthesize", "near-dup search alone", "near-duplicate search alone, as many hashes as records", False),
-    ("synthesize", "near-dup queries", "near-duplicate queries against a large index", False),
+    (
+        "synthesize",
+        "near-dup queries",
+        "near-duplicate queries, index already filled (--scale-hashes)",
+        False,
+    ),
     ("vision", "JPEG -> codes", "JPEG -> codes, tiny VQ, CPU", False),
     ("vision", "encoder only", "encoder only, batch 32", False),
     ("pack", "naive (MedMax-style)", "MedMax-style vs ours, realistic texts", False),
@@ -226,15 +231,15 @@ def check(docs: dict[str, dict], quoted: dict[tuple[str, str], Quoted]) -> Check
 def render_summary(docs: dict[str, dict], previous: dict[tuple[str, str], Quoted]) -> str:
     """The summary table (wall, CPU, and the figure the docs held before this run) and its header."""
     rows = [
-        "| bench | comparison | work | wall | CPU time | docs before this run (wall) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| bench | comparison | work | wall | CPU time | run, 1-min load | docs before this run (wall) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     dates, commits, loads = [], set(), []
     for bench, prefix, what, share in SUMMARY:
         doc = docs.get(bench)
         c = next((c for c in (doc or {}).get("comparisons", []) if c["label"].startswith(prefix)), None)
         if doc is None or c is None:
-            rows.append(f"| {bench} | {what} | | not measured | | |")
+            rows.append(f"| {bench} | {what} | | not measured | | | |")
             continue
         dates.append(doc["date"])
         commits.add(doc["commit"])
@@ -250,8 +255,9 @@ def render_summary(docs: dict[str, dict], previous: dict[tuple[str, str], Quoted
         else:
             old = str(before.wall)
         cpu = fmt(c["ratio_cpu"]) if c.get("ratio_cpu") else ""
+        run = f"{doc['date'][:16].replace('T', ' ')}, {doc.get('loadavg_start', ['?'])[0]}"
         rows.append(
-            f"| {bench} | {what} | {_rate(c['work'])} {c['unit']} | {fmt(c['ratio'])} | {cpu} | {old} |"
+            f"| {bench} | {what} | {_rate(c['work'])} {c['unit']} | {fmt(c['ratio'])} | {cpu} | {run} | {old} |"
         )
     loads = [x for x in loads if isinstance(x, (int, float))]
     when = f"{min(dates)} to {max(dates)}" if dates else "no run"

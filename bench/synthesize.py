@@ -12,7 +12,7 @@ Three measurements, naive and ours interleaved (ABAB, see _harness.py):
 2. the near-duplicate search alone (hashes/s), on the same 20k hashes;
 3. near-duplicate queries against an index already holding --scale-hashes hashes (300,000 by
    default, a fifth of MedMax's 1.47M instances): what the index is for. At 20k hashes the naive
-   O(n) scan per query is as cheap as the index's probes, and the builders take ~85% of the stage
+   O(n) scan per query is as cheap as the index's probes, and the builders take over 80% of the stage
    (a cProfile of both sides), so 1 and 2 stay near 1x; the naive scan grows with the corpus;
 4. pHash speed (images/s) on real 256x256 images, the one-off cost per distinct image.
 pHashes of the synthetic records are planted in the hasher's cache (5% near copies within 1-2
