@@ -401,3 +401,20 @@ def test_labels_never_go_through_mathtext(tmp_path):
     tasks = {r"$\frac{$": {"n": 20, "scored": 20, "mean": 0.5, "ci95": [0.4, 0.6]}}
     page, _ = page_of(tmp_path, js(tmp_path / "run" / "summary.json", _summary(tasks, [])))
     assert r"$\frac{$" in page and "evaluation-0.png" in page and 'id="notes"' not in page
+
+
+@pytest.mark.parametrize("flag", [True, "true", "yes", 1])
+def test_a_credential_flag_of_any_truthy_spelling_hides_the_content(tmp_path, flag):
+    media = MediaStore(tmp_path / "media")
+    row = {**instance("x", media.put(png(8, 8)), text="MIMIC REPORT TEXT"), "credential": flag}
+    page, result = page_of(tmp_path, jsonl(tmp_path / "run" / "instances.jsonl", [row]), media=media)
+    assert "MIMIC REPORT TEXT" not in page and result["credentialed_hidden"] == 1
+    assert "1 of 1 instances (100.0%)" in page
+
+
+def test_many_long_task_names_keep_the_chart_bounded(tmp_path):
+    tasks = {f"{'t' * 70}{i}": {"n": 20, "scored": 20, "mean": 0.5, "ci95": [0.4, 0.6]} for i in range(500)}
+    page, _ = page_of(tmp_path, js(tmp_path / "run" / "summary.json", _summary(tasks, [])))
+    assert "The chart shows the first 40 of 500 tasks." in page
+    with Image.open(tmp_path / "report" / "evaluation-0.png") as image:
+        assert image.height < 2000 and image.width < 1000

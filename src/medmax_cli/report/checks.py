@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from medmax_cli.report.collect import is_credentialed
 from medmax_cli.score.tasks import CLOSED, MULTIPLE_CHOICE, VQA_TASKS, eval_task_of, question_type_of
 
 MIN_CI_N = 10
@@ -46,8 +47,12 @@ def shows_interval(task: dict[str, Any]) -> bool:
 def coverage_caveat(macro: dict[str, Any]) -> str:
     """'Macro average over 4 of 12 tasks (missing: ...; present but unscored: ...)' or the full claim."""
     n_tasks = macro.get("n_tasks")
-    missing = [str(t) for t in macro.get("missing_tasks") or []]
-    unscored = [str(t) for t in macro.get("unscored_tasks") or []]
+    missing = [
+        str(t) for t in macro.get("missing_tasks") or [] if isinstance(macro.get("missing_tasks"), list)
+    ]
+    unscored = [
+        str(t) for t in macro.get("unscored_tasks") or [] if isinstance(macro.get("unscored_tasks"), list)
+    ]
     text = f"Macro average over {n_tasks} of {len(VQA_TASKS)} tasks"
     details = []
     if missing:
@@ -113,7 +118,7 @@ def answers_by_task(records: Iterable[dict[str, Any]]) -> dict[str, TaskAnswers]
         task.n += 1
         task.answers[_answer(text)] += 1
         task.gold[_answer(str(record.get("answer", "")))] += 1
-        task.credential |= record.get("credential") is True
+        task.credential |= is_credentialed(record)
         if wrong_form(record, text, task.qtype):
             task.wrong_form += 1
             task.example_wrong = task.example_wrong or text[:40]

@@ -88,6 +88,7 @@ def classify(path: Path, files: RunFiles) -> None:
     if path.suffix == ".json":
         try:
             if path.stat().st_size > MAX_JSON_BYTES:
+                files.note(f"{path}: not read (over {MAX_JSON_BYTES} bytes: not a file medmax writes)")
                 return
             data = orjson.loads(path.read_bytes())
         except (OSError, orjson.JSONDecodeError) as exc:
@@ -129,9 +130,14 @@ def find_files(paths: list[Path]) -> RunFiles:
     files = RunFiles()
 
     def scan(folder: Path, depth: int) -> None:
+        try:
+            children = sorted(folder.iterdir())
+        except OSError as exc:
+            files.note(f"{folder}: not read ({exc.strerror or exc})")
+            return
         if (folder / "metrics.jsonl").is_file():
             files.runs.append(folder)
-        for child in sorted(folder.iterdir()):
+        for child in children:
             if child.name.startswith(".") or child.name == "media":
                 continue
             if child.is_dir():
@@ -205,6 +211,17 @@ def _text_of(turn: Any) -> str:
     )
 
 
+def is_credentialed(record: Any) -> bool:
+    """Whether a record's content is under a data-use agreement. Anything but an explicit no counts as
+    yes (`"true"`, 1, `"yes"`): a wrongly typed flag must not publish a credentialed record."""
+    if not isinstance(record, dict):
+        return False
+    value = record.get("credential")
+    if value is None or value is False or value == 0:
+        return False
+    return not (isinstance(value, str) and value.strip().lower() in ("", "false", "no", "0"))
+
+
 def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
@@ -229,7 +246,7 @@ def curation_stats(records: Iterable[dict[str, Any]]) -> Curation:
         cur.instances += 1
         cur.tasks[str(record.get("task", "?"))] += 1
         cur.source_license[(str(record.get("source", "?")), str(record.get("license", "?")))] += 1
-        cur.credential[record.get("credential") is True] += 1
+        cur.credential[is_credentialed(record)] += 1
         turns = record.get("turns") if isinstance(record.get("turns"), list) else []
         if record.get("task") == "captioning":
             answer = [t for t in turns if isinstance(t, dict) and t.get("role") == "assistant"]

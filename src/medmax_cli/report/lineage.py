@@ -42,7 +42,7 @@ class StageRun:
 
     @property
     def label(self) -> str:
-        output = self.setting("output")
+        output = self.setting("output", "out")
         return (
             f"{self.command}" + (f" -o {output[0]}" if output else " (to stdout)") + f" [{self.stats.name}]"
         )

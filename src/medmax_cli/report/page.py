@@ -32,6 +32,7 @@ from medmax_cli.report.collect import (
     RunFiles,
     curation_stats,
     find_files,
+    is_credentialed,
     iter_jsonl,
     read_json,
     read_jsonl,
@@ -120,7 +121,7 @@ def _thumb(copied: Copied | None, alt: str) -> str:
 
 
 def _is_credentialed(*records: Any) -> bool:
-    return any(isinstance(r, dict) and r.get("credential") is True for r in records)
+    return any(is_credentialed(r) for r in records)
 
 
 def _section(anchor: str, title: str, body: str) -> str:
@@ -496,6 +497,10 @@ def _summary_html(path: Path, index: int, files: RunFiles, out: Path) -> str:
             f'<p class="muted">No 95% interval for {esc(", ".join(small))}: under {checks.MIN_CI_N} scored items '
             "a bootstrap interval collapses or spans everything, so none is drawn.</p>"
         )
+    if len(tasks) > plots.MAX_BARS:
+        parts.append(
+            f'<p class="muted">The chart shows the first {plots.MAX_BARS} of {len(tasks)} tasks.</p>'
+        )
     parts.append(f'<div class="charts">{_img(chart, "per-task accuracy", out)}</div>')
     parts.append(_table(["task", "n", "scored", "mean", "95% CI"], rows, {1, 2, 3}))
     return "".join(parts)
@@ -505,7 +510,10 @@ def evaluation_section(inputs: ReportInputs, out: Path, images: ReportImages, li
     files = inputs.files
     parts = []
     for i, path in enumerate(files.summaries):
-        parts.append(_summary_html(path, i, files, out))
+        try:
+            parts.append(_summary_html(path, i, files, out))
+        except Exception as exc:  # noqa: BLE001 - one bad summary is a note, the rest still shows
+            files.note(f"{path}: not shown ({type(exc).__name__}: {exc})")
     warnings = []
     for path in files.predictions:
         answers = checks.answers_by_task(iter_jsonl(path, files.notes))
@@ -607,7 +615,10 @@ def header_html(prov: provenance.Provenance, inputs: ReportInputs) -> str:
     if inputs.include_credentialed:
         parts.append(f'<div class="banner" id="data-use">DATA-USE WARNING: {esc(DATA_USE_WARNING)}</div>')
     versions = ", ".join(f"{k} {v}" for k, v in prov.versions.items())
-    recorded = "; ".join(f"{v} ({', '.join(sorted(w))})" for v, w in sorted(prov.recorded_versions.items()))
+    recorded = "; ".join(
+        f"{v} ({', '.join(sorted(w)) if len(w) <= 3 else f'{len(w)} files'})"
+        for v, w in sorted(prov.recorded_versions.items())
+    )
     parts.append(
         f'<p class="muted">Made with {esc(versions)}.'
         + (f" medmax versions the inputs recorded: {esc(recorded)}." if recorded else "")

@@ -18,6 +18,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 NO_MATH = {"text.usetex": False, "text.parse_math": False}
+MAX_LABEL = 60  # characters of a label drawn; longer ones end in "..."
+MAX_BARS = 40  # rows of a per-task chart (a figure's height grows with them)
+
+
+def _label(value: Any) -> str:
+    text = " ".join(str(value).split())
+    return text if len(text) <= MAX_LABEL else text[: MAX_LABEL - 3] + "..."
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -63,9 +72,10 @@ def bar(
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 0.35 * len(items) + 1.2))
-    labels = [str(k) for k, _ in items][::-1]
-    ax.barh(labels, [v for _, v in items][::-1], color="#4a78b5")
-    ax.set_title(title)
+    labels = [_label(k) for k, _ in items][::-1]
+    ax.barh(range(len(labels)), [v for _, v in items][::-1], color="#4a78b5")
+    ax.set_yticks(range(len(labels)), labels)  # positions, not categories: equal labels stay apart
+    ax.set_title(_label(title))
     ax.set_xlabel(xlabel)
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, out, name)
@@ -142,15 +152,16 @@ def task_accuracy(
     ]
     if not rows:
         return None
+    rows = rows[:MAX_BARS][::-1]
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 0.4 * len(rows) + 1.2))
-    rows = rows[::-1]
-    names = [t for t, _ in rows]
+    names = [_label(t) for t, _ in rows]
     means = [float(v["mean"]) for _, v in rows]
     spans = [v["ci95"] if with_interval(v) else [m, m] for m, (_, v) in zip(means, rows, strict=True)]
     lows = [max(0.0, m - s[0]) for m, s in zip(means, spans, strict=True)]
     highs = [max(0.0, s[1] - m) for m, s in zip(means, spans, strict=True)]
-    ax.barh(names, means, xerr=[lows, highs], color="#4a78b5", capsize=3)
+    ax.barh(range(len(names)), means, xerr=[lows, highs], color="#4a78b5", capsize=3)
+    ax.set_yticks(range(len(names)), names)
     ax.set_xlim(0, 1)
     ax.set_xlabel("score (95% bootstrap CI where n allows)")
     ax.set_title("evaluation per task")

@@ -82,9 +82,14 @@ def collect(files: RunFiles, runs: list[StageRun]) -> Provenance:
         settings = manifest.get("settings") if isinstance(manifest.get("settings"), dict) else {}
         prov.settings.append((f"pack manifest {path.parent.name}/{path.name}", settings))
         fingerprint = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
-        described = {**settings, **({"model": settings.get("model")} if settings.get("model") else {})}
-        if not described.get("model") and fingerprint:
-            described["model"] = f"tokenizer {str(fingerprint.get('tokenizer'))[:16]}"
+        described = {"model": settings.get("model") or fingerprint.get("dir") or ""}
+        prints = [
+            f"{k.split('_')[0]} {fingerprint[k]}"
+            for k in ("tokenizer_fingerprint", "vq_fingerprint")
+            if fingerprint.get(k)
+        ]
+        if prints and described["model"]:
+            described["model"] = f"{described['model']} ({', '.join(prints)})"
         model(f"pack manifest {path.parent.name}", described)
         if _is_random(manifest, settings):
             prov.random_in.append(str(path))
