@@ -238,6 +238,7 @@ def test_degenerate_predictions_are_flagged(tmp_path):
     assert "vqa_rad_closed: one answer, &#x27;no&#x27;, for 10 of 10 items (100%)" in warn
     assert "the reference answer is that for 5 of them" in warn
     assert "pmc_vqa: 6 of 6 answers are not a letter or one of the options" in warn
+    assert "all tasks together: 6 of 22 answers" not in warn  # 6 of 22 wrong form is under half
     assert "pathmmu" not in warn  # varied letters: a real answer distribution
     tasks = checks.answers_by_task(rows[:10])
     assert tasks["vqa_rad_closed"].wrong_form == 0  # "no" is the right form for a yes/no question
@@ -418,3 +419,26 @@ def test_many_long_task_names_keep_the_chart_bounded(tmp_path):
     assert "The chart shows the first 40 of 500 tasks." in page
     with Image.open(tmp_path / "report" / "evaluation-0.png") as image:
         assert image.height < 2000 and image.width < 1000
+
+
+def test_one_answer_to_everything_is_flagged_even_with_few_items_per_task(tmp_path):
+    """12 items over 6 tasks (2 each, under the per-task minimum): 'no' to all, letters included."""
+    options = ["A: CT", "B: MRI", "C: X-ray", "D: PET"]
+    rows = []
+    for task in ["vqa_rad_closed", "slake_closed", "pathvqa_closed", "pmc_vqa", "omnimedvqa", "pathmmu"]:
+        mc = task in ("pmc_vqa", "omnimedvqa", "pathmmu")
+        for j in range(2):
+            rows.append(prediction(f"{task}{j}", task, "B" if mc else "yes", "No.", qtype="multiple_choice" if mc else
+                                   "closed", options=options if mc else None))  # fmt: skip
+    page, _ = page_of(tmp_path, jsonl(tmp_path / "run" / "predictions.jsonl", rows))
+    warn = page.split("Degenerate predictions")[1].split("</div>")[0]
+    assert "all tasks together: one answer, &#x27;no&#x27;, for 12 of 12 items (100%)" in warn
+    assert "all tasks together: 6 of 12 answers are not the form their questions ask for" in warn
+    assert "pmc_vqa:" not in warn  # 2 items: too few to say anything about one task
+
+
+def test_task_coverage_is_shown_beside_the_mean(tmp_path):
+    tasks = {"vqa_rad_open": {"n": 40, "scored": 30, "unscored": 10, "mean": 0.5, "mean_all_items": 0.375,
+                              "ci95": [0.3, 0.7]}}  # fmt: skip
+    page, _ = page_of(tmp_path, js(tmp_path / "run" / "summary.json", _summary(tasks, [])))
+    assert "<td>75% (unscored 10)</td>" in page and '<td class="n">0.375</td>' in page

@@ -75,6 +75,10 @@ def _options(record: dict[str, Any]) -> list[str]:
     return [str(o) for o in options] if isinstance(options, list) else []
 
 
+def form_checkable(record: dict[str, Any], qtype: str | None) -> bool:
+    return qtype == MULTIPLE_CHOICE or (qtype == CLOSED and _answer(str(record.get("answer", ""))) in YES_NO)
+
+
 def wrong_form(record: dict[str, Any], prediction: str, qtype: str | None) -> bool:
     answer = _answer(prediction)
     if qtype == MULTIPLE_CHOICE:
@@ -95,6 +99,7 @@ class TaskAnswers:
     answers: Counter = field(default_factory=Counter)
     gold: Counter = field(default_factory=Counter)
     wrong_form: int = 0
+    checkable: int = 0  # items whose form can be checked (multiple choice, or a yes/no reference)
     example_wrong: str = ""
     qtype: str | None = None
     credential: bool = False  # an item came from a credentialed source: its answer text is not printed
@@ -119,16 +124,36 @@ def answers_by_task(records: Iterable[dict[str, Any]]) -> dict[str, TaskAnswers]
         task.answers[_answer(text)] += 1
         task.gold[_answer(str(record.get("answer", "")))] += 1
         task.credential |= is_credentialed(record)
+        task.checkable += form_checkable(record, task.qtype)
         if wrong_form(record, text, task.qtype):
             task.wrong_form += 1
             task.example_wrong = task.example_wrong or text[:40]
     return tasks
 
 
+def merged(tasks: dict[str, TaskAnswers]) -> TaskAnswers:
+    """All tasks as one: a model that says "no" to everything is degenerate even where each task
+    has too few items to tell."""
+    total = TaskAnswers(qtype=None)
+    for t in tasks.values():
+        total.n += t.n
+        total.answers.update(t.answers)
+        total.gold.update(t.gold)
+        total.wrong_form += t.wrong_form
+        total.checkable += t.checkable
+        total.example_wrong = total.example_wrong or t.example_wrong
+        total.credential |= t.credential
+    return total
+
+
 def degenerate_warnings(tasks: dict[str, TaskAnswers], *, show_text: bool = True) -> list[str]:
-    """One line per task whose answers look degenerate (see the module docstring)."""
+    """One line per task whose answers look degenerate (see the module docstring), and one for all
+    tasks together where more than one task is present."""
+    named = sorted(tasks.items())
+    if len(tasks) > 1:
+        named.append(("all tasks together", merged(tasks)))
     out = []
-    for name, t in sorted(tasks.items()):
+    for name, t in named:
         if t.n < DEGENERATE_MIN_N:
             continue
         quiet = t.credential and not show_text
@@ -140,10 +165,13 @@ def degenerate_warnings(tasks: dict[str, TaskAnswers], *, show_text: bool = True
                 f"{name}: one answer, {shown}, for {count} of {t.n} items ({100 * count / t.n:.0f}%); "
                 f"the reference answer is that for {gold} of them"
             )
-        if t.wrong_form / t.n >= WRONG_FORM_SHARE:
-            form = "a letter or one of the options" if t.qtype == MULTIPLE_CHOICE else "yes or no"
+        if t.checkable >= DEGENERATE_MIN_N and t.wrong_form / t.checkable >= WRONG_FORM_SHARE:
+            if t.qtype == MULTIPLE_CHOICE:
+                form = "a letter or one of the options"
+            elif t.qtype == CLOSED:
+                form = "yes or no"
+            else:
+                form = "the form their questions ask for (a letter or option; yes or no)"
             example = "" if quiet else f", e.g. {t.example_wrong!r}"
-            out.append(
-                f"{name}: {t.wrong_form} of {t.n} answers are not {form}, the form its questions ask for{example}"
-            )
+            out.append(f"{name}: {t.wrong_form} of {t.checkable} answers are not {form}{example}")
     return out

@@ -476,12 +476,23 @@ def _summary_html(path: Path, index: int, files: RunFiles, out: Path) -> str:
     chart = plots.task_accuracy(tasks, out, f"evaluation-{index}.png", with_interval=checks.shows_interval)
     rows = []
     for name, t in tasks.items():
+        n, scored = t.get("n"), t.get("scored")
+        coverage = (
+            f"{100 * scored / n:.0f}%" if isinstance(n, int) and n > 0 and isinstance(scored, int) else ""
+        )
+        unscored = ", ".join(
+            f"{k} {t[k]}"
+            for k in ("missing", "unscored", "judge_failed", "dropped", "unparsed", "rejected")
+            if isinstance(t.get(k), int) and t[k]
+        )
         rows.append(
             [
                 name,
-                t.get("n"),
-                t.get("scored"),
+                n,
+                scored,
+                coverage + (f" ({unscored})" if unscored else ""),
                 _number(t.get("mean"), ".3f"),
+                _number(t.get("mean_all_items"), ".3f"),
                 checks.interval_text(t),
             ]
         )
@@ -502,7 +513,13 @@ def _summary_html(path: Path, index: int, files: RunFiles, out: Path) -> str:
             f'<p class="muted">The chart shows the first {plots.MAX_BARS} of {len(tasks)} tasks.</p>'
         )
     parts.append(f'<div class="charts">{_img(chart, "per-task accuracy", out)}</div>')
-    parts.append(_table(["task", "n", "scored", "mean", "95% CI"], rows, {1, 2, 3}))
+    parts.append(
+        _table(
+            ["task", "n", "scored", "coverage", "mean (scored)", "mean (all items, unscored as 0)", "95% CI"],
+            rows,
+            {1, 2, 4, 5},
+        )
+    )
     return "".join(parts)
 
 
