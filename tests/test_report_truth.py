@@ -442,3 +442,12 @@ def test_task_coverage_is_shown_beside_the_mean(tmp_path):
                               "ci95": [0.3, 0.7]}}  # fmt: skip
     page, _ = page_of(tmp_path, js(tmp_path / "run" / "summary.json", _summary(tasks, [])))
     assert "<td>75% (unscored 10)</td>" in page and '<td class="n">0.375</td>' in page
+
+
+def test_a_folder_of_only_unreadable_files_is_a_page_of_notes(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "summary.json").write_text('{"schema": "medmax-score-summary/1", "tasks": ')
+    (tmp_path / "run" / "scores.jsonl").write_text("not json at all\n")
+    page, result = page_of(tmp_path, tmp_path / "run")
+    assert "summary.json: not read (not valid JSON" in page and "scores.jsonl: not read" in page
+    assert result["notes"] == 2

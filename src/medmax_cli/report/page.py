@@ -60,6 +60,7 @@ td.text{white-space:pre-wrap}
 font-size:1.2rem;margin:.8rem 0}.warn{border:2px solid #b3261e;padding:.4rem .8rem;margin:.6rem 0}
 details{margin:.3rem 0}summary{cursor:pointer}
 """
+MAX_NOTES = 200  # notes listed on the page (the count says how many more)
 THUMB = 192  # the longer side of a gallery image on the page, in CSS pixels
 DATA_USE_WARNING = (
     "This report shows content of credentialed sources (records with credential: true, e.g. "
@@ -681,7 +682,7 @@ def build_report(
 ) -> dict[str, Any]:
     """Write OUT/index.html with its charts and images; returns what went into it."""
     files = find_files(paths)
-    if files.empty():
+    if files.empty() and not files.notes:  # only unreadable files: a page of notes says which and why
         raise FileNotFoundError(f"nothing medmax wrote was found in {', '.join(map(str, paths))}")
     out.mkdir(parents=True, exist_ok=True)
     inputs = ReportInputs(
@@ -711,9 +712,11 @@ def build_report(
         header = ""
     all_notes = files.notes + notes + [f"image not shown: {r}" for r in images.refused]
     inputs_list = "".join(f"<li><code>{esc(p)}</code></li>" for p in paths)
+    more = f"<li>... and {len(all_notes) - MAX_NOTES} more</li>" if len(all_notes) > MAX_NOTES else ""
     notes_html = (
         '<section id="notes"><h2>Notes: inputs not (fully) used</h2><ul>'
-        + "".join(f'<li class="bad">{esc(n)}</li>' for n in all_notes)
+        + "".join(f'<li class="bad">{esc(n)}</li>' for n in all_notes[:MAX_NOTES])
+        + more
         + "</ul></section>"
         if all_notes
         else ""
