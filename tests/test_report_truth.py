@@ -451,3 +451,21 @@ def test_a_folder_of_only_unreadable_files_is_a_page_of_notes(tmp_path):
     page, result = page_of(tmp_path, tmp_path / "run")
     assert "summary.json: not read (not valid JSON" in page and "scores.jsonl: not read" in page
     assert result["notes"] == 2
+
+
+def test_no_model_chosen_means_originals_only(tmp_path, monkeypatch):
+    """Without --model, MEDMAX_MODEL or medmax.toml the report decodes nothing (no random model's noise)."""
+    from typer.testing import CliRunner
+
+    from medmax_cli.cli import app
+
+    media = MediaStore(tmp_path / "media")
+    ref = {**media.put(png(8, 8)), "tokens": [1, 2, 3]}
+    run = jsonl(tmp_path / "run" / "instances.jsonl", [instance("a", ref)]).parent
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MEDMAX_MODEL", raising=False)
+    env = {"MEDMAX_MEDIA": str(tmp_path / "media"), "MEDMAX_STATS_DIR": ""}
+    result = CliRunner().invoke(app, ["report", str(run), "-o", str(tmp_path / "r")], env=env)
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert "no reconstruction: no model chosen (--model, MEDMAX_MODEL or medmax.toml)" in page

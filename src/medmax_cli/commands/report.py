@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -28,8 +29,8 @@ def register(app: typer.Typer) -> None:
         model: Path = typer.Option(
             None,
             "--model",
-            help="Model whose VQ decoder makes the reconstructions [env MEDMAX_MODEL, medmax.toml, else the "
-            "tiny demo model].",
+            help="Model whose VQ decoder makes the reconstructions [env MEDMAX_MODEL, medmax.toml; none "
+            "chosen: the gallery shows the originals only].",
         ),
         no_reconstructions: bool = typer.Option(
             False, "--no-reconstructions", help="Show the original images only (no decoder, no torch)."
@@ -49,7 +50,10 @@ def register(app: typer.Typer) -> None:
         from medmax_cli.report.page import build_report
 
         model_dir = None
-        if not no_reconstructions:
+        chosen = model is not None or os.environ.get("MEDMAX_MODEL") or Path("medmax.toml").is_file()
+        if (
+            not no_reconstructions and chosen
+        ):  # no model chosen: originals only, never a random decoder's noise
             from medmax_cli.commands.tokenize_images import resolve_model
 
             model_dir = resolve_model(model)

@@ -367,7 +367,7 @@ def _reconstruct(records: list[dict[str, Any]], inputs: ReportInputs) -> dict[st
     """id -> reason where no reconstruction could be made; fills images[i].decoded in place."""
     problems: dict[str, str] = {}
     if inputs.model_dir is None:
-        return {str(r.get("id")): "no --model given" for r in records}
+        return {str(r.get("id")): "no model chosen (--model, MEDMAX_MODEL or medmax.toml)" for r in records}
     if not any(ref.get("tokens") for r in records for ref in r.get("images") or []):
         return {str(r.get("id")): "images have no VQ tokens (run tokenize-images)" for r in records}
     from medmax_cli.records import RecordError
