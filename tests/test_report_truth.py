@@ -269,7 +269,7 @@ def test_gallery_shows_each_image_once(tmp_path):
 def test_header_versions_models_settings_and_random_banner(tmp_path):
     run = tmp_path / "run"
     settings = {"model": "models/anole-7b", "adapter": "runs/lora-1", "temperature": 0.0,
-                "llm_url": "http://user:pw@host/v1?api_key=SECRET"}  # fmt: skip
+                "llm_url": "http://user:pw@host/v1?api_key=SECRET", "judge_api_key": "sk-TOPSECRET"}  # fmt: skip
     jsonl(
         run / "predictions.jsonl",
         [prediction("p", "vqa_rad_closed", "yes", "yes", qtype="closed", settings=settings)],
@@ -280,7 +280,7 @@ def test_header_versions_models_settings_and_random_banner(tmp_path):
     for package in ("medmax", "torch", "transformers"):
         assert f"{package} " in header.split("Made with")[1].split("</p>")[0]
     assert "models/anole-7b" in header and "runs/lora-1" in header and "temperature" in header
-    assert "SECRET" not in page and "pw@" not in page
+    assert "SECRET" not in page and "pw@" not in page and "judge_api_key" in page
     assert "RANDOM MODEL" not in page and not result["random_model"]
     for where in ("manifest", "prediction", "config"):
         case = tmp_path / where

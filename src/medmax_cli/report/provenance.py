@@ -16,7 +16,7 @@ from importlib import metadata
 from typing import Any
 
 from medmax_cli import __version__
-from medmax_cli.egress import redact_text, redact_url
+from medmax_cli.egress import is_secret_param, redact_text, redact_url
 from medmax_cli.report.collect import RunFiles, iter_jsonl, read_json
 from medmax_cli.report.lineage import StageRun
 
@@ -134,5 +134,5 @@ def settings_rows(settings: dict[str, Any]) -> list[list[str]]:
         value = settings[key]
         if value is None or value == [] or value == {} or value == "":
             continue
-        rows.append([str(key), clean(value)])
+        rows.append([str(key), "***" if is_secret_param(str(key)) else clean(value)])
     return rows
