@@ -177,7 +177,13 @@ def test_contamination_table_and_generic_reason_maps(tmp_path):
     page, _ = page_of(tmp_path, _two_runs(tmp_path))
     assert "Contamination (synthesize --exclude)" in page
     table = page.split("Contamination (synthesize --exclude)")[1].split("</table>")[0]
-    assert "vqa_rad" in table and "exact image" in table and ">5<" in table and "same question" in table
+    assert (
+        "<th>eval source</th><th>exact image</th><th>near duplicate image</th><th>same question</th>" in table
+    )
+    assert (
+        '<tr><td>vqa_rad</td><td class="n">5</td><td class="n">0</td><td class="n">2</td><td class="n">7</td>'
+        in table
+    )
     assert lineage.flat_counts({"image not found": 3, "bad": {"a": 1, "b": 2}, "c": {"count": 4}}) == {
         "image not found": 3,
         "bad / a": 1,

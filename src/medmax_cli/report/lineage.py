@@ -191,7 +191,11 @@ def contamination(runs: list[StageRun]) -> list[ContaminationRow]:
         if not isinstance(table, list):
             continue
         for row in table:
-            if isinstance(row, dict) and isinstance(row.get("count"), int):
+            if (
+                isinstance(row, dict)
+                and isinstance(row.get("count"), int)
+                and not isinstance(row["count"], bool)
+            ):
                 rows.append(
                     ContaminationRow(
                         run.label, str(row.get("eval_source", "?")), str(row.get("match", "?")), row["count"]

@@ -296,15 +296,34 @@ def _reasons_html(files: RunFiles, runs: list[lineage.StageRun], corpus: Path | 
     return "".join(parts)
 
 
+MATCH_KINDS = ("exact_image", "near_duplicate_image", "same_question")
+
+
 def _contamination_html(runs: list[lineage.StageRun]) -> str:
+    """synthesize's contamination table, per run: eval source x match kind, instances dropped."""
     rows = lineage.contamination(runs)
     if not rows:
         return ""
-    return "<h3>Contamination (synthesize --exclude)</h3>" + _table(
-        ["run", "eval source", "match", "instances"],
-        [[r.run, r.eval_source, r.match.replace("_", " "), r.count] for r in rows],
-        {3},
-    )
+    parts = ["<h3>Contamination (synthesize --exclude)</h3>"]
+    for run in dict.fromkeys(r.run for r in rows):
+        mine = [r for r in rows if r.run == run]
+        kinds = list(MATCH_KINDS) + sorted({r.match for r in mine} - set(MATCH_KINDS))
+        counts: dict[str, Counter] = {}
+        for r in mine:
+            counts.setdefault(r.eval_source, Counter())[r.match] += r.count
+        table = [
+            [source] + [c.get(k, 0) for k in kinds] + [sum(c.values())]
+            for source, c in sorted(counts.items())
+        ]
+        parts.append(f"<p><b>{esc(run)}</b></p>")
+        parts.append(
+            _table(
+                ["eval source"] + [k.replace("_", " ") for k in kinds] + ["total"],
+                table,
+                set(range(1, len(kinds) + 2)),
+            )
+        )
+    return "".join(parts)
 
 
 def _turns_html(record: dict[str, Any]) -> str:
