@@ -5,6 +5,7 @@ formats the stages write; the report is built in-process, without a model (no re
 from __future__ import annotations
 
 import io
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -475,3 +476,21 @@ def test_no_model_chosen_means_originals_only(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     page = (tmp_path / "r" / "index.html").read_text()
     assert "no reconstruction: no model chosen (--model, MEDMAX_MODEL or medmax.toml)" in page
+
+
+def test_an_over_long_line_and_a_name_not_in_utf8_are_notes(tmp_path, monkeypatch):
+    import medmax_cli.report.collect as collect
+
+    monkeypatch.setattr(collect, "MAX_LINE_BYTES", 1024)
+    run = tmp_path / "run"
+    run.mkdir()
+    media = MediaStore(tmp_path / "media")
+    good = orjson.dumps(instance("good", media.put(png(8, 8)))) + b"\n"
+    (run / "instances.jsonl").write_bytes(
+        good + b'{"id": "' + b"x" * 5000 + b'"}\n' + good.replace(b"good", b"also")
+    )
+    (run / os.fsdecode(b"bad-\xff-name.json")).write_bytes(b"{not json")
+    page, result = page_of(tmp_path, run, media=media)
+    assert "instances.jsonl: 1 line(s) skipped, the first at line 2: not valid JSON (over 1024 bytes)" in page
+    assert "bad-?-name.json: not read" in page or "bad-\ufffd-name.json: not read" in page
+    assert "2 instances" in page

@@ -55,9 +55,31 @@ class RunFiles:
 MAX_JSON_BYTES = 64 * 1024 * 1024  # a summary, manifest or stats file is kilobytes; more is not ours
 
 
+MAX_LINE_BYTES = 64 * 1024 * 1024  # one record; a longer "line" (a file with no newlines) is not one
+
+
+def _lines(handle: Any) -> Iterator[bytes | None]:
+    """The file's lines, each read with a bound: a line over MAX_LINE_BYTES is skipped (None), never
+    held whole in memory."""
+    while True:
+        line = handle.readline(MAX_LINE_BYTES)
+        if not line:
+            return
+        if len(line) >= MAX_LINE_BYTES and not line.endswith(b"\n"):
+            while True:  # the rest of the over-long line, dropped chunk by chunk
+                rest = handle.readline(MAX_LINE_BYTES)
+                if not rest or rest.endswith(b"\n"):
+                    break
+            yield None
+            continue
+        yield line
+
+
 def _first_json_line(path: Path) -> Any:
     with open(path, "rb") as handle:
-        for line in handle:
+        for line in _lines(handle):
+            if line is None:
+                return None
             if line.strip():
                 try:
                     return orjson.loads(line)
@@ -151,6 +173,8 @@ def find_files(paths: list[Path]) -> RunFiles:
             scan(path, 0)
         elif path.is_file():
             classify(path, files)
+        elif path.exists():
+            raise FileNotFoundError(f"{path}: not a regular file or a folder")
         else:
             raise FileNotFoundError(f"{path}: no such file or folder")
     return files
@@ -164,12 +188,14 @@ def iter_jsonl(path: Path, notes: list[str] | None = None) -> Iterator[dict[str,
     bad, first_bad = 0, ""
     try:
         with open(path, "rb") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
+            for number, line in enumerate(_lines(handle), 1):
+                if line is not None and not line.strip():
                     continue
                 try:
+                    if line is None:
+                        raise ValueError(f"over {MAX_LINE_BYTES} bytes")
                     record = orjson.loads(line)
-                except orjson.JSONDecodeError as exc:
+                except ValueError as exc:  # orjson.JSONDecodeError is a ValueError
                     record, why = None, f"not valid JSON ({exc})"
                 else:
                     why = f"a JSON {type(record).__name__}, not an object"

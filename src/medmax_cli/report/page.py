@@ -762,7 +762,7 @@ def build_report(
         + "</body></html>\n"
     )
     tmp = out / f".{PAGE}.tmp"
-    tmp.write_text(page, encoding="utf-8")
+    tmp.write_text(page, encoding="utf-8", errors="replace")  # a file name not in UTF-8 is a "?", not a crash
     tmp.replace(out / PAGE)
     return {
         "page": str(out / PAGE),
