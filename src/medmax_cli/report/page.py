@@ -387,7 +387,7 @@ def _reconstruct(records: list[dict[str, Any]], inputs: ReportInputs) -> dict[st
     problems: dict[str, str] = {}
     if inputs.model_dir is None:
         return {str(r.get("id")): "no model chosen (--model, MEDMAX_MODEL or medmax.toml)" for r in records}
-    if not any(ref.get("tokens") for r in records for ref in r.get("images") or []):
+    if not any(isinstance(ref, dict) and ref.get("tokens") for r in records for ref in r.get("images") or []):
         return {str(r.get("id")): "images have no VQ tokens (run tokenize-images)" for r in records}
     from medmax_cli.records import RecordError
     from medmax_cli.streams import ErrorPolicy
@@ -451,7 +451,8 @@ def gallery_section(inputs: ReportInputs, out: Path, images: ReportImages) -> st
             if recon:
                 pair.append(
                     f"<figure>{_thumb(recon, 'VQ reconstruction')}<figcaption>VQ reconstruction "
-                    f"({len(ref.get('tokens') or [])} tokens)</figcaption></figure>"
+                    f"({len(tokens) if isinstance(tokens := ref.get('tokens'), list) else '?'} tokens)"
+                    "</figcaption></figure>"
                 )
             else:
                 why = problems.get(str(record.get("id")), "no tokens")
