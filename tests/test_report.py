@@ -82,6 +82,7 @@ def test_report_page_has_every_section_and_its_images_on_disk(report):
     assert "medmax tokenize-images" in page and "medmax synthesize" in page  # the stages table (stats files)
     assert "vqa_rad_closed" in page and "95% CI" in page and "img/" in page.split('id="evaluation"')[1]
     assert "Packed shards" in page and "medmax pack" in page
+    assert 'id="random-model">RANDOM MODEL' in page  # the tiny model's decoder made the reconstructions
     assert "<script" not in page
 
 

@@ -494,3 +494,17 @@ def test_an_over_long_line_and_a_name_not_in_utf8_are_notes(tmp_path, monkeypatc
     assert "instances.jsonl: 1 line(s) skipped, the first at line 2: not valid JSON (over 1024 bytes)" in page
     assert "bad-?-name.json: not read" in page or "bad-\ufffd-name.json: not read" in page
     assert "2 instances" in page
+
+
+@pytest.mark.parametrize(
+    "info, random", [({"format": "medmax-tiny"}, True), ({"random_weights": False}, False)]
+)
+def test_a_random_decoder_for_the_reconstructions_is_named_in_the_banner(tmp_path, info, random):
+    model = tmp_path / "model"
+    js(model / "medmax_model.json", info)
+    media = MediaStore(tmp_path / "media")
+    run = jsonl(tmp_path / "run" / "instances.jsonl", [instance("a", media.put(png(8, 8)))]).parent
+    build_report([run], tmp_path / "r", media=media, model_dir=model)
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert ("RANDOM MODEL" in page) is random
+    assert "this report&#x27;s VQ reconstructions" in page

@@ -726,7 +726,7 @@ def build_report(
         ),
     ]
     try:
-        header = header_html(provenance.collect(files, runs), inputs)
+        header = header_html(provenance.collect(files, runs, model_dir), inputs)
     except Exception as exc:  # noqa: BLE001
         notes.append(f"run header not made: {type(exc).__name__}: {exc}")
         header = ""

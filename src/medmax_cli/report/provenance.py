@@ -11,8 +11,10 @@ recorded (stats `version`, the score summary's provenance) are listed beside the
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from medmax_cli import __version__
@@ -49,6 +51,22 @@ def clean(value: Any) -> str:
     return redact_text(text)
 
 
+def decoder_is_random(model_dir: Path | None) -> bool:
+    """Whether the model the report decodes with is one medmax built with random weights: such a
+    directory carries medmax_model.json, without `"random_weights": false` (the rule of i25a's
+    model.load.model_is_random, kept here so the report does not load the model package)."""
+    if model_dir is None:
+        return False
+    info_file = Path(model_dir) / "medmax_model.json"
+    if not info_file.is_file():
+        return False
+    try:
+        info = json.loads(info_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return True
+    return not (isinstance(info, dict) and info.get("random_weights") is False)
+
+
 def _is_random(*objects: Any) -> bool:
     return any(isinstance(o, dict) and o.get("model_random") is True for o in objects)
 
@@ -58,8 +76,12 @@ def _model_of(settings: dict[str, Any]) -> tuple[str, str]:
     return clean(model) if model else "", clean(settings.get("adapter") or "")
 
 
-def collect(files: RunFiles, runs: list[StageRun]) -> Provenance:
+def collect(files: RunFiles, runs: list[StageRun], decoder: Path | None = None) -> Provenance:
     prov = Provenance(versions={"medmax": __version__, **{p: package_version(p) for p in PACKAGES}})
+    if decoder is not None:
+        prov.models.append(("this report's VQ reconstructions", clean(decoder), ""))
+        if decoder_is_random(decoder):
+            prov.random_in.append(f"{decoder} (the decoder of the gallery's reconstructions)")
 
     def version(value: Any, where: str) -> None:
         if isinstance(value, str) and value:
