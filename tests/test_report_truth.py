@@ -139,7 +139,9 @@ def _two_runs(tmp_path: Path) -> Path:
     reject = {"stage": "synthesize", "where": "sources.jsonl:3", "raw": {}}
     jsonl(run / "synth-rejects.jsonl", [{**reject, "reason": "image not found: a.png in /x"}] * 2)
     jsonl(
-        run / "decon-rejects.jsonl", [{**reject, "reason": "contaminated: shares an image with eval E1"}] * 7
+        run / "decon-rejects.jsonl",
+        [{**reject, "reason": "contaminated: shares an image with eval E1"}] * 7
+        + [{**reject, "class": "language not selected", "reason": "zh", "skipped": True}] * 4,
     )
     js(run / "stats" / "1.json", stats("medmax synthesize", output=str(run / "instances.jsonl"),
                                        rejects=str(run / "synth-rejects.jsonl")))  # fmt: skip
@@ -163,7 +165,8 @@ def test_rejects_are_counted_under_the_run_that_made_them(tmp_path):
     assert dict(by_source["synth-rejects.jsonl"].rejected) == {("synthesize", "image not found"): 2}
     decon = by_source["decon-rejects.jsonl"]
     assert decon.on_corpus_line is False and decon.rejected[("synthesize", "contaminated")] == 7
-    assert decon.skipped[("synthesize", "language not selected")] == 4
+    assert decon.skipped == {("synthesize", "language not selected"): 4}  # from the file, not counted twice
+    assert sum(decon.rejected.values()) == 7  # skips in the rejects file are not rejects
     page, _ = page_of(tmp_path, run)
     curation = page.split('id="curation"')[1].split('id="gallery"')[0]
     decon = curation.split("decon-rejects.jsonl")[0].rsplit("<p>", 1)[1]

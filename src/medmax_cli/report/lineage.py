@@ -142,17 +142,17 @@ def reason_groups(files: RunFiles, runs: list[StageRun], corpus: Path | None) ->
         on_line = None if corpus is None else run.stats in line
         group = ReasonGroup(run.label, on_line, run.stats.name)
         stage = str(run.data.get("stage") or run.command)
-        if owned:
+        if owned:  # the rejects file is the record (skips are in it too, marked "skipped": true)
             for path in owned:
                 claimed.add(path)
                 group.source = path.name
-                for entry in iter_jsonl(path, files.notes):
-                    group.rejected[(str(entry.get("stage", stage)), _entry_class(entry))] += 1
+                _count_entries(path, files, group, stage)
         else:
             for name, n in flat_counts(run.data.get("rejected")).items():
                 group.rejected[(stage, name)] += n
-        for name, n in flat_counts(run.data.get("skipped")).items():
-            group.skipped[(stage, name)] += n
+        if not group.skipped:  # a rejects file without the skips (or none): the stats file's skip map
+            for name, n in flat_counts(run.data.get("skipped")).items():
+                group.skipped[(stage, name)] += n
         if group.rejected or group.skipped:
             groups.append(group)
     for path in files.rejects:
@@ -161,11 +161,16 @@ def reason_groups(files: RunFiles, runs: list[StageRun], corpus: Path | None) ->
         group = ReasonGroup(
             f"rejects file {path.name} (no --stats file names it: run unknown)", None, path.name
         )
-        for entry in iter_jsonl(path, files.notes):
-            group.rejected[(str(entry.get("stage", "?")), _entry_class(entry))] += 1
-        if group.rejected:
+        _count_entries(path, files, group, "?")
+        if group.rejected or group.skipped:
             groups.append(group)
     return sorted(groups, key=lambda g: {True: 0, None: 1, False: 2}[g.on_corpus_line])
+
+
+def _count_entries(path: Path, files: RunFiles, group: ReasonGroup, stage: str) -> None:
+    for entry in iter_jsonl(path, files.notes):
+        key = (str(entry.get("stage", stage)), _entry_class(entry))
+        (group.skipped if entry.get("skipped") is True else group.rejected)[key] += 1
 
 
 def _entry_class(entry: dict[str, Any]) -> str:
