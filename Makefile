@@ -51,12 +51,14 @@ format: install
 	$(BIN)/ruff check --fix src tests bench examples
 
 # CPU benchmarks (each prints the naive baseline, ours and the ratio). train_gpu.py needs a GPU:
-# it runs with --quick here; `make bench-gpu` runs the full GPU set (bench/gpu.sh).
+# it runs with --quick here; `make bench-gpu` runs the full GPU set (bench/gpu.sh). The last step
+# rewrites docs/performance.md's generated sections and fails where a figure the docs quoted did not
+# reproduce within the spread they state (bench/report.py --check).
 CPU_BENCH := streams fetch synthesize vision pack loss generate score memory
 bench: install
 	@for b in $(CPU_BENCH); do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
 	$(BIN)/python bench/train_gpu.py --quick
-	$(BIN)/python bench/report.py --write
+	$(BIN)/python bench/report.py --check --write
 
 bench-quick: install
 	@for b in $(CPU_BENCH) train_gpu; do echo "== bench/$$b.py --quick"; $(BIN)/python bench/$$b.py --quick || exit 1; done

@@ -9,8 +9,12 @@ Three measurements, naive and ours interleaved (ABAB, see _harness.py):
    both must keep exactly the same instances and drop the same counts, and the planted overlaps must
    be caught: every instance of the 50 training records whose image is in the eval set (same pHash,
    other file) is dropped as contaminated, and the 5% near copies as near duplicates;
-2. the near-duplicate search alone (hashes/s);
-3. pHash speed (images/s) on real 256x256 images, the one-off cost per distinct image.
+2. the near-duplicate search alone (hashes/s), on the same 20k hashes;
+3. near-duplicate queries against an index already holding --scale-hashes hashes (300,000 by
+   default, a fifth of MedMax's 1.47M instances): what the index is for. At 20k hashes the naive
+   O(n) scan per query is as cheap as the index's probes, and the builders take over 80% of the stage
+   (a cProfile of both sides), so 1 and 2 stay near 1x; the naive scan grows with the corpus;
+4. pHash speed (images/s) on real 256x256 images, the one-off cost per distinct image.
 pHashes of the synthetic records are planted in the hasher's cache (5% near copies within 1-2
 bits), so 1 and 2 time the builders and filters, not image decoding.
 """
@@ -49,6 +53,11 @@ class NaiveNearDupIndex:
 
     def __len__(self) -> int:
         return len(self._values)
+
+    def fill(self, hashes: list[int]) -> None:
+        """Bulk load (setup for the at-scale queries, not timed)."""
+        self._hashes = np.array(hashes, dtype=np.uint64)
+        self._values = list(range(len(hashes)))
 
     def add(self, value_hash: int, value: Any) -> None:
         n = len(self._values)
@@ -184,6 +193,29 @@ def bench_index(hashes: list[int], index_class) -> Measured:
     return Measured(time.perf_counter() - start, new)
 
 
+def random_hashes(n: int, seed: int) -> list[int]:
+    rng = np.random.default_rng(seed)
+    return [
+        int(x) << 1 | int(b) for x, b in zip(rng.integers(0, 2**63, n), rng.integers(0, 2, n), strict=True)
+    ]
+
+
+def scale_indexes(stored: list[int]) -> tuple[NaiveNearDupIndex, NearDupIndex]:
+    naive = NaiveNearDupIndex(BITS)
+    naive.fill(stored)
+    ours: NearDupIndex = NearDupIndex(BITS)
+    for i, h in enumerate(stored):
+        ours.add(h, i)
+    return naive, ours
+
+
+def bench_queries(index: Any, queries: list[int]) -> Measured:
+    """Seconds to look up `queries` in a filled index, and what each found (payload, distance)."""
+    start = time.perf_counter()
+    found = [index.nearest(h) for h in queries]
+    return Measured(time.perf_counter() - start, found)
+
+
 def bench_phash(n: int, repeats: int) -> float:
     rng = np.random.default_rng(1)
     images = [
@@ -207,17 +239,30 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--eval", type=int, default=2_000, help="eval items to decontaminate against")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="5,000 records, 1 repeat")
+    parser.add_argument(
+        "--scale-hashes", type=int, default=300_000, help="hashes in the index for the at-scale queries"
+    )
+    parser.add_argument("--scale-queries", type=int, default=2_000, help="queries against that index")
+    parser.add_argument("--quick", action="store_true", help="5,000 records, 50,000 stored hashes, 1 repeat")
     args = parser.parse_args()
     if args.quick:
         args.records, args.eval, args.repeats = 5_000, 500, 1
+        args.scale_hashes, args.scale_queries = 50_000, 500
     records, hashes = make_records(args.records)
     rng = np.random.default_rng(2)
     eval_hashes = [int(x) for x in rng.integers(0, 2**63, args.eval)]
     eval_hashes[:50] = list(hashes.values())[:50]  # 50 planted eval images
 
     bench = Bench(
-        "synthesize", quick=args.quick, settings={"records": args.records, "eval": args.eval, "bits": BITS}
+        "synthesize",
+        quick=args.quick,
+        settings={
+            "records": args.records,
+            "eval": args.eval,
+            "bits": BITS,
+            "scale_hashes": args.scale_hashes,
+            "scale_queries": args.scale_queries,
+        },
     )
     print(
         f"synthesize bench: {args.records} records, {args.eval} eval items (50 planted), near-dup threshold "
@@ -264,6 +309,19 @@ def main() -> None:
         repeats=args.repeats,
         work=len(values),
         unit="hashes",
+    )
+    stored = random_hashes(args.scale_hashes, seed=3)
+    queries = random_hashes(args.scale_queries, seed=4)
+    for j in range(0, len(queries), 4):  # a quarter are near copies (1-2 bits off) of stored hashes
+        queries[j] = stored[(j * 7919) % len(stored)] ^ (1 << (j % 64)) ^ (1 << ((j * 13) % 64))
+    naive_index, our_index = scale_indexes(stored)
+    bench.compare(
+        f"near-dup queries, {args.scale_hashes:,} hashes stored",
+        naive=lambda: bench_queries(naive_index, queries),
+        ours=lambda: bench_queries(our_index, queries),
+        repeats=args.repeats,
+        work=len(queries),
+        unit="queries",
     )
     rate = bench_phash(200 if args.quick else 1000, args.repeats)
     bench.figure(

@@ -17,7 +17,7 @@ from PIL import Image
 from conftest import SAMPLE, run_medmax
 from score_helpers import vqa
 
-SECTIONS = ("stages", "curation", "gallery", "training", "evaluation")
+SECTIONS = ("run", "stages", "curation", "gallery", "training", "evaluation")
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +82,7 @@ def test_report_page_has_every_section_and_its_images_on_disk(report):
     assert "medmax tokenize-images" in page and "medmax synthesize" in page  # the stages table (stats files)
     assert "vqa_rad_closed" in page and "95% CI" in page and "img/" in page.split('id="evaluation"')[1]
     assert "Packed shards" in page and "medmax pack" in page
+    assert 'id="random-model">RANDOM MODEL' in page  # the tiny model's decoder made the reconstructions
     assert "<script" not in page
 
 
@@ -111,7 +112,14 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     check = check_page(report, screenshot=shot)
     assert check.problems(SECTIONS) == []
     assert len(check.images) >= 10 and all(i["naturalWidth"] > 0 for i in check.images)
-    assert check.sections == list(SECTIONS) and check.title == "medmax report"
+    # every image drawn at its natural aspect ratio (a flex row once stretched a 540x171 chart to 540x234)
+    for i in check.images:
+        assert i["width"] > 0 and i["height"] > 0, i
+        assert (
+            abs(i["width"] / i["height"] - i["naturalWidth"] / i["naturalHeight"])
+            < 0.02 * max(1, i["naturalWidth"] / i["naturalHeight"]) + 2 / i["height"]
+        ), i
+    assert [s for s in check.sections if s in SECTIONS] == list(SECTIONS) and check.title == "medmax report"
     with Image.open(shot) as image:
         assert image.width == 1200 and image.height > 900
     assert live_group_members(check.browser_pid) == []  # the browser and all its children are gone
@@ -125,9 +133,12 @@ def test_the_browser_check_catches_a_broken_page(tmp_path):
     page = tmp_path / "bad.html"
     page.write_text(
         '<!DOCTYPE html><html><head><title>t</title></head><body><section id="stages"></section>'
-        '<img src="missing.png"><script>console.error("boom")</script></body></html>'
+        '<img src="missing.png"><img src="wide.png" width="100" height="100">'
+        '<script>console.error("boom")</script></body></html>'
     )
+    Image.new("RGB", (200, 50), "red").save(tmp_path / "wide.png")
     problems = check_page(page).problems(SECTIONS)
     assert "image did not load: missing.png" in problems
+    assert any(p.startswith("image stretched: wide.png drawn 100x100") for p in problems)
     assert any("boom" in p for p in problems)
     assert "section missing: gallery" in problems

@@ -42,7 +42,8 @@ PROBE = """JSON.stringify({
   title: document.title,
   sections: Array.from(document.querySelectorAll('section[id]')).map(s => s.id),
   images: Array.from(document.images).map(i => ({src: i.getAttribute('src'), complete: i.complete,
-                                                 naturalWidth: i.naturalWidth})),
+                                                 naturalWidth: i.naturalWidth, naturalHeight: i.naturalHeight,
+                                                 width: i.width, height: i.height})),
   height: document.documentElement.scrollHeight
 })"""
 
@@ -76,9 +77,27 @@ class PageCheck:
     def broken_images(self) -> list[str]:
         return [str(i["src"]) for i in self.images if not i["complete"] or i["naturalWidth"] <= 0]
 
+    @property
+    def distorted_images(self) -> list[str]:
+        """Images drawn at another aspect ratio than their own (more than a pixel of rounding off)."""
+        out = []
+        for i in self.images:
+            nw, nh, w, h = (i.get(k) or 0 for k in ("naturalWidth", "naturalHeight", "width", "height"))
+            if (
+                nw > 0
+                and nh > 0
+                and w > 0
+                and h > 0
+                and abs(w - h * nw / nh) > 1.5
+                and abs(h - w * nh / nw) > 1.5
+            ):
+                out.append(f"{i['src']} drawn {w}x{h}, natural {nw}x{nh}")
+        return out
+
     def problems(self, required_sections: tuple[str, ...] = ()) -> list[str]:
         out = [f"console: {e}" for e in self.console_errors]
         out += [f"image did not load: {src}" for src in self.broken_images]
+        out += [f"image stretched: {d}" for d in self.distorted_images]
         out += [f"section missing: {s}" for s in required_sections if s not in self.sections]
         return out
 
@@ -288,7 +307,7 @@ def _stop(proc: subprocess.Popen) -> None:
         time.sleep(0.05)
 
 
-REQUIRED_SECTIONS = ("stages", "curation", "gallery", "training", "evaluation")
+REQUIRED_SECTIONS = ("run", "stages", "curation", "gallery", "training", "evaluation")
 
 
 def main(argv: list[str] | None = None) -> int:

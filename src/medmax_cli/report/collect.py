@@ -10,7 +10,11 @@ A run is whatever folders and files the user names: files are recognised by thei
 - `{"stage", "where", "reason", "raw"}` lines: a rejects file
 - JSON with `medmax_stats`: a `--stats` file; with `schema` medmax-score-summary: a score summary;
   with `shards` and `rows`: a pack manifest
-- a folder with `metrics.jsonl`: a training run
+- a folder with `metrics.jsonl`: a training run (its `config.json`, finetune's resolved config, is read too)
+
+A file that cannot be read (not JSON, a torn line, a record that is not an object) never fails the
+report: the readers here skip what they cannot use and leave a note, naming the file and the line,
+that the page shows.
 """
 
 from __future__ import annotations
@@ -38,14 +42,44 @@ class RunFiles:
     summaries: list[Path] = field(default_factory=list)
     manifests: list[Path] = field(default_factory=list)
     runs: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what could not be read, and why (shown on the page)
 
     def empty(self) -> bool:
-        return not any(vars(self).values())
+        return not any(v for k, v in vars(self).items() if k != "notes")
+
+    def note(self, message: str) -> None:
+        if message not in self.notes:
+            self.notes.append(message)
+
+
+MAX_JSON_BYTES = 64 * 1024 * 1024  # a summary, manifest or stats file is kilobytes; more is not ours
+
+
+MAX_LINE_BYTES = 64 * 1024 * 1024  # one record; a longer "line" (a file with no newlines) is not one
+
+
+def _lines(handle: Any) -> Iterator[bytes | None]:
+    """The file's lines, each read with a bound: a line over MAX_LINE_BYTES is skipped (None), never
+    held whole in memory."""
+    while True:
+        line = handle.readline(MAX_LINE_BYTES)
+        if not line:
+            return
+        if len(line) >= MAX_LINE_BYTES and not line.endswith(b"\n"):
+            while True:  # the rest of the over-long line, dropped chunk by chunk
+                rest = handle.readline(MAX_LINE_BYTES)
+                if not rest or rest.endswith(b"\n"):
+                    break
+            yield None
+            continue
+        yield line
 
 
 def _first_json_line(path: Path) -> Any:
     with open(path, "rb") as handle:
-        for line in handle:
+        for line in _lines(handle):
+            if line is None:
+                return None
             if line.strip():
                 try:
                     return orjson.loads(line)
@@ -54,12 +88,33 @@ def _first_json_line(path: Path) -> Any:
     return None
 
 
+def read_json(path: Path, notes: list[str] | None = None) -> dict[str, Any]:
+    """A small JSON object file, or {} with a note when it is not one (never an exception)."""
+    try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise ValueError(f"over {MAX_JSON_BYTES} bytes")
+        data = orjson.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        if notes is not None:
+            notes.append(f"{path}: not read ({exc})")
+        return {}
+    if not isinstance(data, dict):
+        if notes is not None:
+            notes.append(f"{path}: not read (a JSON {type(data).__name__}, not an object)")
+        return {}
+    return data
+
+
 def classify(path: Path, files: RunFiles) -> None:
     """Put one file in the right list (or none: a file the report does not read)."""
     if path.suffix == ".json":
         try:
+            if path.stat().st_size > MAX_JSON_BYTES:
+                files.note(f"{path}: not read (over {MAX_JSON_BYTES} bytes: not a file medmax writes)")
+                return
             data = orjson.loads(path.read_bytes())
-        except (OSError, orjson.JSONDecodeError):
+        except (OSError, orjson.JSONDecodeError) as exc:
+            files.note(f"{path}: not read (not valid JSON: {exc})")
             return
         if not isinstance(data, dict):
             return
@@ -72,8 +127,14 @@ def classify(path: Path, files: RunFiles) -> None:
         return
     if path.suffix != ".jsonl" or path.name == "metrics.jsonl":
         return
-    first = _first_json_line(path)
+    try:
+        first = _first_json_line(path)
+    except OSError as exc:
+        files.note(f"{path}: not read ({exc.strerror or exc})")
+        return
     if not isinstance(first, dict):
+        if first is not None or path.stat().st_size:
+            files.note(f"{path}: not read (its first line is not a JSON object)")
         return
     if {"stage", "reason", "raw"} <= first.keys():
         files.rejects.append(path)
@@ -91,9 +152,14 @@ def find_files(paths: list[Path]) -> RunFiles:
     files = RunFiles()
 
     def scan(folder: Path, depth: int) -> None:
+        try:
+            children = sorted(folder.iterdir())
+        except OSError as exc:
+            files.note(f"{folder}: not read ({exc.strerror or exc})")
+            return
         if (folder / "metrics.jsonl").is_file():
             files.runs.append(folder)
-        for child in sorted(folder.iterdir()):
+        for child in children:
             if child.name.startswith(".") or child.name == "media":
                 continue
             if child.is_dir():
@@ -107,21 +173,46 @@ def find_files(paths: list[Path]) -> RunFiles:
             scan(path, 0)
         elif path.is_file():
             classify(path, files)
+        elif path.exists():
+            raise FileNotFoundError(f"{path}: not a regular file or a folder")
         else:
             raise FileNotFoundError(f"{path}: no such file or folder")
     return files
 
 
-def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """Records one at a time: a corpus of millions of instances with their tokens never sits in memory."""
-    with open(path, "rb") as handle:
-        for line in handle:
-            if line.strip():
-                yield orjson.loads(line)
+def iter_jsonl(path: Path, notes: list[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Records one at a time: a corpus of millions of instances with their tokens never sits in memory.
+
+    A line that is not a JSON object is skipped; the first such line of a file leaves a note naming
+    the file, the line and how many were skipped, so a torn or foreign file still gives a report."""
+    bad, first_bad = 0, ""
+    try:
+        with open(path, "rb") as handle:
+            for number, line in enumerate(_lines(handle), 1):
+                if line is not None and not line.strip():
+                    continue
+                try:
+                    if line is None:
+                        raise ValueError(f"over {MAX_LINE_BYTES} bytes")
+                    record = orjson.loads(line)
+                except ValueError as exc:  # orjson.JSONDecodeError is a ValueError
+                    record, why = None, f"not valid JSON ({exc})"
+                else:
+                    why = f"a JSON {type(record).__name__}, not an object"
+                if isinstance(record, dict):
+                    yield record
+                    continue
+                bad += 1
+                first_bad = first_bad or f"line {number}: {why}"
+    except OSError as exc:
+        if notes is not None:
+            notes.append(f"{path}: reading stopped ({exc.strerror or exc})")
+    if bad and notes is not None:
+        notes.append(f"{path}: {bad} line(s) skipped, the first at {first_bad}")
 
 
-def read_jsonl(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
-    return list(islice(iter_jsonl(path), limit))
+def read_jsonl(path: Path, limit: int | None = None, notes: list[str] | None = None) -> list[dict[str, Any]]:
+    return list(islice(iter_jsonl(path, notes), limit))
 
 
 def _head(path: Path, size: int = 1_000_000) -> bytes:
@@ -138,10 +229,27 @@ def training_corpus(files: RunFiles) -> Path | None:
     return max(pool, key=lambda p: p.stat().st_size)
 
 
-def _text_of(turn: dict[str, Any]) -> str:
+def _text_of(turn: Any) -> str:
+    if not isinstance(turn, dict) or not isinstance(turn.get("content"), list):
+        return ""
     return " ".join(
-        part["text"] for part in turn.get("content") or [] if isinstance(part, dict) and "text" in part
+        str(part["text"]) for part in turn["content"] if isinstance(part, dict) and "text" in part
     )
+
+
+def is_credentialed(record: Any) -> bool:
+    """Whether a record's content is under a data-use agreement. Anything but an explicit no counts as
+    yes (`"true"`, 1, `"yes"`): a wrongly typed flag must not publish a credentialed record."""
+    if not isinstance(record, dict):
+        return False
+    value = record.get("credential")
+    if value is None or value is False or value == 0:
+        return False
+    return not (isinstance(value, str) and value.strip().lower() in ("", "false", "no", "0"))
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 @dataclass
@@ -157,40 +265,27 @@ class Curation:
 
 
 def curation_stats(records: Iterable[dict[str, Any]]) -> Curation:
+    """Counts only (no text, no image): safe to show whatever the records' credential."""
     cur = Curation()
     seen_images: set[str] = set()
     for record in records:
         cur.instances += 1
         cur.tasks[str(record.get("task", "?"))] += 1
         cur.source_license[(str(record.get("source", "?")), str(record.get("license", "?")))] += 1
-        cur.credential[bool(record.get("credential"))] += 1
+        cur.credential[is_credentialed(record)] += 1
+        turns = record.get("turns") if isinstance(record.get("turns"), list) else []
         if record.get("task") == "captioning":
-            answer = [t for t in record.get("turns") or [] if t.get("role") == "assistant"]
+            answer = [t for t in turns if isinstance(t, dict) and t.get("role") == "assistant"]
             if answer:
                 cur.caption_words.append(len(_text_of(answer[0]).split()))
-        for image in record.get("images") or []:
-            key = image.get("sha256") or image.get("path")
-            if key in seen_images or not image.get("width"):
+        images = record.get("images") if isinstance(record.get("images"), list) else []
+        for image in images:
+            if not isinstance(image, dict):
+                continue
+            key = str(image.get("sha256") or image.get("path"))
+            width, height = _int(image.get("width")), _int(image.get("height"))
+            if key in seen_images or width is None or height is None:
                 continue
             seen_images.add(key)
-            cur.image_sides.append((int(image["width"]), int(image["height"])))
+            cur.image_sides.append((width, height))
     return cur
-
-
-def reject_reasons(files: RunFiles) -> Counter:
-    """(stage, reason) -> n from every rejects file and, where no rejects file exists, the stats files."""
-    reasons: Counter = Counter()
-    stages_with_files: set[str] = set()
-    for path in files.rejects:
-        for entry in iter_jsonl(path):
-            stage = str(entry.get("stage", "?"))
-            stages_with_files.add(stage)
-            reason = str(entry.get("reason", "?")).split(":", 1)[0].split("(", 1)[0].strip()[:60]
-            reasons[(stage, reason or "error")] += 1
-    for path in files.stats:
-        data = orjson.loads(path.read_bytes())
-        if data.get("stage") in stages_with_files:
-            continue
-        for reason, n in (data.get("rejected") or {}).items():
-            reasons[(str(data.get("stage")), reason)] += n
-    return reasons

@@ -2,14 +2,32 @@
 
 Each returns the PNG's file name inside the report folder, or None when there is nothing to draw.
 Files are written under a temporary name and renamed, like every other output.
+
+Labels are data (task names, reasons, sources): every chart is drawn under NO_MATH, so a `$` in a
+label is a dollar sign, never matplotlib mathtext or LaTeX (a task named `$x^2$` prints as typed,
+and an unbalanced `$\\frac{` cannot fail the report).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+NO_MATH = {"text.usetex": False, "text.parse_math": False}
+MAX_LABEL = 60  # characters of a label drawn; longer ones end in "..."
+MAX_BARS = 40  # rows of a per-task chart (a figure's height grows with them)
+
+
+def _label(value: Any) -> str:
+    text = " ".join(str(value).split())
+    return text if len(text) <= MAX_LABEL else text[: MAX_LABEL - 3] + "..."
+
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _plt() -> Any:
@@ -19,6 +37,19 @@ def _plt() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def no_math(function: F) -> F:
+    """Run a chart function with mathtext and usetex off (text objects read these when made and drawn)."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import matplotlib
+
+        with matplotlib.rc_context(NO_MATH):
+            return function(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _save(fig: Any, out: Path, name: str) -> str:
@@ -31,6 +62,7 @@ def _save(fig: Any, out: Path, name: str) -> str:
     return name
 
 
+@no_math
 def bar(
     counts: Counter | dict[str, int], out: Path, name: str, *, title: str, xlabel: str = "count"
 ) -> str | None:
@@ -40,14 +72,16 @@ def bar(
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 0.35 * len(items) + 1.2))
-    labels = [str(k) for k, _ in items][::-1]
-    ax.barh(labels, [v for _, v in items][::-1], color="#4a78b5")
-    ax.set_title(title)
+    labels = [_label(k) for k, _ in items][::-1]
+    ax.barh(range(len(labels)), [v for _, v in items][::-1], color="#4a78b5")
+    ax.set_yticks(range(len(labels)), labels)  # positions, not categories: equal labels stay apart
+    ax.set_title(_label(title))
     ax.set_xlabel(xlabel)
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, out, name)
 
 
+@no_math
 def histogram(
     values: list[float], out: Path, name: str, *, title: str, xlabel: str, bins: int = 20
 ) -> str | None:
@@ -63,6 +97,7 @@ def histogram(
     return _save(fig, out, name)
 
 
+@no_math
 def image_sizes(sides: list[tuple[int, int]], out: Path, name: str) -> str | None:
     """Width x height scatter plus the histogram of the longer side."""
     if not sides:
@@ -82,6 +117,7 @@ def image_sizes(sides: list[tuple[int, int]], out: Path, name: str) -> str | Non
     return _save(fig, out, name)
 
 
+@no_math
 def training_curves(rows: list[dict[str, Any]], out: Path, name: str) -> str | None:
     """Loss, learning rate and tokens/s per step from RUN/metrics.jsonl."""
     if not rows:
@@ -92,7 +128,11 @@ def training_curves(rows: list[dict[str, Any]], out: Path, name: str) -> str | N
     axes = [axes] if len(keys) == 1 else list(axes)
     labels = {"loss": "training loss", "lr": "learning rate", "tokens_per_s": "tokens/s"}
     for ax, key in zip(axes, keys, strict=True):
-        points = [(r["step"], r[key]) for r in rows if key in r and r[key] is not None]
+        points = [
+            (r["step"], r[key])
+            for r in rows
+            if isinstance(r.get("step"), (int, float)) and isinstance(r.get(key), (int, float))
+        ]
         ax.plot([s for s, _ in points], [v for _, v in points], lw=1.3, color="#4a78b5")
         ax.set_title(labels[key])
         ax.set_xlabel("step")
@@ -100,20 +140,30 @@ def training_curves(rows: list[dict[str, Any]], out: Path, name: str) -> str | N
     return _save(fig, out, name)
 
 
-def task_accuracy(tasks: dict[str, dict[str, Any]], out: Path, name: str) -> str | None:
-    """Per-task mean with its 95% bootstrap interval."""
-    rows = [(t, v) for t, v in tasks.items() if v.get("mean") is not None]
+@no_math
+def task_accuracy(
+    tasks: dict[str, dict[str, Any]], out: Path, name: str, *, with_interval: Callable[[dict], bool]
+) -> str | None:
+    """Per-task mean with its 95% bootstrap interval, where `with_interval` says one may be shown."""
+    rows = [
+        (str(t), v)
+        for t, v in tasks.items()
+        if isinstance(v, dict) and isinstance(v.get("mean"), (int, float))
+    ]
     if not rows:
         return None
+    rows = rows[:MAX_BARS][::-1]
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 0.4 * len(rows) + 1.2))
-    names = [t for t, _ in rows][::-1]
-    means = [v["mean"] for _, v in rows][::-1]
-    lows = [m - (v.get("ci95") or [m, m])[0] for m, (_, v) in zip(means, rows[::-1], strict=True)]
-    highs = [(v.get("ci95") or [m, m])[1] - m for m, (_, v) in zip(means, rows[::-1], strict=True)]
-    ax.barh(names, means, xerr=[lows, highs], color="#4a78b5", capsize=3)
+    names = [_label(t) for t, _ in rows]
+    means = [float(v["mean"]) for _, v in rows]
+    spans = [v["ci95"] if with_interval(v) else [m, m] for m, (_, v) in zip(means, rows, strict=True)]
+    lows = [max(0.0, m - s[0]) for m, s in zip(means, spans, strict=True)]
+    highs = [max(0.0, s[1] - m) for m, s in zip(means, spans, strict=True)]
+    ax.barh(range(len(names)), means, xerr=[lows, highs], color="#4a78b5", capsize=3)
+    ax.set_yticks(range(len(names)), names)
     ax.set_xlim(0, 1)
-    ax.set_xlabel("score (95% bootstrap CI)")
+    ax.set_xlabel("score (95% bootstrap CI where n allows)")
     ax.set_title("evaluation per task")
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, out, name)
