@@ -60,7 +60,7 @@ def register(app: typer.Typer) -> None:
             None,
             "--model",
             help="Model directory (tokenizer, vocabulary, VQ) "
-            "[env MEDMAX_MODEL, medmax.toml, else the tiny demo model].",
+            "[env MEDMAX_MODEL, medmax.toml; tiny: the random demo model].",
         ),
         seq_len: int = typer.Option(
             4096, "--seq-len", help="Row length in tokens; longer samples are cut on text."

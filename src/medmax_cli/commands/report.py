@@ -26,8 +26,8 @@ def register(app: typer.Typer) -> None:
         model: Path = typer.Option(
             None,
             "--model",
-            help="Model whose VQ decoder makes the reconstructions [env MEDMAX_MODEL, medmax.toml, else the "
-            "tiny demo model].",
+            help="Model whose VQ decoder makes the reconstructions [env MEDMAX_MODEL, medmax.toml; tiny: the "
+            "random demo model].",
         ),
         no_reconstructions: bool = typer.Option(
             False, "--no-reconstructions", help="Show the original images only (no decoder, no torch)."
