@@ -288,6 +288,7 @@ class StageIO:
         if self.input in (None, "-"):
             stream: IO[bytes] = sys.stdin.buffer
             name = "<stdin>"
+            note_terminal_stdin(self.stage)
         else:
             path = Path(self.input)
             if not path.exists():
@@ -366,6 +367,23 @@ class StageIO:
     def write_all(self, records: Any) -> None:
         for record in records:
             self.write(record)
+
+
+def note_terminal_stdin(stage: str, stream: Any = None) -> None:
+    """On a terminal with nothing piped in, say at once that the stage waits for records on stdin
+    and how to give them, instead of sitting silent until Ctrl-C."""
+    stream = sys.stdin if stream is None else stream
+    try:
+        interactive = stream.isatty()
+    except (AttributeError, ValueError):
+        return
+    if interactive:
+        typer.echo(
+            f"medmax {stage}: waiting for records on stdin (a terminal): give a file "
+            f"(medmax {stage} FILE) or pipe them in (... | medmax {stage}); Ctrl-D ends the input, "
+            "Ctrl-C stops",
+            err=True,
+        )
 
 
 def start_progress(stage: str, report: RunReport, *, unit: str = "rec", quiet: bool = False) -> Progress:

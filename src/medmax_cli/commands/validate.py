@@ -45,6 +45,9 @@ def register(app: typer.Typer) -> None:
         sources: Counter = Counter()
         n_images = 0
         if input == "-":
+            from medmax_cli.cliutil import note_terminal_stdin
+
+            note_terminal_stdin("validate")
             stream, name = sys.stdin.buffer, "<stdin>"
         else:
             if not Path(input).exists():
