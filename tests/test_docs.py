@@ -14,6 +14,7 @@ PAGES = {
     "cat": "records.md",
     "validate": "records.md",
     "init-model": "models.md",
+    "env": "models.md",
     "detokenize": "tokenize-images.md",
     "report": "observe.md",
     "stats": "observe.md",

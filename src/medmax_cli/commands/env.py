@@ -9,7 +9,8 @@ def register(app: typer.Typer) -> None:
     @app.command(
         "env",
         help="Print medmax, Python, torch, CUDA, transformers and peft versions and the model that "
-        "--model / MEDMAX_MODEL / medmax.toml select, ready to paste into a bug report.",
+        "--model / MEDMAX_MODEL / medmax.toml select, ready to paste into a bug report.\n\n"
+        "  medmax env >> bug-report.md",
     )
     def env_command(
         model: str = typer.Option(
