@@ -11,6 +11,11 @@ import sys
 
 import pytest
 
+RECORD = (
+    b'{"id": "a", "task": "vqa", "source": "s", "license": "CC0", "images": [], "turns": ['
+    b'{"role": "user", "content": [{"text": "q"}]}, {"role": "assistant", "content": [{"text": "a"}]}]}'
+)
+
 
 def read_until(fd: int, needle: bytes, limit: float = 60.0) -> bytes:
     """Bytes from fd until `needle` shows up (or EOF / the generous limit, a failure either way)."""
@@ -44,6 +49,11 @@ def test_terminal_stdin_is_announced(argv, tmp_path):
         said = read_until(proc.stderr.fileno(), b"Ctrl-D")
         assert b"waiting for records on stdin" in said, said
         assert b"FILE" in said and b"| medmax" in said
+        # one Ctrl-D ends the input, though the stage peeked at the first bytes to detect the format
+        os.write(primary, RECORD + b"\n" if argv == ["cat"] else b"")
+        os.write(primary, b"\x04")
+        assert proc.wait(timeout=60) == 0
+        assert b"out 1" in read_until(proc.stderr.fileno(), b"out 1") or argv != ["cat"]
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -16,6 +16,7 @@ naming file, record and reason when a record is bad.
 from __future__ import annotations
 
 import contextvars
+import io
 import os
 import sys
 import time
@@ -286,9 +287,8 @@ class StageIO:
     def records(self) -> Iterator[dict[str, Any]]:
         """Input records, validated, sharded, with a progress bar on stderr."""
         if self.input in (None, "-"):
-            stream: IO[bytes] = sys.stdin.buffer
+            stream: IO[bytes] = stdin_stream(self.stage)
             name = "<stdin>"
-            note_terminal_stdin(self.stage)
         else:
             path = Path(self.input)
             if not path.exists():
@@ -384,6 +384,43 @@ def note_terminal_stdin(stage: str, stream: Any = None) -> None:
             "Ctrl-C stops",
             err=True,
         )
+
+
+class _StickyEOF(io.RawIOBase):
+    """A terminal's end of input (Ctrl-D) is one empty read, not a lasting state: a reader that
+    peeks at the first bytes (format detection) and then reads would wait for a second Ctrl-D.
+    This makes the first one final."""
+
+    def __init__(self, raw: Any):
+        self.raw = raw
+        self.ended = False
+
+    def readable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self.raw.fileno()
+
+    def readinto(self, buffer: Any) -> int:
+        if self.ended:
+            return 0
+        n = self.raw.readinto(buffer)
+        if not n:
+            self.ended = True
+        return n or 0
+
+
+def stdin_stream(stage: str) -> IO[bytes]:
+    """stdin's bytes for a stage; on a terminal, with the waiting notice and a final Ctrl-D."""
+    stream = sys.stdin.buffer
+    try:
+        interactive = sys.stdin.isatty()
+    except (AttributeError, ValueError):
+        interactive = False
+    if not interactive:
+        return stream
+    note_terminal_stdin(stage)
+    return io.BufferedReader(_StickyEOF(stream.raw))
 
 
 def start_progress(stage: str, report: RunReport, *, unit: str = "rec", quiet: bool = False) -> Progress:
