@@ -15,6 +15,7 @@ PAGES = {
     "validate": "records.md",
     "init-model": "models.md",
     "env": "models.md",
+    "inspect": "pack.md",
     "detokenize": "tokenize-images.md",
     "report": "observe.md",
     "stats": "observe.md",
