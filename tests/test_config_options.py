@@ -46,9 +46,7 @@ def tables(group=GROUP):
             out[name] = tables(command)
         else:
             out[name] = {
-                _config_key(p): sample_value(p)
-                for p in command.params
-                if p.name and p.name not in ("help", "mm_print_config")
+                _config_key(p): sample_value(p) for p in command.params if p.name and p.name != "help"
             }
     return out
 
@@ -97,6 +95,13 @@ def test_the_docs_example_is_accepted(tmp_path, monkeypatch):
     res = invoke(["--config", "run.toml", "fetch", "pmc", "--print-config"])
     assert res.exit_code == 0, res.output
     assert "page-size = 500  # config file" in res.stdout
+
+
+def test_print_config_itself_can_be_set(tmp_path):
+    (tmp_path / "c.toml").write_text("[cat]\nprint-config = true\nformat = 'tar'\n")
+    res = invoke(["--config", tmp_path / "c.toml", "cat"])
+    assert res.exit_code == 0 and 'format = "tar"  # config file' in res.stdout
+    assert "print-config" not in res.stdout
 
 
 def test_common_options_from_config_take_effect(tmp_path):

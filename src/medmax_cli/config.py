@@ -44,7 +44,13 @@ def _config_key(param: Any) -> str:
 
 
 def _settable(param: Any) -> bool:
-    return bool(param.name) and param.name not in ("help", "mm_print_config")
+    """Every option may be set in a config file (`print-config = true` too); --help is no setting."""
+    return bool(param.name) and param.name != "help"
+
+
+def _shown(param: Any) -> bool:
+    """What --print-config lists: the settings, not the request to print them."""
+    return _settable(param) and param.name != "mm_print_config"
 
 
 def config_params(command: Any) -> dict[str, Any]:
@@ -366,7 +372,7 @@ def render_settings(command: str, ctx: Any, params: dict[str, Any]) -> str:
     lines = [f"[{'.'.join(command.split()[1:])}]"]
     for name, value in params.items():
         param = by_name.get(name)
-        if param is not None and not _settable(param):
+        if param is not None and not _shown(param):
             continue
         key = _config_key(param) if param is not None else name
         source = sources.get(ctx.get_parameter_source(name), "default")
