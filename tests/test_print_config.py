@@ -89,6 +89,15 @@ def test_environment_and_model_applied(tmp_path):
     assert "# model = ...  # none chosen: the command exits 2" in out and "--model tiny" in out
 
 
+def test_other_hidden_defaults_resolved():
+    assert 'contact = "' in print_config(["fetch", "pmc", "--print-config"])
+    out = print_config(["fetch", "pmc", "--print-config"], env={"MEDMAX_CONTACT": "me@example.org"})
+    assert 'contact = "me@example.org"  # environment MEDMAX_CONTACT' in out
+    assert re.search(r'^llm-cache = ".+/medmax/llm"', print_config(["synthesize", "--print-config"]), re.M)
+    out = print_config(["score", "--print-config", "--judge-url", "http://127.0.0.1:9/v1"])
+    assert 'judge-cache = ".medmax-cache/judge"  # default with a judge' in out
+
+
 def test_generate_shows_preset_values():
     out = print_config(["generate", "--print-config", "--preset", "medmax-eval"])
     assert "temperature = 0.0  # preset medmax-eval" in out

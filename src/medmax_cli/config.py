@@ -322,7 +322,40 @@ def _generate(command: str, params: dict[str, Any], ctx: Any) -> dict[str, Resol
     return out
 
 
-RESOLVERS: dict[str, Resolver] = {"medmax finetune": _finetune, "medmax generate": _generate}
+def _synthesize(command: str, params: dict[str, Any], ctx: Any) -> dict[str, Resolved]:
+    if params.get("llm_cache") is not None:
+        return {}
+    from medmax_cli.commands.synthesize import _default_cache
+
+    return {"llm_cache": (str(_default_cache()), "default (XDG_CACHE_HOME or ~/.cache, /medmax/llm)")}
+
+
+def _score(command: str, params: dict[str, Any], ctx: Any) -> dict[str, Resolved]:
+    if params.get("judge_cache") is not None:
+        return {}
+    if params.get("judge_url"):
+        return {"judge_cache": (".medmax-cache/judge", "default with a judge")}
+    return {"judge_cache": (None, "none: no --judge-url, no judge")}
+
+
+def _fetch_pmc(command: str, params: dict[str, Any], ctx: Any) -> dict[str, Resolved]:
+    out: dict[str, Resolved] = {}
+    if params.get("contact") is None:
+        from medmax_cli.http import DEFAULT_CONTACT_URL
+
+        out["contact"] = _env("MEDMAX_CONTACT", DEFAULT_CONTACT_URL)
+    if params.get("rate") is None:
+        out["rate"] = (None, "per host: NCBI 3/s (10 with NCBI_API_KEY), Europe PMC 10/s, others 5/s")
+    return out
+
+
+RESOLVERS: dict[str, Resolver] = {
+    "medmax finetune": _finetune,
+    "medmax generate": _generate,
+    "medmax synthesize": _synthesize,
+    "medmax score": _score,
+    "medmax fetch pmc": _fetch_pmc,
+}
 
 _BRACKET = re.compile(r"\[([^\[\]]*)\]\.?\s*$")
 
