@@ -34,8 +34,10 @@ def read_until(fd: int, needle: bytes, limit: float = 60.0) -> bytes:
     return seen
 
 
-@pytest.mark.parametrize("argv", [["cat"], ["validate"]])
-def test_terminal_stdin_is_announced(argv, tmp_path):
+@pytest.mark.parametrize("argv", [["cat"], ["validate"], ["generate", "--device", "cpu"]])
+def test_terminal_stdin_is_announced(argv, tmp_path, request):
+    if argv[0] == "generate":  # the notice comes before the model loads, not after
+        argv = [*argv, "--model", str(request.getfixturevalue("tiny_model_dir"))]
     primary, secondary = pty.openpty()
     proc = subprocess.Popen(
         [sys.executable, "-m", "medmax_cli", *argv, "--media-dir", str(tmp_path / "m")],

@@ -181,6 +181,8 @@ class StageIO:
             raise
 
     def _setup(self) -> StageIO:
+        if self.input == "-":  # at once, before a model loads: not after minutes of silence
+            note_terminal_stdin(self.stage)
         rejects_handle: IO[bytes] | None = None
         if self.rejects_path is not None:
             if self.run.rejects_append:
@@ -287,7 +289,7 @@ class StageIO:
     def records(self) -> Iterator[dict[str, Any]]:
         """Input records, validated, sharded, with a progress bar on stderr."""
         if self.input in (None, "-"):
-            stream: IO[bytes] = stdin_stream(self.stage)
+            stream: IO[bytes] = stdin_stream(self.stage, note=self.input != "-")  # "-": said at start
             name = "<stdin>"
         else:
             path = Path(self.input)
@@ -410,8 +412,9 @@ class _StickyEOF(io.RawIOBase):
         return n or 0
 
 
-def stdin_stream(stage: str) -> IO[bytes]:
-    """stdin's bytes for a stage; on a terminal, with the waiting notice and a final Ctrl-D."""
+def stdin_stream(stage: str, *, note: bool = True) -> IO[bytes]:
+    """stdin's bytes for a stage; on a terminal, with the waiting notice (unless given already)
+    and a final Ctrl-D."""
     stream = sys.stdin.buffer
     try:
         interactive = sys.stdin.isatty()
@@ -419,7 +422,8 @@ def stdin_stream(stage: str) -> IO[bytes]:
         interactive = False
     if not interactive:
         return stream
-    note_terminal_stdin(stage)
+    if note:
+        note_terminal_stdin(stage)
     return io.BufferedReader(_StickyEOF(stream.raw))
 
 
