@@ -12,16 +12,20 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 install: $(STAMP)
 
-# The CPU torch wheel goes in first where there is no GPU: a plain `torch` requirement
-# would pull a multi-GB CUDA build. With a GPU, pip keeps whatever torch is installed.
+# The CPU torch wheel goes in first where there is no GPU, pinned to the `+cpu` local version:
+# PyPI's torch (the CUDA build, several GB with CUDA, cuDNN, NCCL, Triton) cannot satisfy
+# `torch==X+cpu`, so pip takes it from pip's configured sources (find-links, a local wheel folder)
+# or else from the PyTorch CPU index. With a GPU, pip keeps or installs the CUDA build. The
+# `-e .` below keeps whichever torch is there (it needs torch>=2.4).
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
 	  $(BIN)/pip install --quiet "torch>=2.4"; \
 	else \
-	  $(BIN)/pip install --quiet "torch==$(TORCH_VERSION)" || \
-	  $(BIN)/pip install --quiet "torch==$(TORCH_VERSION)" --index-url https://download.pytorch.org/whl/cpu; \
+	  $(BIN)/pip install --quiet "torch==$(TORCH_VERSION)+cpu" || \
+	  $(BIN)/pip install --quiet "torch==$(TORCH_VERSION)+cpu" --extra-index-url $(TORCH_CPU_INDEX); \
 	fi
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $(STAMP)

@@ -14,6 +14,8 @@ PAGES = {
     "cat": "records.md",
     "validate": "records.md",
     "init-model": "models.md",
+    "env": "models.md",
+    "inspect": "pack.md",
     "detokenize": "tokenize-images.md",
     "report": "observe.md",
     "stats": "observe.md",

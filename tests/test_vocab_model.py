@@ -271,7 +271,10 @@ def test_resolve_builds_tiny_once(clean_env, monkeypatch, tmp_path):
 
     monkeypatch.setattr(tiny, "build_tiny_model", fake_build)
     notices: list[str] = []
-    got = resolve.resolve_model_dir(None, notify=notices.append)
+    with pytest.raises(resolve.NoModelError, match="--model tiny"):  # nothing chose a model: no silent tiny
+        resolve.resolve_model_dir(None, notify=notices.append)
+    assert not calls and not notices
+    got = resolve.resolve_model_dir("tiny", notify=notices.append)
     assert got == tmp_path / "cache" / "tiny-model-v1" and (got / "medmax_model.json").is_file()
     assert len(notices) == 1 and str(got) in notices[0]
     assert calls and calls[0].parent == got.parent and calls[0] != got  # built in a temporary sibling

@@ -60,7 +60,8 @@ def _root(
     ),
 ) -> None:
     """medmax: biomedical mixed-modal instruction tuning, as pipes."""
-    from medmax_cli.cliutil import fail, read_config
+    from medmax_cli.cliutil import fail
+    from medmax_cli.config import ConfigFileError, read_config
     from medmax_cli.observe import resolve_log_level, setup_logging
 
     try:
@@ -68,7 +69,10 @@ def _root(
     except ValueError as exc:
         raise fail(f"--log-level: {exc}") from None
     if config is not None:
-        ctx.default_map = read_config(config, ctx.command)
+        try:
+            ctx.default_map = read_config(config, ctx.command)
+        except ConfigFileError as exc:
+            raise fail(str(exc)) from None
 
 
 def _register_commands() -> None:

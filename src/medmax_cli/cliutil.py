@@ -16,6 +16,7 @@ naming file, record and reason when a record is bad.
 from __future__ import annotations
 
 import contextvars
+import io
 import os
 import sys
 import time
@@ -180,6 +181,8 @@ class StageIO:
             raise
 
     def _setup(self) -> StageIO:
+        if self.input == "-":  # at once, before a model loads: not after minutes of silence
+            note_terminal_stdin(self.stage)
         rejects_handle: IO[bytes] | None = None
         if self.rejects_path is not None:
             if self.run.rejects_append:
@@ -286,7 +289,7 @@ class StageIO:
     def records(self) -> Iterator[dict[str, Any]]:
         """Input records, validated, sharded, with a progress bar on stderr."""
         if self.input in (None, "-"):
-            stream: IO[bytes] = sys.stdin.buffer
+            stream: IO[bytes] = stdin_stream(self.stage, note=self.input != "-")  # "-": said at start
             name = "<stdin>"
         else:
             path = Path(self.input)
@@ -366,6 +369,62 @@ class StageIO:
     def write_all(self, records: Any) -> None:
         for record in records:
             self.write(record)
+
+
+def note_terminal_stdin(stage: str, stream: Any = None) -> None:
+    """On a terminal with nothing piped in, say at once that the stage waits for records on stdin
+    and how to give them, instead of sitting silent until Ctrl-C."""
+    stream = sys.stdin if stream is None else stream
+    try:
+        interactive = stream.isatty()
+    except (AttributeError, ValueError):
+        return
+    if interactive:
+        typer.echo(
+            f"medmax {stage}: waiting for records on stdin (a terminal): give a file "
+            f"(medmax {stage} FILE) or pipe them in (... | medmax {stage}); Ctrl-D ends the input, "
+            "Ctrl-C stops",
+            err=True,
+        )
+
+
+class _StickyEOF(io.RawIOBase):
+    """A terminal's end of input (Ctrl-D) is one empty read, not a lasting state: a reader that
+    peeks at the first bytes (format detection) and then reads would wait for a second Ctrl-D.
+    This makes the first one final."""
+
+    def __init__(self, raw: Any):
+        self.raw = raw
+        self.ended = False
+
+    def readable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self.raw.fileno()
+
+    def readinto(self, buffer: Any) -> int:
+        if self.ended:
+            return 0
+        n = self.raw.readinto(buffer)
+        if not n:
+            self.ended = True
+        return n or 0
+
+
+def stdin_stream(stage: str, *, note: bool = True) -> IO[bytes]:
+    """stdin's bytes for a stage; on a terminal, with the waiting notice (unless given already)
+    and a final Ctrl-D."""
+    stream = sys.stdin.buffer
+    try:
+        interactive = sys.stdin.isatty()
+    except (AttributeError, ValueError):
+        interactive = False
+    if not interactive:
+        return stream
+    if note:
+        note_terminal_stdin(stage)
+    return io.BufferedReader(_StickyEOF(stream.raw))
 
 
 def start_progress(stage: str, report: RunReport, *, unit: str = "rec", quiet: bool = False) -> Progress:
@@ -521,8 +580,15 @@ def _equip(command: Any, path: str) -> None:
         except ValueError as exc:
             raise fail(f"--log-level: {exc}") from None
         setup_logging(level)
+        if "mm_heartbeat" in mine:  # before anything runs: --heartbeat inf/nan is bad usage
+            try:
+                heartbeat_seconds(mine["mm_heartbeat"])
+            except ValueError as exc:
+                raise fail(str(exc)) from None
         if mine.get("mm_print_config"):
-            typer.echo(settings_toml(path, ctx, params), nl=False)
+            from medmax_cli.config import render_settings
+
+            typer.echo(render_settings(path, ctx, {**params, **mine}), nl=False)
             raise typer.Exit(0)
         options = RunOptions(
             command=path,
@@ -588,103 +654,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _toml_value(value: Any) -> str:
-    import json
-
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
-
-
-def _config_key(param: Any) -> str:
-    """A parameter's key in a config file: its long flag without dashes (`seq-len`), else its name."""
-    longs = [o[2:] for o in getattr(param, "opts", []) if o.startswith("--")]
-    return longs[0] if longs else param.name.replace("_", "-")
-
-
-def _config_keys(command: Any) -> dict[str, str]:
-    """Every spelling a config file may use for a command's parameters -> the parameter name."""
-    keys: dict[str, str] = {}
-    for param in command.params:
-        if not param.name or param.name.startswith("mm_") or param.name in ("help",):
-            continue
-        for spelling in (_config_key(param), param.name, param.name.replace("_", "-")):
-            keys[spelling] = param.name
-        for opt in getattr(param, "opts", []):
-            if opt.startswith("--"):
-                keys[opt[2:]] = param.name
-    return keys
-
-
-def settings_toml(path: str, ctx: Any, params: dict[str, Any]) -> str:
-    """The resolved settings of one command as a TOML section `--config` reads back.
-
-    Each line says where its value came from (flag, config file, environment or default).
-    """
-    ParameterSource = _click().core.ParameterSource  # noqa: N806
-
-    section = ".".join(path.split()[1:])
-    lines = [f"[{section}]"]
-    sources = {
-        ParameterSource.COMMANDLINE: "flag",
-        ParameterSource.DEFAULT_MAP: "config file",
-        ParameterSource.ENVIRONMENT: "environment",
-    }
-    by_name = {p.name: p for p in ctx.command.params}
-    for name, value in params.items():
-        source = sources.get(ctx.get_parameter_source(name), "default")
-        key = _config_key(by_name[name]) if name in by_name else name
-        value = _plain(value)
-        if value is None:
-            lines.append(f"# {key} = (unset)  # {source}")
-        else:
-            lines.append(f"{key} = {_toml_value(value)}  # {source}")
-    return "\n".join(lines) + "\n"
-
-
-# --------------------------------------------------------------------------- --config FILE
-
-
-def read_config(path: Path, group: Any) -> dict[str, Any]:
-    """A TOML file with one section per command ([pack], [fetch.pmc]) as a click default_map.
-
-    Keys are option names with - or _ (`seq-len` or `seq_len`); an unknown section or key is an error.
-    """
-    import tomllib
-
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise fail(f"--config {path}: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise fail(f"--config {path}: not valid TOML ({exc})") from None
-
-    def convert(table: dict[str, Any], command: Any, where: str) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        keys = _config_keys(command) if where else {}
-        subcommands = getattr(command, "commands", {})
-        for key, value in table.items():
-            if key in subcommands and isinstance(value, dict):
-                out[key] = convert(value, subcommands[key], f"{where}.{key}" if where else key)
-                continue
-            name = keys.get(key) or keys.get(key.replace("_", "-"))
-            if name is None:
-                known = ", ".join(
-                    sorted(subcommands)
-                    + sorted({_config_key(p) for p in command.params if p.name in keys.values()})
-                )
-                raise fail(
-                    f"--config {path}: unknown {'section' if not where else 'key'} "
-                    f"{(where + '.' if where else '') + key!r}" + (f" (known: {known})" if known else "")
-                )
-            out[name] = value
-        return out
-
-    return convert(data, group, "")
+# --config FILE and --print-config: see medmax_cli.config (read_config, render_settings).
 
 
 class MedmaxGroup(TyperGroup):

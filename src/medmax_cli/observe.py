@@ -12,6 +12,7 @@ pieces of a `--shard i/n` array and checks that every shard is there exactly onc
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import threading
@@ -153,14 +154,18 @@ def _safe_sum(counter: Counter) -> int:
 def heartbeat_seconds(value: float | None) -> float:
     """--heartbeat, else env MEDMAX_HEARTBEAT, else 30 s; 0 turns the heartbeat off."""
     if value is not None:
-        return float(value)
-    env = os.environ.get("MEDMAX_HEARTBEAT")
-    if env:
+        seconds, where = float(value), "--heartbeat"
+    else:
+        env = os.environ.get("MEDMAX_HEARTBEAT")
+        if not env:
+            return DEFAULT_HEARTBEAT
         try:
-            return float(env)
+            seconds, where = float(env), f"MEDMAX_HEARTBEAT={env!r}"
         except ValueError:
             raise ValueError(f"MEDMAX_HEARTBEAT={env!r} is not a number of seconds") from None
-    return DEFAULT_HEARTBEAT
+    if not math.isfinite(seconds) or seconds < 0:  # inf would never beat, nan compares false forever
+        raise ValueError(f"{where}: must be a finite number of seconds >= 0 (0: off); got {seconds}")
+    return seconds
 
 
 # --------------------------------------------------------------------------- logging
@@ -339,3 +344,57 @@ def merge_stats(pieces: list[tuple[str, dict[str, Any]]], *, allow_partial: bool
         "settings": {k: v for k, v in first.get("settings", {}).items() if k not in PER_PIECE},
         "settings_differ": sorted(differ),
     }
+
+
+def check_stats_piece(name: str, piece: Any) -> None:
+    """Raise StatsError naming the file and the field when a --stats file is malformed, so that
+    `stats merge` never adds up (or crashes on) a hand-edited or truncated piece."""
+
+    def bad(field: str, why: str) -> StatsError:
+        return StatsError(f"{name}: field {field!r}: {why}")
+
+    if not isinstance(piece, dict):
+        raise StatsError(f"{name}: not a JSON object (a medmax stats file is one object)")
+    if piece.get("medmax_stats") != STATS_FORMAT:
+        raise bad("medmax_stats", f"not a medmax stats file (format {piece.get('medmax_stats')!r})")
+    if not isinstance(piece.get("command"), str):
+        raise bad("command", "missing or not a string")
+    for field in ("counts", "rejected"):
+        table = piece.get(field)
+        if table is None:
+            continue
+        if not isinstance(table, dict):
+            raise bad(field, "not an object of counts")
+        for key, value in table.items():
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 63:
+                raise bad(f"{field}.{key}", f"not a count (a whole number >= 0): {str(value)[:40]!r}")
+    seconds = piece.get("seconds")
+    if seconds is not None and (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, (int, float))
+        or not math.isfinite(seconds)
+        or seconds < 0
+    ):
+        raise bad("seconds", f"not a duration in seconds: {str(seconds)[:40]!r}")
+    for field in ("status", "stage"):
+        if piece.get(field) is not None and not isinstance(piece[field], str):
+            raise bad(field, "not a string")
+    if piece.get("settings") is not None and not isinstance(piece["settings"], dict):
+        raise bad("settings", "not an object")
+    spec = piece.get("shard")
+    if spec is not None:
+        parts = str(spec).split("/") if isinstance(spec, str) else []
+        if (
+            len(parts) != 2
+            or not all(p.isdigit() and len(p) < 10 for p in parts)
+            or not (int(parts[0]) < int(parts[1]))
+        ):
+            raise bad("shard", f"not i/n with 0 <= i < n: {str(spec)[:40]!r}")
+    for field in ("started", "finished"):
+        value = piece.get(field)
+        if value is None:
+            continue
+        try:
+            datetime.fromisoformat(value)
+        except (TypeError, ValueError):
+            raise bad(field, f"not an ISO time: {str(value)[:40]!r}") from None

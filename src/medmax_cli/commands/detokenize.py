@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
             None,
             "--model",
             help="Model directory with decoder weights [env MEDMAX_MODEL, "
-            "medmax.toml, else the tiny demo model].",
+            "medmax.toml; tiny: the random demo model].",
         ),
         batch_size: int = typer.Option(8, "--batch-size", help="Images per decoder call."),
         device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu, cuda, cuda:N."),

@@ -123,10 +123,16 @@ def register(app: typer.Typer) -> None:
             raise fail(f"--gpus {cfg.gpus}: this node has {torch.cuda.device_count()} CUDA devices")
         if needs_launch(cfg):
             relaunch(cfg, sys.argv[1:])
+        from medmax_cli.model.resolve import NoModelError
         from medmax_cli.train.recipe import NonFiniteLoss, resolve_training_model, train
 
         try:
             model_dir = resolve_training_model(cfg)
+        except NoModelError as exc:  # bad usage, not bad input: exit 2
+            raise fail(str(exc)) from None
+        except (ConfigError, FileNotFoundError, ValueError) as exc:
+            raise fail(str(exc), code=1) from None
+        try:
             summary = train(cfg, model_dir, show_progress=not quiet)
         except (ConfigError, FileNotFoundError, ValueError) as exc:
             raise fail(str(exc), code=1) from None

@@ -38,7 +38,9 @@ def register(app: typer.Typer) -> None:
         input: str = InputArg,
         output: str = OutputOpt,
         model: str = typer.Option(
-            None, "--model", help="Model directory [env MEDMAX_MODEL, medmax.toml, tiny]."
+            None,
+            "--model",
+            help="Model directory [env MEDMAX_MODEL, medmax.toml; tiny: the random demo model].",
         ),
         adapter: str = typer.Option(
             None, "--adapter", help="PEFT adapter: a finetune run dir or adapter dir."

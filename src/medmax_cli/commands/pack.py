@@ -60,7 +60,7 @@ def register(app: typer.Typer) -> None:
             None,
             "--model",
             help="Model directory (tokenizer, vocabulary, VQ) "
-            "[env MEDMAX_MODEL, medmax.toml, else the tiny demo model].",
+            "[env MEDMAX_MODEL, medmax.toml; tiny: the random demo model].",
         ),
         seq_len: int = typer.Option(
             4096, "--seq-len", help="Row length in tokens; longer samples are cut on text."
@@ -115,6 +115,7 @@ def register(app: typer.Typer) -> None:
             raise fail("--seq-len must be >= 2; --pack-buffer, --max-count and the batch sizes must be >= 1")
         if output.exists() and not output.is_dir():
             raise fail(f"-o {output} exists and is not a directory")
+        model_dir = _resolve_model(model)  # no model chosen: exit 2 before anything is made
         try:  # before any input is read: a directory that cannot be made fails at once
             output.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -131,8 +132,8 @@ def register(app: typer.Typer) -> None:
             batch_size=batch_size,
             shard=shard,
         )
-        model_dir = _resolve_model(model)
 
+        from medmax_cli.model.load import model_is_random
         from medmax_cli.pack.manifest import model_fingerprints
         from medmax_cli.pack.shards import OutputDirLocked
         from medmax_cli.pack.stage import pack_to_dir
@@ -151,6 +152,7 @@ def register(app: typer.Typer) -> None:
             "tokenizer_fingerprint": prints["tokenizer"],
             "vq_fingerprint": prints["vq"],
             "tokens_per_image": model_tokens_per_image(model_dir),  # image token lists must have this length
+            "random": model_is_random(model_dir),  # manifest.json says model_random: true
         }
 
         with StageIO(

@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
         import orjson
 
         from medmax_cli.atomic import atomic_write_bytes
-        from medmax_cli.observe import StatsError, merge_stats
+        from medmax_cli.observe import StatsError, check_stats_piece, merge_stats
 
         pieces = []
         for path in files:
@@ -48,6 +48,8 @@ def register(app: typer.Typer) -> None:
             except orjson.JSONDecodeError as exc:
                 raise fail(f"{path}: not JSON ({exc})", code=1) from None
         try:
+            for name, piece in pieces:  # a malformed piece: named by file and field, exit 1
+                check_stats_piece(name, piece)
             merged = merge_stats(pieces, allow_partial=allow_partial)
         except StatsError as exc:
             raise fail(str(exc), code=1) from None

@@ -48,7 +48,9 @@ def register(app: typer.Typer) -> None:
         output: str = OutputOpt,
         fmt: str = FormatOpt,
         model: Path = typer.Option(
-            None, "--model", help="Model directory [env MEDMAX_MODEL, medmax.toml, else the tiny demo model]."
+            None,
+            "--model",
+            help="Model directory [env MEDMAX_MODEL, medmax.toml; tiny: the random demo model].",
         ),
         batch_size: int = typer.Option(32, "--batch-size", help="Images per encoder call."),
         workers: int = typer.Option(

@@ -35,8 +35,6 @@ def register(app: typer.Typer) -> None:
                     error.record_id = record_id or error.record_id
                 errors.append(str(error))
 
-        import sys
-
         from medmax_cli.media import MediaStore, default_media_dir
 
         policy = _Collect("skip", stage="validate")
@@ -45,7 +43,9 @@ def register(app: typer.Typer) -> None:
         sources: Counter = Counter()
         n_images = 0
         if input == "-":
-            stream, name = sys.stdin.buffer, "<stdin>"
+            from medmax_cli.cliutil import stdin_stream
+
+            stream, name = stdin_stream("validate"), "<stdin>"
         else:
             if not Path(input).exists():
                 raise fail(f"input file {input} does not exist")

@@ -45,6 +45,7 @@ class Engine:
     adapter: str | None = None
     image_writer: Any = None  # codes -> image ref dict, or None when no VQ decoder is available
     media: MediaStore | None = None  # where generated PNGs go
+    model_random: bool = False  # random weights (the tiny demo model): every prediction says so
 
 
 def resolve_adapter_dir(path: str | Path) -> Path:
@@ -89,7 +90,7 @@ def setup_engine(
 
     from medmax_cli.generate.decode import Runner
     from medmax_cli.generate.processors import TextMasks
-    from medmax_cli.model.load import load_model
+    from medmax_cli.model.load import load_model, model_is_random
     from medmax_cli.text.tokenizer import load_text_tokenizer
     from medmax_cli.text.vocab import ChameleonVocab
 
@@ -142,6 +143,7 @@ def setup_engine(
         tokens_per_image=tpi,
         context=context,
         adapter=str(adapter_dir) if adapter_dir else None,
+        model_random=model_is_random(model_dir),
     )
     if media is not None:
         engine.media = media
@@ -283,6 +285,7 @@ def _prediction(engine: Engine, record: dict[str, Any], row: Row, cfg: GenerateC
     out["prediction"] = content
     settings = {"mode": row.mode, "prompt_format": cfg.prompt_format, **row.settings.record()}
     settings["model"] = str(engine.model_dir)
+    settings["model_random"] = engine.model_random
     if engine.adapter:
         settings["adapter"] = engine.adapter
     settings["tokens_per_image"] = engine.tokens_per_image

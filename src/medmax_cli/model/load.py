@@ -133,6 +133,24 @@ def model_fingerprint(model_dir: str | Path, *, weights: bool = False) -> str:
     return h.hexdigest()[:FINGERPRINT_LENGTH]
 
 
+def model_is_random(model_dir: str | Path) -> bool:
+    """True for a model medmax built with random weights (the tiny demo model, `init-model`).
+
+    Such a directory carries medmax_model.json (written by the builder, last); a builder that
+    ever writes trained weights says so with `"random_weights": false` in it. Hugging Face
+    conversions of real checkpoints (Anole-7b) have no such file. A model merged from an adapter
+    over a random base keeps the file (copy_model_extras), and is still random at heart.
+    """
+    f = Path(model_dir).expanduser() / MODEL_INFO_FILE
+    if not f.is_file():
+        return False
+    try:
+        info = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return True  # a medmax-built directory whose marker is unreadable: assume the worst
+    return not (isinstance(info, dict) and info.get("random_weights") is False)
+
+
 def model_info(model_dir: str | Path) -> dict[str, Any]:
     """medmax_model.json of a directory (tiny models), or {} for other models."""
     f = check_model_dir(model_dir) / MODEL_INFO_FILE

@@ -5,13 +5,16 @@ Precedence, first match wins:
 1. the explicit `--model DIR` of the command;
 2. the environment variable `MEDMAX_MODEL`;
 3. `model = "DIR"` in `medmax.toml` in the working directory (relative to that file);
-4. the built-in tiny demo model, built on first use into the cache
-   (`$MEDMAX_CACHE/tiny-model-v1`, else `$XDG_CACHE_HOME/medmax/tiny-model-v1`, else
-   `~/.cache/medmax/tiny-model-v1`), with a one-line notice on stderr.
 
-The value `tiny` at any level also selects the built-in tiny model (unless ./tiny is a directory). The tiny build is atomic: it
-is written to a temporary directory beside the target and renamed into place under a file lock,
-so concurrent processes never see a half-written model.
+With none of them, `NoModelError` (the CLI exits 2 with its message): a forgotten `--model` must
+not quietly produce outputs from random weights.
+
+The value `tiny` at any level selects the built-in tiny random demo model (unless ./tiny is a
+directory), built on first use into the cache (`$MEDMAX_CACHE/tiny-model-v1`, else
+`$XDG_CACHE_HOME/medmax/tiny-model-v1`, else `~/.cache/medmax/tiny-model-v1`) with a one-line
+notice on stderr. The tiny build is atomic: it is written to a temporary directory beside the
+target and renamed into place under a file lock, so concurrent processes never see a half-written
+model. Outputs made with a random model say so (`model_random`; `model.load.model_is_random`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,16 @@ TINY_KEYWORD = "tiny"
 TINY_SEED = 0
 
 Notify = Callable[[str], None]
+
+NO_MODEL_HINT = (
+    "no model chosen: pass --model DIR (a local Hugging Face Chameleon/Anole directory, e.g. "
+    'models/anole-7b), set MEDMAX_MODEL=DIR, or put model = "DIR" in ./medmax.toml; '
+    "`--model tiny` (or MEDMAX_MODEL=tiny) selects the tiny random demo model"
+)
+
+
+class NoModelError(ModelDirError):
+    """No model was chosen by --model, $MEDMAX_MODEL or medmax.toml."""
 
 
 def _stderr(message: str) -> None:
@@ -155,11 +168,12 @@ def resolve_model_dir(
     env: Mapping[str, str] | None = None,
     notify: Notify | None = _stderr,
 ) -> Path:
-    """The model directory to use: `explicit` > $MEDMAX_MODEL > medmax.toml > the tiny model.
+    """The model directory to use: `explicit` > $MEDMAX_MODEL > medmax.toml (`tiny`: the tiny model).
 
     `cwd` and `env` default to the process's; `notify` receives the one-line notice printed when
     the tiny model is built (stderr by default, None for silence). Raises ModelDirError naming
-    the path and where it came from when the chosen path is not a model directory.
+    the path and where it came from when the chosen path is not a model directory, and
+    NoModelError (a ModelDirError) when nothing chose a model.
     """
     env = os.environ if env is None else env
     cwd = Path.cwd() if cwd is None else Path(cwd)
@@ -180,16 +194,44 @@ def resolve_model_dir(
         if not path.is_absolute():
             path = base / path
         return check_model_dir(path, source=source)
-    return ensure_tiny_model(env, notify)
+    raise NoModelError(NO_MODEL_HINT)
+
+
+def model_choice(
+    explicit: str | Path | None = None,
+    *,
+    cwd: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> tuple[str | None, str | None]:
+    """(value, where it came from) of the model a command would use, without building or checking
+    anything: for `--print-config` and `medmax env`. (None, None) when nothing chooses one."""
+    env = os.environ if env is None else env
+    cwd = Path.cwd() if cwd is None else Path(cwd)
+    if explicit not in (None, ""):
+        return str(explicit), "flag"
+    if env.get(ENV_MODEL):
+        return env[ENV_MODEL], f"environment {ENV_MODEL}"
+    config = cwd / CONFIG_NAME
+    if config.is_file():
+        try:
+            value = _read_toml_model(config)
+        except (ValueError, RuntimeError, OSError) as exc:
+            return None, f"{config}: {exc}"
+        if value:
+            return value, str(config)
+    return None, None
 
 
 __all__ = [
     "ENV_CACHE",
     "ENV_MODEL",
     "ModelDirError",
+    "NO_MODEL_HINT",
+    "NoModelError",
     "build_tiny_model_atomic",
     "cache_dir",
     "ensure_tiny_model",
+    "model_choice",
     "resolve_model_dir",
     "tiny_model_dir",
 ]

@@ -114,6 +114,7 @@ def build_manifest(
         "format_version": FORMAT_VERSION,
         "settings": settings,
         "model": model,
+        "model_random": bool(model.get("random", False)),  # random weights: the tiny demo model
         "rejected": dict(sorted((rejected or {}).items())),
         **stats.as_dict(),
         "shards": [

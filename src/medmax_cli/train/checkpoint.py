@@ -103,10 +103,13 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 
 def save_config(run: Path, cfg: TrainConfig, model_dir: str) -> None:
+    """RUN/config.json: the resolved settings, the model, and whether its weights were random
+    (`model_random`, so nothing trained on the tiny demo model passes for a real run)."""
+    from medmax_cli.model.load import model_is_random
+
     run.mkdir(parents=True, exist_ok=True)
-    _write_text_atomic(
-        run / "config.json", json.dumps({**cfg.to_dict(), "model": str(model_dir)}, indent=2) + "\n"
-    )
+    saved = {**cfg.to_dict(), "model": str(model_dir), "model_random": model_is_random(model_dir)}
+    _write_text_atomic(run / "config.json", json.dumps(saved, indent=2) + "\n")
 
 
 def copy_model_extras(model_dir: str | Path, out: Path) -> None:
