@@ -33,6 +33,7 @@ from medmax_cli.observe import Progress, heartbeat_seconds, stage_stats
 from medmax_cli.records import RecordError
 from medmax_cli.streams import (
     FORMATS,
+    RECORD_FAULTS,
     AtomicFile,
     ErrorPolicy,
     HashingReader,
@@ -42,6 +43,7 @@ from medmax_cli.streams import (
     in_shard,
     parse_shard,
     read_records,
+    record_fault,
     select_shard,
 )
 
@@ -159,6 +161,7 @@ class StageIO:
         self.written_key = written_key
         self._started_at = time.time()
         self._by_hand = False  # the command counts progress itself (tick/set_total)
+        self._last_id: str | None = None  # the input record read last
         try:
             heartbeat = heartbeat_seconds(self.run.heartbeat)
         except ValueError as exc:
@@ -218,6 +221,12 @@ class StageIO:
             raise typer.Exit(0)
         clean_exit = issubclass(exc_type, typer.Exit) and getattr(exc, "exit_code", 1) == 0
         self._write_stats("ok" if clean_exit else "failed", None)
+        if issubclass(exc_type, RECORD_FAULTS) and not issubclass(exc_type, (RecordError, MediaError)):
+            # a per-record fault that escaped a stage's own loop: still a named record error, no traceback
+            last = self._last_id
+            exc = record_fault(exc, {"id": last} if last is not None else None)
+            exc.where = exc.where or f"input record {self.report.counts.get('in', 0)}"
+            exc_type = type(exc)
         if issubclass(exc_type, (RecordError, MediaError, StreamError)):
             self._summary()
             typer.echo(f"medmax {self.stage}: error: {exc}", err=True)
@@ -317,6 +326,7 @@ class StageIO:
     def _counted(self, records: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         meter, count = self.progress_meter, self.report.counts
         for record in records:
+            self._last_id = record.get("id")  # named if a fault escapes the stage (see __exit__)
             count["in"] += 1  # records of this shard, so the stats of n shards add up to the input
             meter.update()
             yield record

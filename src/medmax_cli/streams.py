@@ -33,14 +33,16 @@ import orjson
 
 from medmax_cli.atomic import AtomicFile, atomic_write_bytes  # noqa: F401 (re-exported)
 from medmax_cli.media import MediaError, MediaStore, extension_for
-from medmax_cli.records import RecordError, validate
+from medmax_cli.records import RecordError, loads_record, validate
 
 FORMATS = ("jsonl", "tar")
 TAR_MTIME = 0  # fixed so that tar output is byte-reproducible
 MAX_LINE_BYTES_ENV = "MEDMAX_MAX_LINE_BYTES"
 MAX_MEMBER_BYTES_ENV = "MEDMAX_MAX_MEMBER_BYTES"
+MAX_SAMPLE_BYTES_ENV = "MEDMAX_MAX_SAMPLE_BYTES"
 DEFAULT_MAX_LINE_BYTES = 64 * 1024 * 1024  # one JSONL line / one .json member
 DEFAULT_MAX_MEMBER_BYTES = 64 * 1024 * 1024  # one tar member (the media store's image cap)
+DEFAULT_MAX_SAMPLE_BYTES = 256 * 1024 * 1024  # all members of one tar sample, 512 bytes counted a member
 
 
 class StreamError(RuntimeError):
@@ -76,6 +78,32 @@ class SeenIds:
 
     def __len__(self) -> int:
         return len(self._seen)
+
+
+# What per-record code may raise on a record of the wrong shape ("images": null, an "article" that is a
+# string, a nested field of the wrong type): every stage loop catches these and hands them to the error
+# policy, so one record never ends a run (`--on-error skip` rejects it, `fail` names it and stops).
+RECORD_FAULTS: tuple[type[BaseException], ...] = (
+    RecordError,
+    MediaError,
+    TypeError,
+    ValueError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    LookupError,
+    ArithmeticError,
+    RecursionError,
+)
+
+
+def record_fault(error: BaseException, record: Any = None) -> RecordError | MediaError:
+    """`error` as the RecordError (or MediaError) the error policy reports: a bare TypeError from a
+    field of the wrong type becomes "cannot process the record (TypeError: ...)", naming the record."""
+    if isinstance(error, (RecordError, MediaError)):
+        return error
+    rid = record.get("id") if isinstance(record, dict) and isinstance(record.get("id"), str) else None
+    return RecordError(f"cannot process the record ({type(error).__name__}: {error})", record_id=rid)
 
 
 def duplicate_error(record_id: str) -> RecordError:
@@ -156,6 +184,8 @@ class ErrorPolicy:
         self, error: Exception, raw: Any = None, *, where: str | None = None, record_id: str | None = None
     ) -> None:
         """Raise in fail mode; otherwise record the reject and return."""
+        if not isinstance(error, (RecordError, MediaError)):
+            error = record_fault(error, raw)
         if isinstance(error, RecordError):
             where = where or error.where
             record_id = record_id or error.record_id
@@ -202,11 +232,12 @@ def map_records(
     fn: Callable[[dict[str, Any]], Iterable[dict[str, Any]]],
     policy: ErrorPolicy,
 ) -> Iterator[dict[str, Any]]:
-    """Apply a one-record-to-many function, sending RecordError/MediaError through the policy."""
+    """Apply a one-record-to-many function, sending every per-record fault (RECORD_FAULTS) through
+    the policy."""
     for record in records:
         try:
             outputs = list(fn(record))
-        except (RecordError, MediaError) as exc:
+        except RECORD_FAULTS as exc:
             policy.reject(exc, record)
             continue
         yield from outputs
@@ -253,6 +284,8 @@ def detect_format(stream: io.BufferedReader) -> str:
         return "gzip"
     if len(head) >= 262 and head[257:262] == b"ustar":
         return "tar"
+    if len(head) == 512 and not head.strip(b"\0"):
+        return "tar"  # an empty archive (only its end-of-archive blocks), as a writer of no records leaves it
     return "jsonl"
 
 
@@ -302,7 +335,7 @@ def _read_jsonl(
 ) -> Iterator[dict[str, Any]]:
     cap = byte_limit(MAX_LINE_BYTES_ENV, DEFAULT_MAX_LINE_BYTES)
     counts = policy.report.counts  # the hot loop touches locals only; error paths build messages
-    readline, loads, JSONDecodeError = stream.readline, orjson.loads, orjson.JSONDecodeError
+    readline, loads, JSONDecodeError = stream.readline, loads_record, orjson.JSONDecodeError
     line_no = 0
     while True:
         try:
@@ -333,6 +366,9 @@ def _read_jsonl(
                 RecordError(f"malformed JSON ({exc})"), line.rstrip(b"\n"), where=f"{name}:{line_no}"
             )
             continue
+        except RecordError as exc:  # an integer beyond 64 bits
+            policy.reject(exc, line.rstrip(b"\n"), where=f"{name}:{line_no}")
+            continue
         if type(record) is not dict:  # structural, so even stages that validate later see objects
             kind = type(record).__name__
             policy.reject(
@@ -342,7 +378,7 @@ def _read_jsonl(
         if check:
             try:
                 validate(record)
-            except RecordError as exc:
+            except RECORD_FAULTS as exc:
                 policy.reject(exc, record, where=f"{name}:{line_no}")
                 continue
         elif type(record.get("id")) is not str:  # checked stages get this from validate()
@@ -375,6 +411,10 @@ class _Refused:
 
     def __init__(self, reason: str):
         self.reason = reason
+
+
+_SKIPPED = _Refused("")  # a member of a sample already refused: its data is not kept
+_OVER_CAP = "/over-cap"  # the group key of a sample's size refusal (no member's suffix holds a "/")
 
 
 class _TailTracker:
@@ -430,8 +470,10 @@ def _read_tar(
         raise StreamError(f"{name}: not a readable tar stream ({exc})") from None
     line_cap = byte_limit(MAX_LINE_BYTES_ENV, DEFAULT_MAX_LINE_BYTES)
     member_cap = byte_limit(MAX_MEMBER_BYTES_ENV, DEFAULT_MAX_MEMBER_BYTES)
+    sample_cap = byte_limit(MAX_SAMPLE_BYTES_ENV, DEFAULT_MAX_SAMPLE_BYTES)
     group_key: str | None = None
     group: dict[str, bytes | _Refused] = {}
+    group_bytes = 0  # what the sample held in memory costs: its members' data plus a header each
     opts = {"name": name, "policy": policy, "media": media, "check": check, "seen": seen}
     try:
         for member in archive:
@@ -462,9 +504,17 @@ def _read_tar(
                     raise StreamError(f"{name}: member {member.name} is truncated")
             if group and (key != group_key or rest in group):  # a repeated member starts a new sample
                 yield from _tar_sample(group_key or "", group, **opts)  # type: ignore[arg-type]
-                group = {}
+                group, group_bytes = {}, 0
             group_key = key
-            group[rest] = value
+            group_bytes += tarfile.BLOCKSIZE + (len(value) if isinstance(value, bytes) else 0)
+            if group_bytes > sample_cap and _OVER_CAP not in group:
+                # the sample is refused; its members' data is dropped as it comes (memory stays bounded)
+                group = dict.fromkeys(group, _SKIPPED)
+                group[_OVER_CAP] = _Refused(
+                    f"tar sample {key} holds more than {sample_cap} bytes in its members "
+                    f"(env {MAX_SAMPLE_BYTES_ENV})"
+                )
+            group[rest] = _SKIPPED if _OVER_CAP in group else value
         end = archive.offset
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise StreamError(f"{name}: truncated or corrupt tar stream after {group_key!r} ({exc})") from None
@@ -494,7 +544,7 @@ def _tar_sample(
     seen: SeenIds | None = None,
 ) -> Iterator[dict[str, Any]]:
     where = f"{name}:{key}"
-    refused = [v.reason for v in group.values() if isinstance(v, _Refused)]
+    refused = [v.reason for v in group.values() if isinstance(v, _Refused) and v.reason]
     if refused:
         policy.reject(RecordError(refused[0]), None, where=where, record_id=key.rpartition("/")[2])
         return
@@ -508,15 +558,18 @@ def _tar_sample(
         )
         return
     try:
-        record = orjson.loads(raw)  # type: ignore[arg-type]
+        record = loads_record(raw)  # type: ignore[arg-type]
     except orjson.JSONDecodeError as exc:
         policy.reject(RecordError(f"malformed JSON ({exc})"), raw, where=where)
+        return
+    except RecordError as exc:  # an integer beyond 64 bits
+        policy.reject(exc, raw, where=where, record_id=key.rpartition("/")[2])
         return
     try:
         _attach_inline_images(record, group, media, where)  # type: ignore[arg-type]
         if check:
             validate(record)
-    except (RecordError, MediaError) as exc:
+    except RECORD_FAULTS as exc:
         policy.reject(exc, record, where=where)
         return
     if not _unique(record, seen, policy, where):
@@ -576,7 +629,9 @@ class RecordWriter:
         self.policy = policy
         self.seen = SeenIds() if unique_ids else None
         self._tar = (
-            tarfile.TarFile(fileobj=_PositionTracker(stream), mode="w", format=tarfile.USTAR_FORMAT)  # type: ignore[arg-type]
+            # PAX: an id too long for a USTAR name (100 bytes) gets a PAX header; shorter names are
+            # written exactly as USTAR writes them
+            tarfile.TarFile(fileobj=_PositionTracker(stream), mode="w", format=tarfile.PAX_FORMAT)  # type: ignore[arg-type]
             if fmt == "tar"
             else None
         )
@@ -584,9 +639,11 @@ class RecordWriter:
     def write(self, record: dict[str, Any]) -> None:
         try:
             members = self._encode(record)
-        except (RecordError, MediaError) as exc:
+        except RECORD_FAULTS as exc:
             if self.policy is None:
-                raise
+                if isinstance(exc, (RecordError, MediaError)):
+                    raise
+                raise record_fault(exc, record) from exc
             self.policy.reject(exc, record, where="output")
             return
         if self._tar is None:

@@ -229,7 +229,7 @@ def build_sequences(
             continue
         try:
             wanted.append(_text_parts(instance, _turns(instance)))
-        except (RecordError, KeyError, TypeError):
+        except (RecordError, LookupError, TypeError, ValueError, AttributeError):
             wanted.append([])  # _assemble reports the problem
     flat = [text for texts in wanted if texts for text in texts]
     encoded = tokenizer.encode_batch(flat) if flat else []
@@ -245,7 +245,7 @@ def build_sequences(
             out.append(_fill_meta(sample, instance))
         except RecordError as exc:
             out.append(exc)
-        except (KeyError, TypeError, StopIteration) as exc:
+        except (LookupError, TypeError, ValueError, AttributeError, ArithmeticError, StopIteration) as exc:
             out.append(RecordError(f"malformed instance ({type(exc).__name__}: {exc})"))
         offset += n
     return out

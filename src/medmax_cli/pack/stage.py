@@ -22,7 +22,7 @@ from medmax_cli.pack.sequence import TRAIN_ON, Sample, build_sequences, text_tok
 from medmax_cli.pack.shards import PackedRow, ShardWriter, clear_outputs, lock_output_dir, make_row
 from medmax_cli.pack.truncate import fit_length
 from medmax_cli.records import RecordError, validate
-from medmax_cli.streams import ErrorPolicy
+from medmax_cli.streams import RECORD_FAULTS, ErrorPolicy
 
 log = logging.getLogger(__name__)
 
@@ -151,13 +151,13 @@ def _ready_batches(
         for record in raw:
             try:
                 batch.append(validate_instance(record) if check else record)
-            except RecordError as exc:
+            except RECORD_FAULTS as exc:
                 policy.reject(exc, record)
         ready = []
         for record in _encode_batch(batch, encode_images, expected_vq):
             try:
                 ready.append(_with_codes(record, expected_vq, tokens_per_image, n_codes))
-            except RecordError as exc:
+            except RECORD_FAULTS as exc:
                 policy.reject(exc, record)
         yield ready
 

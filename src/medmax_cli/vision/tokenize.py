@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from medmax_cli.media import MediaError, MediaStore, decode_image, sha256_bytes
+from medmax_cli.media import MediaStore, decode_image, sha256_bytes
 from medmax_cli.records import RecordError
-from medmax_cli.streams import ErrorPolicy
+from medmax_cli.streams import RECORD_FAULTS, ErrorPolicy, record_fault
 from medmax_cli.vision.cache import TokenCache, default_cache_dir
 from medmax_cli.vision.fingerprint import vq_fingerprint
 from medmax_cli.vision.preprocess import ALPHA_MODES, preprocess_uint8
@@ -155,6 +155,14 @@ def tokenize_images(
         pending.waiting -= 1
 
     def plan(record: dict[str, Any]) -> _Pending:
+        try:
+            return plan_images(record)
+        except RECORD_FAULTS as exc:  # a field of the wrong type: this record is rejected, not the run
+            pending = _Pending(record)
+            pending.error = record_fault(exc, record)
+            return pending
+
+    def plan_images(record: dict[str, Any]) -> _Pending:
         pending = _Pending(record)
         images = record.get("images") or []
         todo: list[tuple[int, dict[str, Any]]] = []
@@ -246,9 +254,9 @@ def tokenize_images(
         key, job = queue.popleft()
         try:
             sha, pixels = job.future.result()
-        except (MediaError, RecordError) as exc:
+        except RECORD_FAULTS as exc:
             for pending, _ in jobs.pop(key).waiters:
-                pending.error = pending.error or exc
+                pending.error = pending.error or record_fault(exc, pending.record)
                 pending.waiting -= 1
             return
         ready.append((key, sha, pixels))
