@@ -41,6 +41,7 @@ from medmax_cli.streams import (
     RunReport,
     StreamError,
     in_shard,
+    markers_for,
     parse_shard,
     read_records,
     record_fault,
@@ -131,6 +132,7 @@ class StageIO:
         hash_input: bool = False,
         progress_unit: str = "rec",
         written_key: str = "out",
+        stream_markers: bool = True,
     ):
         check_choice("--format", fmt, FORMATS)
         check_choice("--on-error", on_error, ("fail", "skip"))
@@ -159,6 +161,7 @@ class StageIO:
         self._atomic: AtomicFile | None = None
         self.run = run_options()
         self.written_key = written_key
+        self.stream_markers = stream_markers  # on a pipe: header + counted trailer (docs/records.md)
         self._started_at = time.time()
         self._by_hand = False  # the command counts progress itself (tick/set_total)
         self._last_id: str | None = None  # the input record read last
@@ -350,9 +353,11 @@ class StageIO:
     @property
     def writer(self) -> RecordWriter:
         if self._writer is None:
+            markers = False
             if self.output == "-":
                 stream: IO[bytes] = sys.stdout.buffer
                 flush_each = True
+                markers = self.stream_markers and markers_for(stream)
             else:
                 if self._atomic is None:
                     self._atomic = AtomicFile(self.output)
@@ -365,6 +370,7 @@ class StageIO:
                 flush_each=flush_each,
                 report=self.report,
                 policy=getattr(self, "policy", None),  # errors met while writing obey --on-error
+                markers=markers,
             )
         return self._writer
 

@@ -21,6 +21,7 @@ import gzip
 import hashlib
 import io
 import os
+import stat
 import tarfile
 import time
 import zlib
@@ -47,6 +48,51 @@ DEFAULT_MAX_SAMPLE_BYTES = 256 * 1024 * 1024  # all members of one tar sample, 5
 
 class StreamError(RuntimeError):
     """The stream itself is broken (truncated tar, unreadable file): reading cannot go on."""
+
+
+# ---------------------------------------------------------------- end-of-stream markers (docs/records.md)
+# A medmax JSONL writer on a pipe starts with STREAM_HEADER and ends with a trailer that counts its
+# records, so that the next stage can tell a finished stream from one whose writer was killed between
+# two records (the pipe just ends, as it does after the last record). Readers drop both lines; a
+# stream that starts with the header must end with a trailer that matches, else it is a StreamError.
+# Plain JSONL (hand-written, `> file`, other tools) has no header and is read as it is.
+STREAM_MARKERS_ENV = "MEDMAX_STREAM_MARKERS"  # "0": never write them (for other JSONL consumers)
+STREAM_HEADER = b'{"medmax_stream":{"version":1}}\n'
+_HEADER_KEY, _TRAILER_KEY = "medmax_stream", "medmax_end"
+_MARKER_PREFIX = b'{"medmax_'
+
+
+def stream_trailer(records: int) -> bytes:
+    return b'{"medmax_end":{"records":%d}}\n' % records
+
+
+def marker_kind(value: Any) -> str | None:
+    """ "header" or "trailer" when a parsed JSONL line is a stream marker, else None."""
+    if type(value) is dict and len(value) == 1:
+        if _HEADER_KEY in value:
+            return "header"
+        if _TRAILER_KEY in value:
+            return "trailer"
+    return None
+
+
+def markers_for(stream: IO[bytes]) -> bool:
+    """Should a JSONL writer to `stream` write stream markers: it is a pipe, FIFO or socket (not a file
+    or a terminal) and the environment does not turn them off."""
+    if (os.environ.get(STREAM_MARKERS_ENV) or "").strip().lower() in ("0", "no", "false", "off"):
+        return False
+    try:
+        mode = os.fstat(stream.fileno()).st_mode
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
+def parse_jsonl(data: bytes) -> list[Any]:
+    """The JSON values of a JSONL byte string, stream markers and blank lines left out (for tests and
+    scripts that read a stage's stdout)."""
+    values = (orjson.loads(line) for line in data.splitlines() if line.strip())
+    return [value for value in values if marker_kind(value) is None]
 
 
 def byte_limit(env_name: str, default: int) -> int:
@@ -337,6 +383,8 @@ def _read_jsonl(
     counts = policy.report.counts  # the hot loop touches locals only; error paths build messages
     readline, loads, JSONDecodeError = stream.readline, loads_record, orjson.JSONDecodeError
     line_no = 0
+    segment: int | None = None  # records since a stream header, while one is open
+    segment_start = 0
     while True:
         try:
             line = readline(cap + 1)
@@ -350,6 +398,16 @@ def _read_jsonl(
         if not line:
             break
         line_no += 1
+        if line[:9] == _MARKER_PREFIX and (kind := _marker_line(line)) is not None:
+            if kind == "header":
+                if segment is not None:
+                    raise _cut_error(name, segment, segment_start, f"a new stream begins at line {line_no}")
+                segment, segment_start = 0, line_no
+            else:
+                segment = _check_trailer(line, segment, name, line_no, segment_start)
+            continue
+        if segment is not None and line.strip():
+            segment += 1
         if over:
             policy.reject(
                 RecordError(f"line longer than the {cap}-byte limit (env {MAX_LINE_BYTES_ENV})"),
@@ -389,6 +447,40 @@ def _read_jsonl(
             continue
         counts["in"] += 1
         yield record
+    if segment is not None:
+        raise _cut_error(name, segment, segment_start, "the input ends")
+
+
+def _marker_line(line: bytes) -> str | None:
+    try:
+        return marker_kind(orjson.loads(line))
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _cut_error(name: str, records: int, start: int, what: str) -> StreamError:
+    return StreamError(
+        f"{name}: stream cut upstream after {records} records: the medmax stream that began at line "
+        f"{start} has no end trailer before {what} (the stage writing it stopped early; nothing here "
+        "is finished). See docs/records.md, 'End of stream'."
+    )
+
+
+def _check_trailer(line: bytes, segment: int | None, name: str, line_no: int, start: int) -> None:
+    """None (the segment is closed) when the trailer at `line_no` matches the records read, else raise."""
+    if segment is None:
+        raise StreamError(
+            f"{name}:{line_no}: a medmax end-of-stream trailer without a stream header before it "
+            "(the start of the stream is missing)"
+        )
+    expected = orjson.loads(line)[_TRAILER_KEY]
+    count = expected.get("records") if isinstance(expected, dict) else None
+    if count != segment:
+        raise StreamError(
+            f"{name}:{line_no}: stream cut upstream: its trailer counts {count!r} records, but "
+            f"{segment} arrived since its header at line {start} (records were lost on the way)"
+        )
+    return None
 
 
 def _skip_line(stream: IO[bytes]) -> None:
@@ -618,6 +710,7 @@ class RecordWriter:
         report: RunReport | None = None,
         policy: ErrorPolicy | None = None,
         unique_ids: bool = True,
+        markers: bool = False,
     ):
         if fmt not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
@@ -628,6 +721,9 @@ class RecordWriter:
         self.report = report
         self.policy = policy
         self.seen = SeenIds() if unique_ids else None
+        self.markers = markers and fmt == "jsonl"  # a tar stream has its own end-of-archive blocks
+        self._started = False  # the stream header is out (written with the first record)
+        self.written = 0
         self._tar = (
             # PAX: an id too long for a USTAR name (100 bytes) gets a PAX header; shorter names are
             # written exactly as USTAR writes them
@@ -647,10 +743,14 @@ class RecordWriter:
             self.policy.reject(exc, record, where="output")
             return
         if self._tar is None:
+            if self.markers and not self._started:
+                self.stream.write(STREAM_HEADER)
+                self._started = True
             self.stream.write(members[0][1])
         else:
             for name, data in members:
                 self._add(name, data)
+        self.written += 1
         if self.flush_each:
             self.stream.flush()
         if self.report is not None:
@@ -687,9 +787,14 @@ class RecordWriter:
         self._tar.addfile(info, io.BytesIO(data))
 
     def close(self) -> None:
+        """End the stream (tar end-of-archive blocks; the trailer of a marked JSONL stream). Not called
+        when a run fails, so that the next stage sees a stream cut short, not a finished one."""
         if self._tar is not None:
             self._tar.close()
             self._tar = None
+        if self.markers and self._started:
+            self.stream.write(stream_trailer(self.written))
+            self._started = False
         self.stream.flush()
 
 
