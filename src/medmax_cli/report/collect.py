@@ -24,6 +24,8 @@ from typing import Any
 
 import orjson
 
+from medmax_cli.streams import marker_kind
+
 MAX_SCAN_DEPTH = 2
 
 
@@ -48,9 +50,11 @@ def _first_json_line(path: Path) -> Any:
         for line in handle:
             if line.strip():
                 try:
-                    return orjson.loads(line)
+                    value = orjson.loads(line)
                 except orjson.JSONDecodeError:
                     return None
+                if marker_kind(value) is None:  # a stream header (a stage's stdout kept by tee)
+                    return value
     return None
 
 
@@ -117,7 +121,9 @@ def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     with open(path, "rb") as handle:
         for line in handle:
             if line.strip():
-                yield orjson.loads(line)
+                value = orjson.loads(line)
+                if marker_kind(value) is None:  # stream markers are not records (docs/records.md)
+                    yield value
 
 
 def read_jsonl(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
