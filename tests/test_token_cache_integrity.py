@@ -45,7 +45,15 @@ def grid(tiny_model_dir):
 
 
 def row(tokens):
-    return {"id": "mm", "kind": "instance", "task": "vqa", "source": "medmax", "tokens": tokens}
+    turns = [{"role": "user", "content": [{"text": "q"}]}, {"role": "assistant", "content": [{"text": "a"}]}]
+    return {
+        "id": "mm",
+        "kind": "instance",
+        "task": "vqa",
+        "source": "medmax",
+        "tokens": tokens,
+        "turns": turns,
+    }
 
 
 def codes(n):
@@ -66,8 +74,9 @@ def test_bad_pretokenised_image_blocks_are_refused(case, tok, vocab, grid):
     tokens = BAD_BLOCKS[case](grid)
     with pytest.raises(RecordError, match="pre-tokenised 'tokens'"):
         build_sequence(row(tokens), vocab=vocab, tokenizer=tok)
-    with pytest.raises(RecordError, match="pre-tokenised 'tokens'"):  # generate's prompt: the same check
-        build_prompt_ids(row(tokens), vocab=vocab, tokenizer=tok)
+    # generate's prompt from a row with tokens only: the same check
+    with pytest.raises(RecordError, match="pre-tokenised 'tokens'"):
+        build_prompt_ids({**row(tokens), "turns": []}, vocab=vocab, tokenizer=tok)
 
 
 def pack_samples(records, tok, vocab, grid, policy):
