@@ -146,6 +146,32 @@ def test_a_warm_cache_does_not_hide_a_replaced_image(tiny_model_dir, media, tmp_
     assert b"does not match its sha256" in rejects.getvalue()
 
 
+def test_the_wal_switch_waits_for_a_lock_another_process_holds(tmp_path, monkeypatch):
+    """SQLite answers `PRAGMA journal_mode=WAL` with "database is locked" at once, without the busy
+    timeout, while another connection holds a write lock on a fresh database: the cache retries."""
+    import sqlite3
+
+    from medmax_cli.vision import cache as cache_module
+
+    (tmp_path / "cache").mkdir()
+    holder = sqlite3.connect(tmp_path / "cache" / cache_module.CACHE_FILE, isolation_level=None)
+    holder.execute("CREATE TABLE other (x)")
+    holder.execute("BEGIN IMMEDIATE")  # what a second process creating the cache holds for a moment
+    retries = []
+
+    def release(seconds):
+        retries.append(seconds)
+        if holder.in_transaction:
+            holder.execute("COMMIT")
+
+    monkeypatch.setattr(cache_module, "_sleep", release)
+    with TokenCache(tmp_path / "cache") as cache:
+        cache.put_many([("a" * 64, [1, 2])], "vq")
+        assert cache.get("a" * 64, "vq") == [1, 2]
+    assert retries  # it met the lock and waited instead of failing
+    holder.close()
+
+
 def _open_and_use(directory: str, index: int, start, results) -> None:
     start.wait()
     try:

@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS tokens (
 ) WITHOUT ROWID
 """
 BUSY_TIMEOUT_S = 60.0
+_sleep = time.sleep  # (tests replace it to release a lock at the first retry)
 _T = TypeVar("_T")
 
 
@@ -53,7 +54,7 @@ def _retry_busy(step: Callable[[], _T], timeout: float = BUSY_TIMEOUT_S) -> _T:
             text = str(exc).lower()
             if ("locked" not in text and "busy" not in text) or time.monotonic() > deadline:
                 raise
-        time.sleep(delay)
+        _sleep(delay)
         delay = min(delay * 2, 0.5)
 
 
