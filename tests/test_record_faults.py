@@ -150,3 +150,21 @@ def test_the_cli_skips_hostile_records_and_fails_naming_them(tmp_path, medmax):
     assert failed.returncode == 1
     assert b"in.jsonl:2: record 'n1': field 'images' must be a list" in failed.stderr
     assert b"Traceback" not in failed.stderr
+
+
+@pytest.mark.parametrize("payload", [b"[1, 2]", b'"text"', b'{"kind": "figure"}'])
+def test_a_tar_member_that_is_not_a_record_is_rejected_also_unchecked(payload, media):
+    import tarfile
+
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as archive:
+        for name, data in (("bad.json", payload), ("ok.json", orjson.dumps(GOOD))):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    for check in (True, False):  # pack reads with check=False and validates later
+        rejects = io.BytesIO()
+        policy = ErrorPolicy("skip", rejects, RunReport("t"))
+        got = list(read_records(io.BytesIO(out.getvalue()), media=media, policy=policy, check=check))
+        assert got == [GOOD]
+        assert orjson.loads(rejects.getvalue())["where"] == "<stdin>:bad"

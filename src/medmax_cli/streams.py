@@ -657,6 +657,11 @@ def _tar_sample(
     except RecordError as exc:  # an integer beyond 64 bits
         policy.reject(exc, raw, where=where, record_id=key.rpartition("/")[2])
         return
+    if type(record) is not dict or (not check and type(record.get("id")) is not str):
+        # structural, as for JSONL: even stages that validate later (pack) get objects with an id
+        what = f"got {type(record).__name__}" if type(record) is not dict else "record has no 'id' (a string)"
+        policy.reject(RecordError(f"a record must be a JSON object with an id: {what}"), record, where=where)
+        return
     try:
         _attach_inline_images(record, group, media, where)  # type: ignore[arg-type]
         if check:
