@@ -168,3 +168,24 @@ def test_a_tar_member_that_is_not_a_record_is_rejected_also_unchecked(payload, m
         got = list(read_records(io.BytesIO(out.getvalue()), media=media, policy=policy, check=check))
         assert got == [GOOD]
         assert orjson.loads(rejects.getvalue())["where"] == "<stdin>:bad"
+
+
+def test_a_fault_escaping_a_stage_loop_is_a_named_record_error_not_a_traceback(tmp_path, capsys, monkeypatch):
+    import typer
+
+    from medmax_cli.cliutil import StageIO
+
+    monkeypatch.setenv("MEDMAX_MEDIA", str(tmp_path / "media"))
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(jsonl([GOOD, {**GOOD, "id": "second"}]))
+    out = tmp_path / "o.jsonl"
+    with pytest.raises(typer.Exit) as info:
+        with StageIO("t", input=str(src), output=str(out), quiet=True) as stage:
+            for record in stage.records:
+                if record["id"] == "second":
+                    record["caption"].missing  # noqa: B018 - a stage's fault on this record's shape
+                stage.write(record)
+    assert info.value.exit_code == 1
+    err = capsys.readouterr().err
+    assert "after input record 2: record 'second': cannot process the record (AttributeError" in err
+    assert not out.exists()

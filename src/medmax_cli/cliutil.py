@@ -228,7 +228,7 @@ class StageIO:
             # a per-record fault that escaped a stage's own loop: still a named record error, no traceback
             last = self._last_id
             exc = record_fault(exc, {"id": last} if last is not None else None)
-            exc.where = exc.where or f"input record {self.report.counts.get('in', 0)}"
+            exc.where = exc.where or f"after input record {self.report.counts.get('in', 0)}"
             exc_type = type(exc)
         if issubclass(exc_type, (RecordError, MediaError, StreamError)):
             self._summary()
