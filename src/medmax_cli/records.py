@@ -66,17 +66,21 @@ class RecordError(ValueError):
 # orjson reads an integer beyond 64 bits as a float (rounded: 2**64 comes back as 1.8446744073709552e19)
 # and cannot write one at all, so such integers are refused with a reason instead of being changed.
 INT_MIN, INT_MAX = -(2**63), 2**64 - 1  # what orjson reads and writes exactly
-_LONG_DIGITS = re.compile(rb"\d{19}")  # a run this long may be an integer orjson would round
+# A run of 19+ digits may be an integer orjson would round. Found with one C-level translate and a
+# substring search (about a fifth of orjson's parse time on a token-heavy line; a regex took four times
+# orjson's time, as it tries a match at every digit).
+_DIGIT_MAP = bytes(0x64 if 0x30 <= i <= 0x39 else 0x78 for i in range(256))  # digits -> "d", else "x"
+_LONG_RUN = b"d" * 19
 
 
 def loads_record(raw: bytes | str) -> Any:
     """`orjson.loads`, but an integer beyond 64 bits is a RecordError, never a float in disguise.
 
     Only text with a run of 19+ digits (rare: ids, hashes) is parsed a second time, exactly, to
-    find out; everything else costs one regex scan."""
+    find out; everything else costs one byte-translate scan."""
     value = orjson.loads(raw)
     data = raw.encode() if isinstance(raw, str) else raw
-    if _LONG_DIGITS.search(data) is not None:
+    if _LONG_RUN in data.translate(_DIGIT_MAP):
         try:
             _check_int_range(data)
         except RecordError as exc:
