@@ -363,6 +363,8 @@ class StageIO:
                     self._atomic = AtomicFile(self.output)
                 stream = self._atomic.handle
                 flush_each = False
+                # `-o FIFO` or `-o /dev/stdout` on a pipe is written through: mark it like stdout
+                markers = self.stream_markers and markers_for(stream)
             self._writer = RecordWriter(
                 stream,
                 fmt=self.fmt,
