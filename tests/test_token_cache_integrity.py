@@ -66,6 +66,8 @@ BAD_BLOCKS = {
     "image code outside a block": lambda g: [BOS, 9000, OFFSET + 3, SEP, 9002, EOS],
     "empty block": lambda g: [BOS, BOI, EOI, 9001, SEP, 9002, EOS],
     "special token inside a block": lambda g: [BOS, BOI, *codes(g - 1), SEP, EOI, 9001, SEP, 9002, EOS],
+    "not integers": lambda g: [BOS, "x", SEP, 9002, EOS],
+    "a string": lambda g: "abc",
 }
 
 

@@ -96,8 +96,8 @@ def _check_int_range(data: bytes) -> None:
         if not INT_MIN <= number <= INT_MAX:
             shown = text if len(text) <= 40 else f"{text[:20]}...{text[-8:]} ({len(text)} digits)"
             raise RecordError(
-                f"integer {shown} is beyond 64 bits (a JSON reader would round it to a float): "
-                "write it as a string"
+                f"integer beyond 64 bits: {shown} (a JSON reader would round it to a float; "
+                "write it as a string)"
             )
         return number
 
@@ -196,6 +196,7 @@ def _token_list(tokens: Any) -> bool:
 
 
 _INT_ONLY = {int}
+is_token_list = _token_list  # public name for other modules (pack's pre-tokenised rows)
 
 
 def _unwritable(record: dict[str, Any]) -> str | None:

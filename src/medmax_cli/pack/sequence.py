@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from medmax_cli.records import RecordError
+from medmax_cli.records import RecordError, is_token_list
 
 IGNORE = -100
 TRAIN_ON = ("assistant", "all", "medmax")
@@ -194,6 +194,8 @@ def _image_spans_of(ids: np.ndarray, vocab, tokens_per_image: int | None = None)
 
 def _pretokenised(instance: Mapping[str, Any], vocab, tokens_per_image: int | None = None) -> Sample:
     tokens = instance["tokens"]
+    if not isinstance(tokens, np.ndarray) and not is_token_list(tokens):
+        raise RecordError("pre-tokenised 'tokens' must be a list of integer token ids")
     ids = np.asarray(tokens, dtype=np.int64)
     if ids.ndim != 1 or ids.size < 2:
         raise RecordError("pre-tokenised 'tokens' must be a list of at least two token ids")
