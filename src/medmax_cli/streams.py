@@ -9,10 +9,11 @@ Integrity and limits (docs/security.md): a tar stream must end with its end-of-a
 stream cut at a member boundary, as a killed writer leaves it, is a StreamError); link, device and
 fifo members are refused with a reason; one JSONL line (or `.json` member) may hold at most
 `MEDMAX_MAX_LINE_BYTES` and one tar member at most `MEDMAX_MAX_MEMBER_BYTES` (64 MiB each by
-default); an id seen twice in one stream is a record error, on reading and on writing (one
+default), one tar sample at most `MEDMAX_MAX_SAMPLE_BYTES` (256 MiB); an id seen twice in one stream is a record error, on reading and on writing (one
 8-byte digest per id is kept). A record that cannot be written (an image gone from the store,
 JSON too deep) goes through the error policy before any of its bytes are written, so no half
-sample reaches the output.
+sample reaches the output. A JSONL stream written on a pipe carries a header and a counted end
+trailer, and a reader refuses a marked stream that was cut short (see "end-of-stream markers").
 """
 
 from __future__ import annotations
