@@ -16,6 +16,7 @@ from fakes.llm_server import FakeLLM
 from medmax_cli import egress
 from medmax_cli.http import HttpClient, HttpError, RetryPolicy
 from medmax_cli.llm import ChatClient, CredentialRefused, LLMError, LLMSettings
+from medmax_cli.streams import parse_jsonl
 from score_helpers import vqa
 
 KEY = "sk-egress-test-key-0123456789"
@@ -103,7 +104,7 @@ def test_score_judge_never_sends_credentialed_items_to_an_untrusted_host(tmp_pat
         seen = proxy.text()
         assert b"PUBLIC-QUESTION" in seen  # the judge is reachable: the public item went
         assert b"MIMIC-QUESTION" not in seen
-        lines = [orjson.loads(x) for x in result.stdout.splitlines()]
+        lines = parse_jsonl(result.stdout)
         assert [x["id"] for x in lines] == ["pub"] and lines[0]["score"] == 1.0
         reject = orjson.loads(rejects.read_bytes())
         assert reject["record_id"] == "mimic" and reject["reason"].startswith("credential: egress refused")

@@ -20,7 +20,7 @@ import pytest
 from fakes.jats_articles import png
 from medmax_cli.fetch import datasets
 from medmax_cli.records import RecordError, validate
-from medmax_cli.streams import ErrorPolicy
+from medmax_cli.streams import ErrorPolicy, parse_jsonl
 
 
 def run(reader, path: Path, media, **kw) -> tuple[list[dict], list[dict], dict]:
@@ -294,7 +294,7 @@ def test_medmax_eval_command_exits_zero_with_every_family(medmax, tmp_path):
         "fetch", "medmax-eval", str(data), "--images", str(tmp_path / "eval"),
         env={"MEDMAX_MEDIA": str(tmp_path / "m")},
     )  # fmt: skip
-    lines = result.stdout.decode().splitlines()
+    lines = parse_jsonl(result.stdout)
     assert len(lines) == 9
     summary = result.stderr.decode()
     assert "in 10" in summary and "out 9" in summary and "unknown MedMax eval family: 1" in summary
@@ -603,7 +603,7 @@ def test_split_option_keeps_test_items_out(medmax, tmp_path):
     )
     env = {"MEDMAX_MEDIA": str(tmp_path / "m")}
     train = medmax("fetch", "vqa-rad", str(tmp_path), "--split", "train", env=env)
-    assert [orjson.loads(x)["id"] for x in train.stdout.splitlines()] == ["vqa_rad-1"]
+    assert [x["id"] for x in parse_jsonl(train.stdout)] == ["vqa_rad-1"]
     assert "split test not selected: 1" in train.stderr.decode()
 
 
@@ -618,7 +618,7 @@ def test_list_and_dataset_command(medmax, tmp_path):
         [{"qid": 1, "image_name": "a.jpg", "answer": "no", "answer_type": "CLOSED", "question": "Mass?"}],
     )
     out = medmax("fetch", "vqa-rad", str(tmp_path), "-q", env={"MEDMAX_MEDIA": str(tmp_path / "m")}).stdout
-    assert orjson.loads(out)["answer"] == "no"
+    assert parse_jsonl(out)[0]["answer"] == "no"
 
 
 def test_completed_credentialed_row_with_tokens_trains(tmp_path, media):

@@ -14,7 +14,7 @@ from fakes.jats_articles import EXPECTED_GOOD, article, corpus, png
 from medmax_cli.fetch.jats import JatsError, candidate_names, normalise_license, parse_jats, safe_href
 from medmax_cli.fetch.local import fetch_jats, fetch_jsonl
 from medmax_cli.records import validate
-from medmax_cli.streams import ErrorPolicy
+from medmax_cli.streams import ErrorPolicy, parse_jsonl
 
 
 def write_corpus(root: Path) -> Path:
@@ -165,10 +165,10 @@ def test_command_on_sample_corpus_is_deterministic(medmax, tmp_path):
     first = medmax("fetch", "jats", str(SAMPLE / "jats"), "-q", env=env).stdout
     second = medmax("fetch", "jats", str(SAMPLE / "jats"), "-q", env=env).stdout
     assert first == second
-    records = [orjson.loads(line) for line in first.splitlines()]
+    records = parse_jsonl(first)
     assert len(records) >= 5 and all(r["kind"] == "figure" for r in records)
     qa = medmax("fetch", "jsonl", str(SAMPLE / "vqa.jsonl"), "--root", str(SAMPLE), "-q", env=env).stdout
-    assert all(orjson.loads(line)["images"][0]["sha256"] for line in qa.splitlines())
+    assert all(line["images"][0]["sha256"] for line in parse_jsonl(qa))
     bad = medmax("fetch", "jats", str(tmp_path / "nope"), check=False, env=env)
     assert bad.returncode == 2 and b"no such file" in bad.stderr
 

@@ -22,7 +22,7 @@ from medmax_cli.llm import (
     chat_url,
     endpoint_trusted,
 )
-from medmax_cli.streams import ErrorPolicy
+from medmax_cli.streams import ErrorPolicy, parse_jsonl
 from medmax_cli.synthesize import synthesize
 from medmax_cli.synthesize.visual_chat import PROMPT_VERSION, parse_conversation
 
@@ -241,7 +241,7 @@ def test_command_visual_chat_with_cache(media, tmp_path, medmax):
         second = medmax(*args, env=env)
         assert len(llm.requests) == 3  # all from the cache
     assert first.stdout == second.stdout
-    tasks = [orjson.loads(line)["task"] for line in first.stdout.splitlines()]
+    tasks = [line["task"] for line in parse_jsonl(first.stdout)]
     assert tasks.count("visual_chat") == 3 and tasks.count("captioning") == 3
     assert b"sk-cli" not in first.stdout + first.stderr + second.stderr
     assert b"llm cache hits 3" in second.stderr

@@ -24,7 +24,7 @@ from PIL import Image
 from medmax_cli.media import decode_image
 from medmax_cli.pack.sequence import IGNORE, build_sequence
 from medmax_cli.records import RecordError
-from medmax_cli.streams import ErrorPolicy
+from medmax_cli.streams import ErrorPolicy, parse_jsonl
 from medmax_cli.vision.preprocess import bit_depth, preprocess
 
 BOS, EOS, BOI, EOI, SEP, IMAGE = 0, 2, 8197, 8196, 8710, 8711
@@ -292,7 +292,7 @@ def test_commands_tokenize_drop_then_pack_medmax(tiny_model_dir, media, tmp_path
     model = ("--model", str(tiny_model_dir))
     tokens = medmax("tokenize-images", *model, "--alpha", "drop", "--workers", "0",
                     input=(json.dumps(record) + "\n").encode(), env=env)  # fmt: skip
-    assert json.loads(tokens.stdout)["images"][0]["alpha"] == "drop"
+    assert parse_jsonl(tokens.stdout)[0]["images"][0]["alpha"] == "drop"
     mixed = medmax("pack", "-o", str(tmp_path / "w"), *model, input=tokens.stdout, env=env, check=False)
     assert mixed.returncode != 0 and b"--alpha drop" in mixed.stderr
     medmax("pack", "-o", str(tmp_path / "d"), *model, "--alpha", "drop", "--train-on", "medmax",

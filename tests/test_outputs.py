@@ -19,6 +19,7 @@ import pytest
 import typer
 
 from medmax_cli import errors
+from medmax_cli.streams import STREAM_HEADER, stream_trailer
 from test_streams import qa
 
 DATA = b"".join(orjson.dumps(qa(i)) + b"\n" for i in range(300))
@@ -43,7 +44,8 @@ def test_a_fifo_is_written_in_place(tmp_path):
     result = cat("-o", str(fifo))
     reader.join(timeout=30)
     assert result.returncode == 0, result.stderr
-    assert got == [DATA] and stat.S_ISFIFO(fifo.lstat().st_mode)
+    # a FIFO is a pipe: the stream is bracketed by its header and counted trailer (docs/records.md)
+    assert got == [STREAM_HEADER + DATA + stream_trailer(300)] and stat.S_ISFIFO(fifo.lstat().st_mode)
 
 
 def test_a_link_to_stdout_is_written_through_not_replaced(tmp_path):
@@ -51,7 +53,7 @@ def test_a_link_to_stdout_is_written_through_not_replaced(tmp_path):
     link.symlink_to("/proc/self/fd/1")  # what /dev/stdout is, without touching /dev
     result = cat("-o", str(link))
     assert result.returncode == 0, result.stderr
-    assert result.stdout == DATA and link.is_symlink()
+    assert result.stdout == STREAM_HEADER + DATA + stream_trailer(300) and link.is_symlink()  # a pipe
 
 
 def test_a_link_to_a_regular_file_keeps_its_link(tmp_path):

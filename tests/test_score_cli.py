@@ -6,6 +6,7 @@ import hashlib
 
 import orjson
 
+from medmax_cli.streams import parse_jsonl
 from score_helpers import vqa
 
 OPTIONS = ["CT", "MRI", "X-ray", "PET"]
@@ -33,7 +34,7 @@ def test_score_lines_summary_bytes_and_report(tmp_path, medmax):
     )
     medmax("score", "--summary", str(tmp_path / "b.json"), "--cluster-by-image", input=data)
     medmax("score", "--summary", str(tmp_path / "c.json"), input=data)
-    lines = [orjson.loads(x) for x in first.stdout.splitlines()]
+    lines = parse_jsonl(first.stdout)
     assert len(lines) == 20 and {x["status"] for x in lines} == {"scored"}
     summary = orjson.loads((tmp_path / "a.json").read_bytes())
     assert summary["tasks"]["vqa_rad_closed"]["mean"] == round(8 / 12, 6)
@@ -62,7 +63,7 @@ def test_robust_rules_and_expected_items(tmp_path, medmax):
         _jsonl(vqa(r["id"], r["meta"]["eval_task"], r["answer"], None) for r in _predictions())
     )
     result = medmax("score", "--rules", "robust", "--expect", str(expect), "-q", input=_jsonl(predictions))
-    lines = {x["id"]: x for x in map(orjson.loads, result.stdout.splitlines())}
+    lines = {x["id"]: x for x in parse_jsonl(result.stdout)}
     assert lines["rad-0"]["status"] == "missing" and lines["rad-0"]["score"] == 0.0
     assert all(lines[f"pmc-{i}"]["score"] == 1.0 for i in range(8))  # "(B)" parses under robust
     assert result.stderr == b""  # -q: no table, no summary line

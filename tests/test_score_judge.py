@@ -12,6 +12,7 @@ from fakes.llm_server import FakeLLM
 from medmax_cli.score.judge import Judge, NotCached, VerdictCache, openai_chat, parse_correctness, parse_pair
 from medmax_cli.score.stage import Scorer, score_records
 from medmax_cli.score.summary import summarise
+from medmax_cli.streams import parse_jsonl
 from score_helpers import vqa
 
 
@@ -167,8 +168,8 @@ def test_score_command_with_judge_then_offline(fake_judge, tmp_path, medmax):
     n_requests = len(fake_judge.bodies)
     offline = medmax(*args, str(tmp_path / "s2.json"), input=data)
     assert len(fake_judge.bodies) == n_requests  # the rerun is offline
-    first = [orjson.loads(x) for x in online.stdout.splitlines()]
-    second = [orjson.loads(x) for x in offline.stdout.splitlines()]
+    first = parse_jsonl(online.stdout)
+    second = parse_jsonl(offline.stdout)
     assert [x["score"] for x in first][:3] == [x["score"] for x in second][:3] == [1.0, 0.0, 1.0]
     assert b"judge_failed 1" in online.stderr
     assert b"judge calls 0" in offline.stderr

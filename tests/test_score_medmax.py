@@ -26,6 +26,7 @@ from medmax_cli.score.judge import (
 )
 from medmax_cli.score.stage import Scorer, score_records
 from medmax_cli.score.summary import markdown_table, summarise
+from medmax_cli.streams import parse_jsonl
 from score_helpers import vqa
 
 _TASK = (
@@ -248,7 +249,7 @@ def test_score_command_medmax_protocol(tmp_path, medmax):
             input=data,
         )
         assert len(server.requests) == 2 and len(server.requests[0]["messages"]) == 1
-    lines = [orjson.loads(x) for x in result.stdout.splitlines()]
+    lines = parse_jsonl(result.stdout)
     assert [x["status"] for x in lines] == ["scored", "dropped"]
     assert b"dropped 1" in result.stderr and b"Dropped" in result.stderr
     summary = orjson.loads((tmp_path / "s.json").read_bytes())

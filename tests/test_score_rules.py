@@ -10,7 +10,7 @@ from medmax_cli.score import rules_medmax, rules_robust
 from medmax_cli.score.stage import Scorer, score_one, score_records
 from medmax_cli.score.summary import summarise
 from medmax_cli.score.tasks import VQA_TASKS
-from medmax_cli.streams import ErrorPolicy
+from medmax_cli.streams import ErrorPolicy, parse_jsonl
 from score_helpers import vqa
 
 # (output, gold, medmax correct, robust answer: "yes" / "no" / None = unparsed, never a guess)
@@ -228,7 +228,7 @@ def test_missing_id_is_a_record_error_under_skip(tmp_path, medmax):
     data = orjson.dumps(record) + b"\n" + orjson.dumps(vqa("b", "vqa_rad_closed", "yes", "yes")) + b"\n"
     rejects = tmp_path / "rejects.jsonl"
     result = medmax("score", "--on-error", "skip", "--rejects", str(rejects), "-q", input=data)
-    assert [orjson.loads(x)["id"] for x in result.stdout.splitlines()] == ["b"]
+    assert [x["id"] for x in parse_jsonl(result.stdout)] == ["b"]
     assert "no 'id'" in orjson.loads(rejects.read_bytes().splitlines()[0])["reason"]
     failed = medmax("score", "-q", input=data, check=False)
     assert failed.returncode == 1 and b"id" in failed.stderr and b"Traceback" not in failed.stderr

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from medmax_cli.records import RecordError, validate
-from medmax_cli.streams import ErrorPolicy, RecordWriter, StreamError, read_records
+from medmax_cli.streams import ErrorPolicy, RecordWriter, StreamError, parse_jsonl, read_records
 from test_streams import png_bytes, qa
 
 
@@ -155,7 +155,7 @@ def test_duplicate_ids_are_record_errors_on_read_and_write(media, tmp_path, medm
     a.write_bytes(orjson.dumps(qa(0)) + b"\n")
     b.write_bytes(orjson.dumps(qa(0)) + b"\n" + orjson.dumps(qa(1)) + b"\n")
     result = medmax("cat", str(a), str(b), "--on-error", "skip", "--rejects", str(tmp_path / "r.jsonl"))
-    assert [orjson.loads(x)["id"] for x in result.stdout.splitlines()] == ["q0", "q1"]
+    assert [x["id"] for x in parse_jsonl(result.stdout)] == ["q0", "q1"]
     assert b"duplicate id 'q0'" in (tmp_path / "r.jsonl").read_bytes()
 
 
@@ -231,7 +231,7 @@ def test_duplicate_ids_from_fetch_and_synthesize_are_record_errors(tmp_path, med
     assert failed.returncode == 1 and b"duplicate id 'PMC9000001-F1'" in failed.stderr
     rejects = tmp_path / "r.jsonl"
     skipped = medmax(*args, "--on-error", "skip", "--rejects", str(rejects), env=env)
-    ids = [orjson.loads(x)["id"] for x in skipped.stdout.splitlines()]
+    ids = [x["id"] for x in parse_jsonl(skipped.stdout)]
     assert ids and len(ids) == len(set(ids)) and len(rejects.read_bytes().splitlines()) == len(ids)
     # synthesize reads the doubled stream: the second copy of each figure is rejected, not doubled
     doubled = skipped.stdout + skipped.stdout
@@ -247,5 +247,5 @@ def test_duplicate_ids_from_fetch_and_synthesize_are_record_errors(tmp_path, med
         input=doubled,
         env=env,
     )
-    instances = [orjson.loads(x)["id"] for x in out.stdout.splitlines()]
+    instances = [x["id"] for x in parse_jsonl(out.stdout)]
     assert len(instances) == len(set(instances)) == len(ids)

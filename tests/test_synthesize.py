@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from medmax_cli.records import TASKS, validate
-from medmax_cli.streams import ErrorPolicy
+from medmax_cli.streams import ErrorPolicy, parse_jsonl
 from medmax_cli.synthesize import build_record, load_exclude, synthesize
 from medmax_cli.synthesize.common import BuildContext, Drop
 from medmax_cli.synthesize.domain import classify_text, domain_of
@@ -439,7 +439,7 @@ def test_command_in_a_pipe_is_deterministic(media, tmp_path, medmax):
     first = medmax(*args, input=cat.stdout, env=env)
     second = medmax(*args, input=cat.stdout, env=env)
     assert first.stdout == second.stdout and first.stdout
-    out = [orjson.loads(line) for line in first.stdout.splitlines()]
+    out = parse_jsonl(first.stdout)
     assert {o["task"] for o in out} == {"captioning", "image_generation", "interleaved", "vqa"}
     assert not any(o["id"].startswith("dup-") for o in out)
     summary = first.stderr.decode()
@@ -460,7 +460,7 @@ def test_command_in_a_pipe_is_deterministic(media, tmp_path, medmax):
         "vqa=1,captioning=1",
         env=env,
     )
-    tasks = [orjson.loads(line)["task"] for line in mixed.stdout.splitlines()]
+    tasks = [line["task"] for line in parse_jsonl(mixed.stdout)]
     assert tasks.count("vqa") == tasks.count("captioning") == 3  # 4 vqa - 1 contaminated; 4 captions capped
     bad = medmax("synthesize", str(src), "--tasks", "captions", env=env, check=False)
     assert bad.returncode == 2 and b"--tasks" in bad.stderr

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from medmax_cli.records import RecordError
-from medmax_cli.streams import ErrorPolicy
+from medmax_cli.streams import ErrorPolicy, parse_jsonl
 from medmax_cli.vision.encoder import VQEncoder
 from medmax_cli.vision.fingerprint import vq_fingerprint
 from medmax_cli.vision.spec import VQSpec
@@ -174,7 +174,7 @@ def test_real_commands_tokenize_then_detokenize(tiny_model_dir, media, tmp_path,
         str(tmp_path / "rejects.jsonl"),
         env=env,
     )
-    out = [orjson.loads(line) for line in result.stdout.splitlines()]
+    out = parse_jsonl(result.stdout)
     assert [r["id"] for r in out] == ["r0", "r1", "r2", "r3"]
     assert all("tokens" in im for r in out for im in r["images"])
     assert b"rejected 1" in result.stderr
@@ -182,7 +182,7 @@ def test_real_commands_tokenize_then_detokenize(tiny_model_dir, media, tmp_path,
     decoded = medmax(
         "detokenize", "--model", str(tiny_model_dir), "--device", "cpu", input=result.stdout, env=env
     )
-    back = [orjson.loads(line) for line in decoded.stdout.splitlines()]
+    back = parse_jsonl(decoded.stdout)
     assert [r["id"] for r in back] == ["r0", "r1", "r2", "r3"]
     for record in back:
         for image in record["images"]:

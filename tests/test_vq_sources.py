@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from medmax_cli.streams import parse_jsonl
 from medmax_cli.vision.decoder import DecoderWeightsError, load_vq_decoder
 from medmax_cli.vision.encoder import VQEncoder
 from medmax_cli.vision.fingerprint import vq_fingerprint
@@ -149,4 +150,4 @@ def test_detokenize_command_takes_an_explicit_decoder(tiny_model_dir, tmp_path, 
     refused = medmax(*args, input=line, check=False)
     assert refused.returncode != 0 and b"vqgan.ckpt" in refused.stderr and b"--vq-decoder" in refused.stderr
     done = medmax(*args, "--vq-decoder", str(model / "vqgan.ckpt"), input=line)
-    assert json.loads(done.stdout)["images"][0]["decoded"]["path"]
+    assert parse_jsonl(done.stdout)[0]["images"][0]["decoded"]["path"]

@@ -1,3 +1,4 @@
+set -euo pipefail  # a failed stage anywhere in a pipe fails the step (sourced by run.sh, which sets it too)
 # Task instances were built in step 20 (fetch | synthesize). No LLM endpoint here, so visual_chat
 # is skipped and counted (add --llm-url URL --llm-model NAME to make it); every other task is built,
 # deduplicated and written with its drops counted by reason. Same input + seed = byte-identical

@@ -1,3 +1,4 @@
+set -euo pipefail  # a failed stage anywhere in a pipe fails the step (sourced by run.sh, which sets it too)
 # Token sequences + loss masks, packed best-fit into 512-token rows (the tiny model's images are 66-token
 # blocks), written as WebDataset shards with manifest.json (docs/pack.md). Same input + seed = same bytes.
 medmax pack "$DEMO/instances.tok.jsonl" --seq-len 512 --max-count 64 --seed 0 -o "$DEMO/shards"

@@ -1,3 +1,4 @@
+set -euo pipefail  # a failed stage anywhere in a pipe fails the step (sourced by run.sh, which sets it too)
 # Fine-tune the tiny model on the packed demo shards: LoRA on the seven projections (MedMax's recipe)
 # plus embed_tokens and lm_head trained in full inside the adapter, so that a random 64-wide model
 # learns within seconds; a demo learning rate, 4 packed rows per step. Then check the loss halved.

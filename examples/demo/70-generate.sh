@@ -1,3 +1,4 @@
+set -euo pipefail  # a failed stage anywhere in a pipe fails the step (sourced by run.sh, which sets it too)
 # Generation with the fine-tuned tiny model (the base model when finetune left no adapter):
 # answers for the VQA eval instances (MedMax's evaluation decoding: greedy, repetition penalty 1.2,
 # a few tokens), then one caption and one image (three-row CFG, stored as PNG) from the training set.

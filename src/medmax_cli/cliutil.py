@@ -34,6 +34,7 @@ from medmax_cli.observe import Progress, heartbeat_seconds, stage_stats
 from medmax_cli.records import RecordError
 from medmax_cli.streams import (
     FORMATS,
+    RECORD_FAULTS,
     AtomicFile,
     ErrorPolicy,
     HashingReader,
@@ -41,8 +42,10 @@ from medmax_cli.streams import (
     RunReport,
     StreamError,
     in_shard,
+    markers_for,
     parse_shard,
     read_records,
+    record_fault,
     select_shard,
 )
 
@@ -130,6 +133,7 @@ class StageIO:
         hash_input: bool = False,
         progress_unit: str = "rec",
         written_key: str = "out",
+        stream_markers: bool = True,
     ):
         check_choice("--format", fmt, FORMATS)
         check_choice("--on-error", on_error, ("fail", "skip"))
@@ -158,8 +162,10 @@ class StageIO:
         self._atomic: AtomicFile | None = None
         self.run = run_options()
         self.written_key = written_key
+        self.stream_markers = stream_markers  # on a pipe: header + counted trailer (docs/records.md)
         self._started_at = time.time()
         self._by_hand = False  # the command counts progress itself (tick/set_total)
+        self._last_id: str | None = None  # the input record read last
         try:
             heartbeat = heartbeat_seconds(self.run.heartbeat)
         except ValueError as exc:
@@ -221,6 +227,12 @@ class StageIO:
             raise typer.Exit(0)
         clean_exit = issubclass(exc_type, typer.Exit) and getattr(exc, "exit_code", 1) == 0
         self._write_stats("ok" if clean_exit else "failed", None)
+        if issubclass(exc_type, RECORD_FAULTS) and not issubclass(exc_type, (RecordError, MediaError)):
+            # a per-record fault that escaped a stage's own loop: still a named record error, no traceback
+            last = self._last_id
+            exc = record_fault(exc, {"id": last} if last is not None else None)
+            exc.where = exc.where or f"after input record {self.report.counts.get('in', 0)}"
+            exc_type = type(exc)
         if issubclass(exc_type, (RecordError, MediaError, StreamError)):
             self._summary()
             typer.echo(f"medmax {self.stage}: error: {exc}", err=True)
@@ -320,6 +332,7 @@ class StageIO:
     def _counted(self, records: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         meter, count = self.progress_meter, self.report.counts
         for record in records:
+            self._last_id = record.get("id")  # named if a fault escapes the stage (see __exit__)
             count["in"] += 1  # records of this shard, so the stats of n shards add up to the input
             meter.update()
             yield record
@@ -343,14 +356,18 @@ class StageIO:
     @property
     def writer(self) -> RecordWriter:
         if self._writer is None:
+            markers = False
             if self.output == "-":
                 stream: IO[bytes] = sys.stdout.buffer
                 flush_each = True
+                markers = self.stream_markers and markers_for(stream)
             else:
                 if self._atomic is None:
                     self._atomic = AtomicFile(self.output)
                 stream = self._atomic.handle
                 flush_each = False
+                # `-o FIFO` or `-o /dev/stdout` on a pipe is written through: mark it like stdout
+                markers = self.stream_markers and markers_for(stream)
             self._writer = RecordWriter(
                 stream,
                 fmt=self.fmt,
@@ -358,6 +375,7 @@ class StageIO:
                 flush_each=flush_each,
                 report=self.report,
                 policy=getattr(self, "policy", None),  # errors met while writing obey --on-error
+                markers=markers,
             )
         return self._writer
 

@@ -9,10 +9,11 @@ Integrity and limits (docs/security.md): a tar stream must end with its end-of-a
 stream cut at a member boundary, as a killed writer leaves it, is a StreamError); link, device and
 fifo members are refused with a reason; one JSONL line (or `.json` member) may hold at most
 `MEDMAX_MAX_LINE_BYTES` and one tar member at most `MEDMAX_MAX_MEMBER_BYTES` (64 MiB each by
-default); an id seen twice in one stream is a record error, on reading and on writing (one
+default), one tar sample at most `MEDMAX_MAX_SAMPLE_BYTES` (256 MiB); an id seen twice in one stream is a record error, on reading and on writing (one
 8-byte digest per id is kept). A record that cannot be written (an image gone from the store,
 JSON too deep) goes through the error policy before any of its bytes are written, so no half
-sample reaches the output.
+sample reaches the output. A JSONL stream written on a pipe carries a header and a counted end
+trailer, and a reader refuses a marked stream that was cut short (see "end-of-stream markers").
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import gzip
 import hashlib
 import io
 import os
+import stat
 import tarfile
 import time
 import zlib
@@ -33,18 +35,65 @@ import orjson
 
 from medmax_cli.atomic import AtomicFile, atomic_write_bytes  # noqa: F401 (re-exported)
 from medmax_cli.media import MediaError, MediaStore, extension_for
-from medmax_cli.records import RecordError, validate
+from medmax_cli.records import RecordError, loads_record, validate
 
 FORMATS = ("jsonl", "tar")
 TAR_MTIME = 0  # fixed so that tar output is byte-reproducible
 MAX_LINE_BYTES_ENV = "MEDMAX_MAX_LINE_BYTES"
 MAX_MEMBER_BYTES_ENV = "MEDMAX_MAX_MEMBER_BYTES"
+MAX_SAMPLE_BYTES_ENV = "MEDMAX_MAX_SAMPLE_BYTES"
 DEFAULT_MAX_LINE_BYTES = 64 * 1024 * 1024  # one JSONL line / one .json member
 DEFAULT_MAX_MEMBER_BYTES = 64 * 1024 * 1024  # one tar member (the media store's image cap)
+DEFAULT_MAX_SAMPLE_BYTES = 256 * 1024 * 1024  # all members of one tar sample, 512 bytes counted a member
 
 
 class StreamError(RuntimeError):
     """The stream itself is broken (truncated tar, unreadable file): reading cannot go on."""
+
+
+# ---------------------------------------------------------------- end-of-stream markers (docs/records.md)
+# A medmax JSONL writer on a pipe starts with STREAM_HEADER and ends with a trailer that counts its
+# records, so that the next stage can tell a finished stream from one whose writer was killed between
+# two records (the pipe just ends, as it does after the last record). Readers drop both lines; a
+# stream that starts with the header must end with a trailer that matches, else it is a StreamError.
+# Plain JSONL (hand-written, `> file`, other tools) has no header and is read as it is.
+STREAM_MARKERS_ENV = "MEDMAX_STREAM_MARKERS"  # "0": never write them (for other JSONL consumers)
+STREAM_HEADER = b'{"medmax_stream":{"version":1}}\n'
+_HEADER_KEY, _TRAILER_KEY = "medmax_stream", "medmax_end"
+_MARKER_PREFIX = b'{"medmax_'
+
+
+def stream_trailer(records: int) -> bytes:
+    return b'{"medmax_end":{"records":%d}}\n' % records
+
+
+def marker_kind(value: Any) -> str | None:
+    """ "header" or "trailer" when a parsed JSONL line is a stream marker, else None."""
+    if type(value) is dict and len(value) == 1:
+        if _HEADER_KEY in value:
+            return "header"
+        if _TRAILER_KEY in value:
+            return "trailer"
+    return None
+
+
+def markers_for(stream: IO[bytes]) -> bool:
+    """Should a JSONL writer to `stream` write stream markers: it is a pipe, FIFO or socket (not a file
+    or a terminal) and the environment does not turn them off."""
+    if (os.environ.get(STREAM_MARKERS_ENV) or "").strip().lower() in ("0", "no", "false", "off"):
+        return False
+    try:
+        mode = os.fstat(stream.fileno()).st_mode
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
+def parse_jsonl(data: bytes) -> list[Any]:
+    """The JSON values of a JSONL byte string, stream markers and blank lines left out (for tests and
+    scripts that read a stage's stdout)."""
+    values = (orjson.loads(line) for line in data.splitlines() if line.strip())
+    return [value for value in values if marker_kind(value) is None]
 
 
 def byte_limit(env_name: str, default: int) -> int:
@@ -76,6 +125,32 @@ class SeenIds:
 
     def __len__(self) -> int:
         return len(self._seen)
+
+
+# What per-record code may raise on a record of the wrong shape ("images": null, an "article" that is a
+# string, a nested field of the wrong type): every stage loop catches these and hands them to the error
+# policy, so one record never ends a run (`--on-error skip` rejects it, `fail` names it and stops).
+RECORD_FAULTS: tuple[type[BaseException], ...] = (
+    RecordError,
+    MediaError,
+    TypeError,
+    ValueError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    LookupError,
+    ArithmeticError,
+    RecursionError,
+)
+
+
+def record_fault(error: BaseException, record: Any = None) -> RecordError | MediaError:
+    """`error` as the RecordError (or MediaError) the error policy reports: a bare TypeError from a
+    field of the wrong type becomes "cannot process the record (TypeError: ...)", naming the record."""
+    if isinstance(error, (RecordError, MediaError)):
+        return error
+    rid = record.get("id") if isinstance(record, dict) and isinstance(record.get("id"), str) else None
+    return RecordError(f"cannot process the record ({type(error).__name__}: {error})", record_id=rid)
 
 
 def duplicate_error(record_id: str) -> RecordError:
@@ -156,6 +231,8 @@ class ErrorPolicy:
         self, error: Exception, raw: Any = None, *, where: str | None = None, record_id: str | None = None
     ) -> None:
         """Raise in fail mode; otherwise record the reject and return."""
+        if not isinstance(error, (RecordError, MediaError)):
+            error = record_fault(error, raw)
         if isinstance(error, RecordError):
             where = where or error.where
             record_id = record_id or error.record_id
@@ -202,11 +279,12 @@ def map_records(
     fn: Callable[[dict[str, Any]], Iterable[dict[str, Any]]],
     policy: ErrorPolicy,
 ) -> Iterator[dict[str, Any]]:
-    """Apply a one-record-to-many function, sending RecordError/MediaError through the policy."""
+    """Apply a one-record-to-many function, sending every per-record fault (RECORD_FAULTS) through
+    the policy."""
     for record in records:
         try:
             outputs = list(fn(record))
-        except (RecordError, MediaError) as exc:
+        except RECORD_FAULTS as exc:
             policy.reject(exc, record)
             continue
         yield from outputs
@@ -253,6 +331,8 @@ def detect_format(stream: io.BufferedReader) -> str:
         return "gzip"
     if len(head) >= 262 and head[257:262] == b"ustar":
         return "tar"
+    if len(head) == 512 and not head.strip(b"\0"):
+        return "tar"  # an empty archive (only its end-of-archive blocks), as a writer of no records leaves it
     return "jsonl"
 
 
@@ -302,8 +382,10 @@ def _read_jsonl(
 ) -> Iterator[dict[str, Any]]:
     cap = byte_limit(MAX_LINE_BYTES_ENV, DEFAULT_MAX_LINE_BYTES)
     counts = policy.report.counts  # the hot loop touches locals only; error paths build messages
-    readline, loads, JSONDecodeError = stream.readline, orjson.loads, orjson.JSONDecodeError
+    readline, loads, JSONDecodeError = stream.readline, loads_record, orjson.JSONDecodeError
     line_no = 0
+    segment: int | None = None  # records since a stream header, while one is open
+    segment_start = 0
     while True:
         try:
             line = readline(cap + 1)
@@ -317,6 +399,16 @@ def _read_jsonl(
         if not line:
             break
         line_no += 1
+        if line[:9] == _MARKER_PREFIX and (kind := _marker_line(line)) is not None:
+            if kind == "header":
+                if segment is not None:
+                    raise _cut_error(name, segment, segment_start, f"a new stream begins at line {line_no}")
+                segment, segment_start = 0, line_no
+            else:
+                segment = _check_trailer(line, segment, name, line_no, segment_start)
+            continue
+        if segment is not None and line.strip():
+            segment += 1
         if over:
             policy.reject(
                 RecordError(f"line longer than the {cap}-byte limit (env {MAX_LINE_BYTES_ENV})"),
@@ -333,6 +425,9 @@ def _read_jsonl(
                 RecordError(f"malformed JSON ({exc})"), line.rstrip(b"\n"), where=f"{name}:{line_no}"
             )
             continue
+        except RecordError as exc:  # an integer beyond 64 bits
+            policy.reject(exc, line.rstrip(b"\n"), where=f"{name}:{line_no}")
+            continue
         if type(record) is not dict:  # structural, so even stages that validate later see objects
             kind = type(record).__name__
             policy.reject(
@@ -342,7 +437,7 @@ def _read_jsonl(
         if check:
             try:
                 validate(record)
-            except RecordError as exc:
+            except RECORD_FAULTS as exc:
                 policy.reject(exc, record, where=f"{name}:{line_no}")
                 continue
         elif type(record.get("id")) is not str:  # checked stages get this from validate()
@@ -353,6 +448,40 @@ def _read_jsonl(
             continue
         counts["in"] += 1
         yield record
+    if segment is not None:
+        raise _cut_error(name, segment, segment_start, "the input ends")
+
+
+def _marker_line(line: bytes) -> str | None:
+    try:
+        return marker_kind(orjson.loads(line))
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _cut_error(name: str, records: int, start: int, what: str) -> StreamError:
+    return StreamError(
+        f"{name}: stream cut upstream after {records} records: the medmax stream that began at line "
+        f"{start} has no end trailer before {what} (the stage writing it stopped early; nothing here "
+        "is finished). See docs/records.md, 'End of stream'."
+    )
+
+
+def _check_trailer(line: bytes, segment: int | None, name: str, line_no: int, start: int) -> None:
+    """None (the segment is closed) when the trailer at `line_no` matches the records read, else raise."""
+    if segment is None:
+        raise StreamError(
+            f"{name}:{line_no}: a medmax end-of-stream trailer without a stream header before it "
+            "(the start of the stream is missing)"
+        )
+    expected = orjson.loads(line)[_TRAILER_KEY]
+    count = expected.get("records") if isinstance(expected, dict) else None
+    if count != segment:
+        raise StreamError(
+            f"{name}:{line_no}: stream cut upstream: its trailer counts {count!r} records, but "
+            f"{segment} arrived since its header at line {start} (records were lost on the way)"
+        )
+    return None
 
 
 def _skip_line(stream: IO[bytes]) -> None:
@@ -375,6 +504,10 @@ class _Refused:
 
     def __init__(self, reason: str):
         self.reason = reason
+
+
+_SKIPPED = _Refused("")  # a member of a sample already refused: its data is not kept
+_OVER_CAP = "/over-cap"  # the group key of a sample's size refusal (no member's suffix holds a "/")
 
 
 class _TailTracker:
@@ -430,8 +563,10 @@ def _read_tar(
         raise StreamError(f"{name}: not a readable tar stream ({exc})") from None
     line_cap = byte_limit(MAX_LINE_BYTES_ENV, DEFAULT_MAX_LINE_BYTES)
     member_cap = byte_limit(MAX_MEMBER_BYTES_ENV, DEFAULT_MAX_MEMBER_BYTES)
+    sample_cap = byte_limit(MAX_SAMPLE_BYTES_ENV, DEFAULT_MAX_SAMPLE_BYTES)
     group_key: str | None = None
     group: dict[str, bytes | _Refused] = {}
+    group_bytes = 0  # what the sample held in memory costs: its members' data plus a header each
     opts = {"name": name, "policy": policy, "media": media, "check": check, "seen": seen}
     try:
         for member in archive:
@@ -462,9 +597,17 @@ def _read_tar(
                     raise StreamError(f"{name}: member {member.name} is truncated")
             if group and (key != group_key or rest in group):  # a repeated member starts a new sample
                 yield from _tar_sample(group_key or "", group, **opts)  # type: ignore[arg-type]
-                group = {}
+                group, group_bytes = {}, 0
             group_key = key
-            group[rest] = value
+            group_bytes += tarfile.BLOCKSIZE + (len(value) if isinstance(value, bytes) else 0)
+            if group_bytes > sample_cap and _OVER_CAP not in group:
+                # the sample is refused; its members' data is dropped as it comes (memory stays bounded)
+                group = dict.fromkeys(group, _SKIPPED)
+                group[_OVER_CAP] = _Refused(
+                    f"tar sample {key} holds more than {sample_cap} bytes in its members "
+                    f"(env {MAX_SAMPLE_BYTES_ENV})"
+                )
+            group[rest] = _SKIPPED if _OVER_CAP in group else value
         end = archive.offset
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise StreamError(f"{name}: truncated or corrupt tar stream after {group_key!r} ({exc})") from None
@@ -494,7 +637,7 @@ def _tar_sample(
     seen: SeenIds | None = None,
 ) -> Iterator[dict[str, Any]]:
     where = f"{name}:{key}"
-    refused = [v.reason for v in group.values() if isinstance(v, _Refused)]
+    refused = [v.reason for v in group.values() if isinstance(v, _Refused) and v.reason]
     if refused:
         policy.reject(RecordError(refused[0]), None, where=where, record_id=key.rpartition("/")[2])
         return
@@ -508,15 +651,23 @@ def _tar_sample(
         )
         return
     try:
-        record = orjson.loads(raw)  # type: ignore[arg-type]
+        record = loads_record(raw)  # type: ignore[arg-type]
     except orjson.JSONDecodeError as exc:
         policy.reject(RecordError(f"malformed JSON ({exc})"), raw, where=where)
+        return
+    except RecordError as exc:  # an integer beyond 64 bits
+        policy.reject(exc, raw, where=where, record_id=key.rpartition("/")[2])
+        return
+    if type(record) is not dict or (not check and type(record.get("id")) is not str):
+        # structural, as for JSONL: even stages that validate later (pack) get objects with an id
+        what = f"got {type(record).__name__}" if type(record) is not dict else "record has no 'id' (a string)"
+        policy.reject(RecordError(f"a record must be a JSON object with an id: {what}"), record, where=where)
         return
     try:
         _attach_inline_images(record, group, media, where)  # type: ignore[arg-type]
         if check:
             validate(record)
-    except (RecordError, MediaError) as exc:
+    except RECORD_FAULTS as exc:
         policy.reject(exc, record, where=where)
         return
     if not _unique(record, seen, policy, where):
@@ -565,6 +716,7 @@ class RecordWriter:
         report: RunReport | None = None,
         policy: ErrorPolicy | None = None,
         unique_ids: bool = True,
+        markers: bool = False,
     ):
         if fmt not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
@@ -575,8 +727,13 @@ class RecordWriter:
         self.report = report
         self.policy = policy
         self.seen = SeenIds() if unique_ids else None
+        self.markers = markers and fmt == "jsonl"  # a tar stream has its own end-of-archive blocks
+        self._started = False  # the stream header is out (written with the first record)
+        self.written = 0
         self._tar = (
-            tarfile.TarFile(fileobj=_PositionTracker(stream), mode="w", format=tarfile.USTAR_FORMAT)  # type: ignore[arg-type]
+            # PAX: an id too long for a USTAR name (100 bytes) gets a PAX header; shorter names are
+            # written exactly as USTAR writes them
+            tarfile.TarFile(fileobj=_PositionTracker(stream), mode="w", format=tarfile.PAX_FORMAT)  # type: ignore[arg-type]
             if fmt == "tar"
             else None
         )
@@ -584,16 +741,22 @@ class RecordWriter:
     def write(self, record: dict[str, Any]) -> None:
         try:
             members = self._encode(record)
-        except (RecordError, MediaError) as exc:
+        except RECORD_FAULTS as exc:
             if self.policy is None:
-                raise
+                if isinstance(exc, (RecordError, MediaError)):
+                    raise
+                raise record_fault(exc, record) from exc
             self.policy.reject(exc, record, where="output")
             return
         if self._tar is None:
+            if self.markers and not self._started:
+                self.stream.write(STREAM_HEADER)
+                self._started = True
             self.stream.write(members[0][1])
         else:
             for name, data in members:
                 self._add(name, data)
+        self.written += 1
         if self.flush_each:
             self.stream.flush()
         if self.report is not None:
@@ -630,9 +793,14 @@ class RecordWriter:
         self._tar.addfile(info, io.BytesIO(data))
 
     def close(self) -> None:
+        """End the stream (tar end-of-archive blocks; the trailer of a marked JSONL stream). Not called
+        when a run fails, so that the next stage sees a stream cut short, not a finished one."""
         if self._tar is not None:
             self._tar.close()
             self._tar = None
+        if self.markers and self._started:
+            self.stream.write(stream_trailer(self.written))
+            self._started = False
         self.stream.flush()
 
 

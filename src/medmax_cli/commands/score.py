@@ -216,7 +216,7 @@ def register(app: typer.Typer) -> None:
         from medmax_cli.records import RecordError
         from medmax_cli.score.compare import compare, markdown_compare
         from medmax_cli.score.stage import Scorer, score_records
-        from medmax_cli.streams import read_records
+        from medmax_cli.streams import parse_jsonl, read_records
 
         sides = []
         for path in paths:
@@ -224,7 +224,7 @@ def register(app: typer.Typer) -> None:
                 raise fail(f"--compare file {path} does not exist")
             with open(path, "rb") as handle:
                 try:
-                    rows = [orjson.loads(line) for line in handle if line.strip()]
+                    rows = parse_jsonl(handle.read())  # stream markers (a tee'd pipe) left out
                 except orjson.JSONDecodeError as exc:
                     raise fail(f"{path}: malformed JSON ({exc})", 1) from None
             if rows and "prediction" in rows[0]:  # predictions: score them first (rules only, offline)

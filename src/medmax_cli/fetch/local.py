@@ -17,9 +17,9 @@ import orjson
 
 from medmax_cli.fetch.figures import article_admitted, figure_records
 from medmax_cli.fetch.jats import Article, Figure, JatsError, candidate_names, normalise_license, parse_jats
-from medmax_cli.media import MAX_IMAGE_BYTES, MediaError, MediaStore, safe_relative_path
+from medmax_cli.media import MAX_IMAGE_BYTES, MediaStore, safe_relative_path
 from medmax_cli.records import RecordError, validate
-from medmax_cli.streams import ErrorPolicy, in_shard, read_records
+from medmax_cli.streams import RECORD_FAULTS, ErrorPolicy, in_shard, read_records
 
 XML_SUFFIXES = (".xml", ".nxml")
 PACKAGE_SUFFIXES = (".tar.gz", ".tgz")
@@ -254,7 +254,7 @@ def fetch_jsonl(
                     images.append(image)
                 record = {**record, "images": images}
                 validate(record)
-            except (RecordError, MediaError) as exc:
+            except RECORD_FAULTS as exc:
                 policy.reject(exc, record, where=str(path))
                 continue
             yield record

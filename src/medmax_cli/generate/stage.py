@@ -22,9 +22,9 @@ from medmax_cli.generate.config import GenerateConfig, Settings
 from medmax_cli.generate.interleave import Row, run_rows
 from medmax_cli.generate.prompt import prompt_ids, resolve_mode, tokens_per_image
 from medmax_cli.generate.sampling import row_seed
-from medmax_cli.media import MediaError, MediaStore
+from medmax_cli.media import MediaStore
 from medmax_cli.records import RecordError
-from medmax_cli.streams import ErrorPolicy
+from medmax_cli.streams import RECORD_FAULTS, ErrorPolicy
 
 log = logging.getLogger(__name__)
 
@@ -351,7 +351,7 @@ def generate_stage(
         for record in batch:
             try:
                 rows.append(_make_row(engine, record, config))
-            except (RecordError, MediaError) as exc:
+            except RECORD_FAULTS as exc:
                 policy.reject(exc, record)
                 rows.append(None)
         groups: dict[Settings, list[Row]] = {}
@@ -373,7 +373,7 @@ def generate_stage(
                 continue
             try:
                 out = _prediction(engine, record, row, config)
-            except (RecordError, MediaError) as exc:
+            except RECORD_FAULTS as exc:
                 policy.reject(exc, record)
                 continue
             policy.report.count("generated")

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from medmax_cli.records import RecordError
+from medmax_cli.records import RecordError, is_token_list
 
 IGNORE = -100
 TRAIN_ON = ("assistant", "all", "medmax")
@@ -179,17 +179,23 @@ def _medmax_labels(ids: np.ndarray, vocab) -> np.ndarray:
     return labels.astype(np.int32)
 
 
-def _image_spans_of(ids: np.ndarray, vocab) -> list[tuple[int, int]]:
-    """[start, end) of each BOI ... EOI block in a pre-tokenised sequence."""
+def _image_spans_of(ids: np.ndarray, vocab, tokens_per_image: int | None = None) -> list[tuple[int, int]]:
+    """[start, end) of each BOI ... EOI block in a pre-tokenised sequence, after the same image-block
+    check as `images[].tokens` (vision/tokencheck.py: closed, image codes only, the VQ grid's length)."""
+    from medmax_cli.vision.tokencheck import image_block_problem
+
+    problem = image_block_problem(ids, vocab, tokens_per_image)
+    if problem:
+        raise RecordError(f"pre-tokenised 'tokens': {problem}")
     starts = np.flatnonzero(ids == vocab.boi)
     ends = np.flatnonzero(ids == vocab.eoi)
-    if len(starts) != len(ends) or np.any(ends < starts) or np.any(starts[1:] < ends[:-1]):
-        raise RecordError("pre-tokenised 'tokens' have unbalanced image blocks (BOI/EOI)")
     return [(int(s), int(e) + 1) for s, e in zip(starts, ends, strict=True)]
 
 
-def _pretokenised(instance: Mapping[str, Any], vocab) -> Sample:
+def _pretokenised(instance: Mapping[str, Any], vocab, tokens_per_image: int | None = None) -> Sample:
     tokens = instance["tokens"]
+    if not isinstance(tokens, np.ndarray) and not is_token_list(tokens):
+        raise RecordError("pre-tokenised 'tokens' must be a list of integer token ids")
     ids = np.asarray(tokens, dtype=np.int64)
     if ids.ndim != 1 or ids.size < 2:
         raise RecordError("pre-tokenised 'tokens' must be a list of at least two token ids")
@@ -202,7 +208,7 @@ def _pretokenised(instance: Mapping[str, Any], vocab) -> Sample:
         labels = _medmax_labels(ids, vocab)  # MedMax's mask, whatever train_on says
     except RecordError:
         raise RecordError("pre-tokenised 'tokens' have no response after the separator") from None
-    return Sample(ids, labels, _image_spans_of(ids, vocab))
+    return Sample(ids, labels, _image_spans_of(ids, vocab, tokens_per_image))
 
 
 def _fill_meta(sample: Sample, instance: Mapping[str, Any]) -> Sample:
@@ -229,7 +235,7 @@ def build_sequences(
             continue
         try:
             wanted.append(_text_parts(instance, _turns(instance)))
-        except (RecordError, KeyError, TypeError):
+        except (RecordError, LookupError, TypeError, ValueError, AttributeError):
             wanted.append([])  # _assemble reports the problem
     flat = [text for texts in wanted if texts for text in texts]
     encoded = tokenizer.encode_batch(flat) if flat else []
@@ -245,7 +251,7 @@ def build_sequences(
             out.append(_fill_meta(sample, instance))
         except RecordError as exc:
             out.append(exc)
-        except (KeyError, TypeError, StopIteration) as exc:
+        except (LookupError, TypeError, ValueError, AttributeError, ArithmeticError, StopIteration) as exc:
             out.append(RecordError(f"malformed instance ({type(exc).__name__}: {exc})"))
         offset += n
     return out

@@ -22,7 +22,7 @@ from medmax_cli.pack.sequence import TRAIN_ON, Sample, build_sequences, text_tok
 from medmax_cli.pack.shards import PackedRow, ShardWriter, clear_outputs, lock_output_dir, make_row
 from medmax_cli.pack.truncate import fit_length
 from medmax_cli.records import RecordError, validate
-from medmax_cli.streams import ErrorPolicy
+from medmax_cli.streams import RECORD_FAULTS, ErrorPolicy
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,7 @@ def _with_codes(
     expected_vq: str | None,
     tokens_per_image: int | None = None,
     n_codes: int | None = None,
+    vocab: Any = None,
 ) -> dict[str, Any]:
     """The record (a shallow copy) with each image's tokens as an int64 array, after checking they are
     the model's: its codebook tag, its grid length, codes in range. The caller's record is untouched;
@@ -97,7 +98,13 @@ def _with_codes(
     from medmax_cli.vision.tokencheck import checked_codes
 
     images = record.get("images")
-    if record.get("tokens") is not None or not images:
+    if record.get("tokens") is not None:
+        if vocab is not None:  # the image blocks of a pre-tokenised row, with the model's VQ grid
+            from medmax_cli.pack.sequence import _pretokenised
+
+            _pretokenised(record, vocab, tokens_per_image)
+        return record
+    if not images:
         return record
     converted = list(images)
     for i, image in enumerate(images):
@@ -143,6 +150,7 @@ def _ready_batches(
     check: bool,
     tokens_per_image: int | None = None,
     n_codes: int | None = None,
+    vocab: Any = None,
 ) -> Iterator[list[dict[str, Any]]]:
     """Batches of valid records whose images all carry tokens of the model's codebook."""
     iterator = iter(records)
@@ -151,13 +159,13 @@ def _ready_batches(
         for record in raw:
             try:
                 batch.append(validate_instance(record) if check else record)
-            except RecordError as exc:
+            except RECORD_FAULTS as exc:
                 policy.reject(exc, record)
         ready = []
         for record in _encode_batch(batch, encode_images, expected_vq):
             try:
-                ready.append(_with_codes(record, expected_vq, tokens_per_image, n_codes))
-            except RecordError as exc:
+                ready.append(_with_codes(record, expected_vq, tokens_per_image, n_codes, vocab))
+            except RECORD_FAULTS as exc:
                 policy.reject(exc, record)
         yield ready
 
@@ -239,6 +247,7 @@ def samples(
         check=check,
         tokens_per_image=tokens_per_image,
         n_codes=int(vocab.n_codes),
+        vocab=vocab,
     )
 
     def emit(batch: list[dict[str, Any]], results: list[Sample | RecordError]) -> Iterator[Sample]:

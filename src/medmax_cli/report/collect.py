@@ -28,6 +28,8 @@ from typing import Any
 
 import orjson
 
+from medmax_cli.streams import marker_kind
+
 MAX_SCAN_DEPTH = 2
 
 
@@ -82,9 +84,11 @@ def _first_json_line(path: Path) -> Any:
                 return None
             if line.strip():
                 try:
-                    return orjson.loads(line)
+                    value = orjson.loads(line)
                 except orjson.JSONDecodeError:
                     return None
+                if marker_kind(value) is None:  # a stream header (a stage's stdout kept by tee)
+                    return value
     return None
 
 
@@ -200,7 +204,8 @@ def iter_jsonl(path: Path, notes: list[str] | None = None) -> Iterator[dict[str,
                 else:
                     why = f"a JSON {type(record).__name__}, not an object"
                 if isinstance(record, dict):
-                    yield record
+                    if marker_kind(record) is None:  # stream markers are not records (docs/records.md)
+                        yield record
                     continue
                 bad += 1
                 first_bad = first_bad or f"line {number}: {why}"

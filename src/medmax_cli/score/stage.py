@@ -47,7 +47,7 @@ from medmax_cli.score.tasks import (
     eval_task_of,
     question_type_of,
 )
-from medmax_cli.streams import ErrorPolicy
+from medmax_cli.streams import RECORD_FAULTS, ErrorPolicy
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def score_records(
                     line = score_one(record, scorer)
             else:
                 line = score_one(record, scorer)
-        except (RecordError, MediaError) as exc:
+        except RECORD_FAULTS as exc:
             rejected[record["id"]] = str(exc)  # check_id ran first: the id is a string
             raise
         count[line["status"]] += 1
@@ -121,7 +121,7 @@ def score_records(
             try:
                 check_id(record)
                 (line,) = one(record)
-            except (RecordError, MediaError) as exc:
+            except RECORD_FAULTS as exc:
                 policy.reject(exc, record)
                 continue
             yield line
@@ -190,7 +190,7 @@ def _threaded(
     def attempt(step: Any, record: dict[str, Any]) -> list[dict[str, Any]] | Exception:
         try:
             return step(record)
-        except (RecordError, MediaError) as exc:
+        except RECORD_FAULTS as exc:
             return exc
 
     iterator = iter(records)

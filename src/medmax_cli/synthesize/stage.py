@@ -19,9 +19,9 @@ from typing import Any
 import orjson
 
 from medmax_cli.llm import ChatClient
-from medmax_cli.media import MediaError, MediaStore
+from medmax_cli.media import MediaStore
 from medmax_cli.records import TASKS, RecordError, make_id, record_kind
-from medmax_cli.streams import ErrorPolicy
+from medmax_cli.streams import RECORD_FAULTS, ErrorPolicy
 from medmax_cli.synthesize import captioning, image_generation, interleaved, report, visual_chat, vqa
 from medmax_cli.synthesize.common import BuildContext, Drop, new_instance
 from medmax_cli.synthesize.decontaminate import EvalIndex
@@ -174,7 +174,7 @@ def synthesize(
     def work(record: dict[str, Any]) -> tuple[dict[str, Any], list[Output] | None, Exception | None]:
         try:
             outputs = build_record(record, tasks=tasks, ctx=ctx, client=client)
-        except (RecordError, MediaError) as exc:
+        except RECORD_FAULTS as exc:
             return record, None, exc
         if hashing and hash_workers > 1:
             for output in outputs:

@@ -13,7 +13,7 @@ from typing import Any
 
 from medmax_cli.media import MediaStore
 from medmax_cli.records import RecordError
-from medmax_cli.streams import ErrorPolicy
+from medmax_cli.streams import RECORD_FAULTS, ErrorPolicy
 from medmax_cli.vision.fingerprint import vq_fingerprint
 from medmax_cli.vision.spec import VQSpec
 
@@ -85,7 +85,7 @@ def detokenize(
     for record in records:
         try:
             indices = _jobs(record, vq, spec.tokens_per_image, spec.num_embeddings, overwrite)
-        except RecordError as exc:
+        except RECORD_FAULTS as exc:
             yield from flush()  # what came before leaves first, in order
             pending = 0
             policy.reject(exc, record)

@@ -89,6 +89,32 @@ def check_image_tokens(
             raise RecordError(f"images[{index}] {problem}", record_id=record.get("id"))
 
 
+def image_block_problem(ids: np.ndarray, vocab: Any, tokens_per_image: int | None) -> str | None:
+    """Why the image blocks of a pre-tokenised sequence (token ids, already in the vocabulary's range)
+    cannot be trained on, else None: the same rules as `images[].tokens` (a block's length is the VQ
+    grid, nothing but image codes inside BOI ... EOI, every block closed), plus no image code outside
+    a block (it would be read as an image nobody can decode)."""
+    is_boi, is_eoi = ids == vocab.boi, ids == vocab.eoi
+    starts, ends = np.flatnonzero(is_boi), np.flatnonzero(is_eoi)
+    if len(starts) != len(ends) or np.any(ends < starts) or np.any(starts[1:] < ends[:-1]):
+        return f"unbalanced image blocks ({len(starts)} BOI, {len(ends)} EOI): every block must be closed"
+    inside = ((np.cumsum(is_boi) - np.cumsum(is_eoi)) == 1) & ~is_boi
+    is_code = np.asarray(vocab.id_to_image_code)[ids] >= 0
+    stray = np.flatnonzero(inside & ~is_code)
+    if stray.size:
+        block = int(np.searchsorted(starts, stray[0]) - 1)
+        return f"image block {block} holds a non-image token {int(ids[stray[0]])} at position {int(stray[0])}"
+    loose = np.flatnonzero(~inside & is_code)
+    if loose.size:
+        return f"an image code token ({int(ids[loose[0]])}) at position {int(loose[0])} is outside any BOI/EOI block"
+    lengths = ends - starts - 1
+    for block, length in enumerate(lengths.tolist()):
+        if length == 0 or (tokens_per_image is not None and length != tokens_per_image):
+            want = f"the model's VQ makes {tokens_per_image} per image" if tokens_per_image else "it is empty"
+            return f"image block {block} holds {length} codes, but {want} (truncated or edited tokens)"
+    return None
+
+
 def model_tokens_per_image(model_dir: str | Path) -> int | None:
     """Codes per image of the model's VQ (from config.json), or None without a VQ config."""
     from medmax_cli.vision.spec import VQSpec

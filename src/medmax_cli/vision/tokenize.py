@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from medmax_cli.media import MediaError, MediaStore, decode_image, sha256_bytes
+from medmax_cli.media import MediaStore, decode_image, sha256_bytes
 from medmax_cli.records import RecordError
-from medmax_cli.streams import ErrorPolicy
+from medmax_cli.streams import RECORD_FAULTS, ErrorPolicy, record_fault
 from medmax_cli.vision.cache import TokenCache, default_cache_dir
 from medmax_cli.vision.fingerprint import vq_fingerprint
 from medmax_cli.vision.preprocess import ALPHA_MODES, preprocess_uint8
@@ -55,6 +55,7 @@ class _Job:
 
     future: Future
     waiters: list[tuple[_Pending, int]] = field(default_factory=list)
+    path: Any = None  # the image file, whose size and mtime the cache records with its codes
 
 
 class _InlineExecutor:
@@ -155,6 +156,14 @@ def tokenize_images(
         pending.waiting -= 1
 
     def plan(record: dict[str, Any]) -> _Pending:
+        try:
+            return plan_images(record)
+        except RECORD_FAULTS as exc:  # a field of the wrong type: this record is rejected, not the run
+            pending = _Pending(record)
+            pending.error = record_fault(exc, record)
+            return pending
+
+    def plan_images(record: dict[str, Any]) -> _Pending:
         pending = _Pending(record)
         images = record.get("images") or []
         todo: list[tuple[int, dict[str, Any]]] = []
@@ -186,7 +195,10 @@ def tokenize_images(
                 log.warning("images[%d] of %s: %s: re-encoding it", index, record.get("id"), bad)
                 report.count("re-encoded (bad tokens)")
             todo.append((index, ref))
-        hits = cache.get_many([ref["sha256"] for _, ref in todo if ref.get("sha256")], key_vq)
+        # a hit only for the file the codes were made from (size+mtime, else its content hash)
+        hits = cache.get_verified(
+            [(ref["sha256"], media.path_of(ref)) for _, ref in todo if ref.get("sha256")], key_vq
+        )
         for index, ref in todo:
             pending.waiting += 1
             sha = ref.get("sha256")
@@ -201,6 +213,7 @@ def tokenize_images(
             if job is None:
                 what = f"images[{index}] {ref['path']}"
                 job = _Job(pool.submit(load_pixels, media, ref, spec.resolution, what, alpha))
+                job.path = media.path_of(ref)  # its size and mtime go into the cache with the codes
                 jobs[key] = job
                 queue.append((key, job))
             else:
@@ -236,7 +249,9 @@ def tokenize_images(
         batch, handle = state["inflight"]
         state["inflight"] = None
         codes = handle.result()[: len(batch)].tolist()  # len(batch) x [N] ints
-        cache.put_many([(sha, c) for (_, sha, _), c in zip(batch, codes, strict=True)], key_vq)
+        cache.put_many(
+            [(sha, c, jobs[key].path) for (key, sha, _), c in zip(batch, codes, strict=True)], key_vq
+        )
         for (key, _, _), c in zip(batch, codes, strict=True):
             for pending, index in jobs.pop(key).waiters:
                 give(pending, index, c)
@@ -246,9 +261,9 @@ def tokenize_images(
         key, job = queue.popleft()
         try:
             sha, pixels = job.future.result()
-        except (MediaError, RecordError) as exc:
+        except RECORD_FAULTS as exc:
             for pending, _ in jobs.pop(key).waiters:
-                pending.error = pending.error or exc
+                pending.error = pending.error or record_fault(exc, pending.record)
                 pending.waiting -= 1
             return
         ready.append((key, sha, pixels))
