@@ -25,6 +25,32 @@ DEVICE = set(
     setuptools shellingham tensorboard timm tokenizers torch torchvision tqdm transformers typer
     typing-extensions urllib3""".split()
 )
+# The versions of those known (KINDS.md's "pip list, as a session saw it" row, 2026-11): a versioned
+# requirement on a device package is met only where its version is known and satisfies it; one of
+# unknown version (timm) is carried in a version that does.
+DEVICE_VERSIONS = {
+    "accelerate": "1.15.0",
+    "huggingface-hub": "1.33.0",
+    "numpy": "2.5.2",
+    "safetensors": "0.8.0",
+    "tokenizers": "0.23.2",
+    "torch": "2.11.0",
+    "torchvision": "0.26.0",
+    "transformers": "5.17.0",
+}
+# open_clip_torch 3.3.0's METADATA, its Requires-Dist lines without an extra (read from the wheel
+# `pip download open_clip_torch==3.3.0 --no-deps` fetches): what the carried wheels must meet when
+# gpu-wheels/ is not here to read.
+OPEN_CLIP_REQUIRES = [
+    "torch>=2.0",
+    "torchvision",
+    "regex",
+    "ftfy",
+    "tqdm",
+    "huggingface-hub",
+    "safetensors",
+    "timm>=1.0.17",
+]
 
 
 # The device's interpreter, for a requirement's environment marker: CPython 3.12.3 on Linux x86-64.
@@ -42,6 +68,30 @@ DEVICE_MARKERS = {
 
 def norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pins() -> dict[str, str]:
+    """bench/gpu-wheels.sh's `name==version` pins."""
+    text = (ROOT / "bench" / "gpu-wheels.sh").read_text()
+    return {norm(n): v for n, v in re.findall(r"([A-Za-z0-9_.-]+)==([0-9][A-Za-z0-9.]*)", text)}
+
+
+def unmet(requirement: str, carried: dict[str, str]) -> str | None:
+    """Why a requirement would not hold on the device with the carried wheels, or None."""
+    parsed = Requirement(requirement)
+    if parsed.marker is not None and not parsed.marker.evaluate(DEVICE_MARKERS):
+        return None  # not for the device's Python (e.g. wcwidth's backport for Python < 3.2)
+    dep = norm(parsed.name)
+    version = carried.get(dep) or DEVICE_VERSIONS.get(dep)
+    if version is None:
+        if dep not in DEVICE:
+            return f"{dep}: neither on the device nor carried"
+        if parsed.specifier:
+            return f"{dep}{parsed.specifier}: on the device in an unknown version; carry it"
+        return None
+    if parsed.specifier and not parsed.specifier.contains(version, prereleases=True):
+        return f"{dep}{parsed.specifier}: {version} there"
+    return None
 
 
 def test_dry_run_plumbing(tmp_path):
@@ -102,16 +152,17 @@ def test_the_wheel_script_covers_what_the_device_lacks():
 def test_carried_wheels_install_on_cpython_312():
     wheels = sorted(WHEELS.glob("*.whl"))
     assert wheels
-    names = set()
+    carried: dict[str, str] = {}
     for wheel in wheels:
         parts = wheel.name[: -len(".whl")].split("-")
         name, python, abi, platform = parts[0], parts[-3], parts[-2], parts[-1]
-        names.add(norm(name))
+        carried[norm(name)] = parts[1]
         assert {"cp312", "py3"} & set(python.split(".")), wheel.name  # cp312, py3, py2.py3
         assert abi in ("cp312", "abi3", "none"), wheel.name
         assert platform == "any" or "x86_64" in platform, wheel.name
-    assert len(names) == len(wheels), "two versions of one package stop the whole install"
-    for wheel in wheels:  # what each wheel needs is on the device or carried too
+    assert len(carried) == len(wheels), "two versions of one package stop the whole install"
+    assert carried == {n: v for n, v in pins().items() if n in carried}  # the versions the script pins
+    for wheel in wheels:  # what each wheel needs is on the device or carried too, in a version it takes
         with zipfile.ZipFile(wheel) as z:
             meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
             requires = [
@@ -120,11 +171,7 @@ def test_carried_wheels_install_on_cpython_312():
                 if line.startswith("Requires-Dist:") and "extra ==" not in line
             ]
         for req in requires:
-            parsed = Requirement(req)
-            if parsed.marker is not None and not parsed.marker.evaluate(DEVICE_MARKERS):
-                continue  # not for the device's Python (e.g. wcwidth's backport for Python < 3.2)
-            dep = norm(parsed.name)
-            assert dep in DEVICE or dep in names, (wheel.name, dep)
+            assert unmet(req, carried) is None, (wheel.name, unmet(req, carried))
 
 
 def test_the_open_clip_test_runs_in_the_gpu_step():
@@ -144,11 +191,12 @@ def test_the_open_clip_test_runs_in_the_gpu_step():
     marks = {ast.unparse(d) for d in test.decorator_list}
     assert "pytest.mark.gpu" in marks
     assert re.search(r'"gpu-tests \d+ \$PY -m pytest[^"]* -m gpu tests', SCRIPT.read_text())
-    pinned = {
-        norm(n)
-        for n in re.findall(r"([A-Za-z0-9_.-]+)==[0-9]", (ROOT / "bench" / "gpu-wheels.sh").read_text())
-    }
+    pinned = pins()
     extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["clip"]
     clip = {norm(re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0]) for d in extra}
-    assert clip <= pinned and {"ftfy", "wcwidth"} <= pinned
+    assert clip <= pinned.keys() and {"ftfy", "wcwidth"} <= pinned.keys()
     assert "torchvision" not in pinned and "torch" not in pinned
+    # open_clip_torch 3.3.0 needs timm>=1.0.17, and the image's timm is of unknown version: carried
+    assert pinned["open-clip-torch"] == "3.3.0"
+    assert [unmet(r, pinned) for r in OPEN_CLIP_REQUIRES] == [None] * len(OPEN_CLIP_REQUIRES)
+    assert unmet("timm>=1.0.17", {}) is not None  # without the pin it would not hold

@@ -81,6 +81,12 @@ def register(app: typer.Typer) -> None:
                 )
                 + ("; RANDOM MODEL inputs" if result["random_model"] else "")
                 + (
+                    f"; {result['judge_errors']} items with no verdict (the judge failed: rerun "
+                    "`medmax score`; the averages are incomplete)"
+                    if result["judge_errors"]
+                    else ""
+                )
+                + (
                     f"; {result['credentialed_hidden']} credentialed items not shown"
                     if result["credentialed_hidden"]
                     else ""

@@ -59,11 +59,50 @@ def coverage_caveat(macro: dict[str, Any]) -> str:
         details.append(f"missing: {', '.join(missing)}")
     if unscored:
         details.append(f"present but unscored: {', '.join(unscored)}")
+    failed = macro.get("judge_errors")
+    if _count(failed):
+        details.append(f"{failed} judge error{'s' if failed != 1 else ''}: items with no verdict")
     if details:
         text += " (" + "; ".join(details) + ")"
     elif macro.get("complete") is False:
         text += " (some items unscored: see coverage per task)"
     return text
+
+
+def _count(value: Any) -> bool:
+    """A positive count (an int, not a bool): what a hand-edited or damaged summary may not hold."""
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def judge_errors(summary: dict[str, Any]) -> tuple[int, dict[str, int]]:
+    """Items whose judge request failed (`status: judge_error`): the total and the count per task.
+
+    The total is `macro.judge_errors` (score's own count, over every task); a summary without it
+    (or with a damaged one) gives the sum over its tasks, so a failure is never read as none.
+    """
+    tasks = summary.get("tasks") if isinstance(summary.get("tasks"), dict) else {}
+    per_task = {
+        str(name): t["judge_error"]
+        for name, t in tasks.items()
+        if isinstance(t, dict) and _count(t.get("judge_error"))
+    }
+    macro = summary.get("macro") if isinstance(summary.get("macro"), dict) else {}
+    total = macro.get("judge_errors")
+    if not _count(total):
+        total = 0
+    return max(total, sum(per_task.values())), per_task
+
+
+def mean_text(task: dict[str, Any], key: str) -> str:
+    """A mean's cell: the number, or why there is none. A null mean is never shown as 0."""
+    value = task.get(key)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:.3f}"
+    if key == "mean_all_items" and _count(task.get("judge_error")):
+        return f"none: {task['judge_error']} judge error{'s' if task['judge_error'] != 1 else ''}, no verdict"
+    if value is None and task.get("scored") == 0:
+        return "none: nothing scored"
+    return "none"
 
 
 def _answer(text: str) -> str:

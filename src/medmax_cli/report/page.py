@@ -79,6 +79,7 @@ class ReportInputs:
     include_credentialed: bool = False
     notes: list[str] = field(default_factory=list)  # what could not be shown, and why
     hidden_credentialed: int = 0  # items whose content was left out for their credential
+    judge_errors: int = 0  # items of the score summaries with no verdict: the judge request failed
 
 
 def esc(value: Any) -> str:
@@ -490,8 +491,8 @@ def training_section(files: RunFiles, out: Path) -> str:
     return _section("training", "Training", "".join(parts))
 
 
-def _summary_html(path: Path, index: int, files: RunFiles, out: Path) -> str:
-    summary = read_json(path, files.notes)
+def _summary_html(path: Path, index: int, inputs: ReportInputs, out: Path) -> str:
+    summary = read_json(path, inputs.files.notes)
     tasks = summary.get("tasks") if isinstance(summary.get("tasks"), dict) else {}
     tasks = {str(k): v for k, v in tasks.items() if isinstance(v, dict)}
     chart = plots.task_accuracy(tasks, out, f"evaluation-{index}.png", with_interval=checks.shows_interval)
@@ -503,7 +504,7 @@ def _summary_html(path: Path, index: int, files: RunFiles, out: Path) -> str:
         )
         unscored = ", ".join(
             f"{k} {t[k]}"
-            for k in ("missing", "unscored", "judge_failed", "dropped", "unparsed", "rejected")
+            for k in ("missing", "unscored", "judge_error", "judge_failed", "dropped", "unparsed", "rejected")
             if isinstance(t.get(k), int) and t[k]
         )
         rows.append(
@@ -512,13 +513,23 @@ def _summary_html(path: Path, index: int, files: RunFiles, out: Path) -> str:
                 n,
                 scored,
                 coverage + (f" ({unscored})" if unscored else ""),
-                _number(t.get("mean"), ".3f"),
-                _number(t.get("mean_all_items"), ".3f"),
+                checks.mean_text(t, "mean"),
+                checks.mean_text(t, "mean_all_items"),
                 checks.interval_text(t),
             ]
         )
     macro = summary.get("macro") if isinstance(summary.get("macro"), dict) else {}
     parts = [f"<h3>{esc(path.name)}</h3>"]
+    failed, per_task = checks.judge_errors(summary)
+    inputs.judge_errors += failed
+    if failed:
+        parts.append(
+            f'<div class="banner" id="judge-errors-{index}">{failed} item{"s have" if failed != 1 else " has"} '
+            "no verdict because the judge failed; rerun <code>medmax score</code> to ask them again; "
+            "the averages are incomplete.<br>"
+            + esc("Per task: " + ", ".join(f"{name} {count}" for name, count in per_task.items()))
+            + "</div>"
+        )
     if isinstance(macro.get("mean"), (int, float)):
         parts.append(f"<p>{esc(checks.coverage_caveat(macro))}: {macro['mean']:.3f}.</p>")
     elif macro:
@@ -549,7 +560,7 @@ def evaluation_section(inputs: ReportInputs, out: Path, images: ReportImages, li
     parts = []
     for i, path in enumerate(files.summaries):
         try:
-            parts.append(_summary_html(path, i, files, out))
+            parts.append(_summary_html(path, i, inputs, out))
         except Exception as exc:  # noqa: BLE001 - one bad summary is a note, the rest still shows
             files.note(f"{path}: not shown ({type(exc).__name__}: {exc})")
     warnings = []
@@ -776,4 +787,5 @@ def build_report(
         "notes": len(all_notes),
         "random_model": "RANDOM MODEL" in header,
         "credentialed_hidden": inputs.hidden_credentialed,
+        "judge_errors": inputs.judge_errors,
     }
