@@ -414,7 +414,7 @@ def test_passthrough_and_skips(media):
     qa_only = qa(media, "q-unused", "Is it?", "yes")
     assert list(synthesize([qa_only, instance], policy=policy, tasks=["captioning"], media=media)) == []
     assert policy.report.counts["records with no selected task"] == 1
-    assert policy.report.dropped["task not selected"] == 1
+    assert policy.report.skipped["task not selected"] == 1  # a user filter: skipped, not rejected
     no_image = {"id": "f", "kind": "figure", "source": "jats", "caption": CAPTION, "images": []}
     list(synthesize([no_image], policy=policy, media=media))
     assert policy.report.dropped["figure record has no images"] == 1

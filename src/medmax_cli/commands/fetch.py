@@ -317,7 +317,9 @@ def _register_dataset(fetch_app: typer.Typer, name: str, license_name: str, need
         split: str = typer.Option(
             None,
             "--split",
-            help="Keep only these official splits (meta.split), e.g. train or test,validation.",
+            help="Keep only these official splits (meta.split: train, validation, test; valid/validate/dev "
+            "mean validation), e.g. train or test,validation. One split also names the split of a file "
+            "whose split the source does not say (otherwise such a file is refused).",
         ),
         output: str = OutputOpt,
         fmt: str = FormatOpt,
@@ -327,12 +329,19 @@ def _register_dataset(fetch_app: typer.Typer, name: str, license_name: str, need
         quiet: bool = QuietOpt,
     ) -> None:
         from medmax_cli.fetch.datasets import SOURCES, select_splits
+        from medmax_cli.fetch.splits import parse_split_filter
+        from medmax_cli.media import MediaError
         from medmax_cli.records import RecordError
 
         if not path.exists():
             raise fail(f"{path} does not exist")
         if images is not None and not images.is_dir():
             raise fail(f"--images {images} is not a folder")
+        try:
+            splits = parse_split_filter(split)
+        except ValueError as exc:
+            raise fail(str(exc)) from None
+        assume = next(iter(splits)) if splits is not None and len(splits) == 1 else None
         reader = SOURCES[name].reader
         assert reader is not None
         with StageIO(
@@ -346,9 +355,10 @@ def _register_dataset(fetch_app: typer.Typer, name: str, license_name: str, need
             quiet=quiet,
         ) as io:
             try:
-                splits = frozenset(p.strip() for p in split.split(",") if p.strip()) if split else None
-                records = reader(path, media=io.media, policy=io.policy, images=images)
+                records = reader(path, media=io.media, policy=io.policy, images=images, assume_split=assume)
                 io.write_all(select_splits(records, splits, io.policy))
+            except MediaError as exc:  # the dataset's own file (not one row) cannot be opened
+                raise fail(str(exc), code=1) from None
             except RecordError as exc:
                 if exc.where is None and exc.record_id is None:
                     raise fail(str(exc), code=1) from None

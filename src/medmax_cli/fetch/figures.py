@@ -10,11 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import orjson
-
 from medmax_cli.fetch.jats import Article, Figure
 from medmax_cli.media import MediaError
-from medmax_cli.records import RecordError, make_id
+from medmax_cli.records import RecordError, make_id, reason_class
 from medmax_cli.streams import ErrorPolicy
 
 
@@ -22,20 +20,28 @@ def skip(
     policy: ErrorPolicy,
     reason: str,
     *,
+    cls: str | None = None,
     where: str | None = None,
     record_id: str | None = None,
     raw: Any = None,
+    row: bool = True,
 ) -> None:
-    """Set aside something that is not an error (a video, a retracted article): never raises.
+    """Set aside something that is not an error (a video, a retracted article, a row a user's
+    filter leaves out): never raises.
 
-    It is counted under its reason in the run summary and, when there is a rejects file, listed
-    there like any reject, so nothing disappears silently even with --on-error fail.
+    A row is counted as skipped under its class (`cls`, default the reason's head) in the run
+    summary and `--stats`, apart from rejects; a whole file left unread (`row=False`) is counted
+    as `files not read`, so in = out + rejected + skipped holds over rows. Either way it is listed
+    in the rejects file when there is one, with the full reason, so nothing disappears silently
+    even with --on-error fail.
     """
-    policy.report.drop(reason)
-    if policy.rejects is not None:
-        entry = {"stage": policy.stage, "where": where, "record_id": record_id, "reason": reason, "raw": raw}
-        policy.rejects.write(orjson.dumps(entry, default=str) + b"\n")
-        policy.rejects.flush()
+    if row:
+        policy.skip(cls or reason_class(reason), reason, where=where, record_id=record_id, raw=raw)
+    else:
+        policy.report.count("files not read")
+        policy.write_entry(
+            cls or reason_class(reason), reason, raw, where=where, record_id=record_id, skipped=True
+        )
 
 
 def parse_licenses(spec: str | None) -> frozenset[str] | None:
@@ -63,7 +69,8 @@ def article_admitted(
     if licenses is not None and article.license not in licenses:
         skip(
             policy,
-            f"license {article.license} not selected: {key}",
+            f"license {article.license} not selected (--license): {key}",
+            cls="license not selected",
             where=where,
             record_id=key,
             raw=article.meta(),

@@ -16,11 +16,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import orjson
-
 from medmax_cli.llm import ChatClient
 from medmax_cli.media import MediaError, MediaStore
-from medmax_cli.records import TASKS, RecordError, make_id, record_kind
+from medmax_cli.records import TASKS, RecordError, make_id, reason_class, record_kind
 from medmax_cli.streams import ErrorPolicy
 from medmax_cli.synthesize import captioning, image_generation, interleaved, report, visual_chat, vqa
 from medmax_cli.synthesize.common import BuildContext, Drop, new_instance
@@ -43,18 +41,17 @@ FIGURE_BUILDERS = (  # order of the instances made from one figure
 Output = dict[str, Any] | Drop
 
 
-def drop(policy: ErrorPolicy, raw: Any, reason: str) -> None:
-    """Count a declined instance and write it to the rejects file (if any); never raises."""
-    policy.report.drop(reason)
-    if policy.rejects is not None:
-        entry = {
-            "stage": policy.stage,
-            "where": None,
-            "record_id": raw.get("id") if isinstance(raw, dict) else None,
-            "reason": reason,
-            "raw": raw,
-        }
-        policy.rejects.write(orjson.dumps(entry, default=str) + b"\n")
+def drop(policy: ErrorPolicy, raw: Any, reason: str, *, skipped: bool = False) -> None:
+    """Count a declined instance under its reason's class ("bucket: detail" -> bucket) and write
+    it to the rejects file (if any) with the full reason; never raises. `skipped`: a user's
+    filter said no (e.g. --tasks), counted apart from rejects."""
+    record_id = raw.get("id") if isinstance(raw, dict) else None
+    cls = reason_class(reason)
+    if skipped:
+        policy.skip(cls, reason, record_id=record_id, raw=raw)
+        return
+    policy.report.drop(reason, cls=cls)
+    policy.write_entry(cls, reason, raw, where=None, record_id=record_id)
 
 
 def figure_texts(record: dict[str, Any]) -> list[str]:
@@ -76,7 +73,9 @@ def build_record(
     if kind == "instance" and "turns" in record:
         if record.get("task") in tasks:
             return [record]
-        return [Drop(f"task not selected: {record.get('task')} (--tasks)", str(record.get("task")))]
+        return [
+            Drop(f"task not selected: {record.get('task')} (--tasks)", str(record.get("task")), skipped=True)
+        ]
     if kind == "instance":  # a released row without turns (e.g. MedMax's pre-tokenised rows)
         return [record]
     if not record.get("images"):
@@ -200,7 +199,7 @@ def synthesize(
                 report.count(UNUSED)
             for output in outputs or []:
                 if isinstance(output, Drop):
-                    drop(policy, record, output.reason)
+                    drop(policy, record, output.reason, skipped=output.skipped)
                     continue
                 # A record passed through as is (a released MedMax row, an eval instance) is a task
                 # instance already: rows of different tasks may share an image or an answer, and
