@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from medmax_cli.fetch.figures import skip
 from medmax_cli.fetch.medmax import options_in_prompt, read_medmax, read_medmax_eval
 from medmax_cli.fetch.rows import (
@@ -29,6 +31,7 @@ from medmax_cli.fetch.rows import (
     hf_image,
     image_file,
     json_rows,
+    jsonl_lines,
     parquet_files,
     parquet_rows,
     shard_split,
@@ -469,17 +472,20 @@ LLAVA_MED_INSTRUCT = (
     "llava_med_instruct_60k.json",
     "llava_med_instruct_10k.json",
 )
+LLAVA_MED_EVAL = "llava_med_eval_qa50_qa.jsonl"  # the 193 evaluation questions (data/eval/)
 
 
 def read_llava_med(
     path: Path, *, media: MediaStore, policy: ErrorPolicy, images: Path | None = None, **_: Any
 ) -> Iterator[dict]:
     """LLaVA-Med as its download_data.sh lays it out: data/alignment/llava_med_alignment_500k.json
-    (key `conversatons`, sic), data/instruct/llava_med_instruct_*.json, images in data/images/.
-    PATH is the repository root, its data/ folder, or one JSON file."""
+    (key `conversatons`, sic), data/instruct/llava_med_instruct_*.json (split train), the
+    evaluation questions data/eval/llava_med_eval_qa50_qa.jsonl (split test), images in
+    data/images/. PATH is the repository root, its data/ folder, or one JSON/JSONL file. A file
+    that is still a Git LFS pointer (a clone without LFS) is refused with what to run."""
     if path.is_file():
         files = [path]
-        data = path.parent.parent if path.parent.name in ("alignment", "instruct") else path.parent
+        data = path.parent.parent if path.parent.name in ("alignment", "instruct", "eval") else path.parent
     else:
         data = path / "data" if (path / "data").is_dir() else path
         files = []
@@ -494,16 +500,65 @@ def read_llava_med(
                     where=str(other),
                     row=False,
                 )
+        files += [f for f in (data / "eval" / LLAVA_MED_EVAL, data / LLAVA_MED_EVAL) if f.exists()][:1]
         if not files:
-            raise RecordError(f"{path}: no LLaVA-Med alignment/ or instruct/ JSON found")
+            raise RecordError(
+                f"{path}: no LLaVA-Med alignment/, instruct/ or eval/ file found",
+                cls="dataset layout not found",
+            )
     root = images or (data / "images" if (data / "images").is_dir() else data)
-    yield from _chat_records(
-        files,
-        source="llava-med",
-        license="cc-by-nc",
-        roots_of=lambda _file: [root],
-        media=media,
-        policy=policy,
+    train = [f for f in files if f.suffix != ".jsonl"]
+    if train:
+        yield from _chat_records(
+            train,
+            source="llava-med",
+            license="cc-by-nc",
+            roots_of=lambda _file: [root],
+            media=media,
+            policy=policy,
+        )
+    for file in (f for f in files if f.suffix == ".jsonl"):
+        yield from _llava_med_eval(file, root, media=media, policy=policy)
+
+
+def _llava_med_eval(file: Path, root: Path, *, media: MediaStore, policy: ErrorPolicy) -> Iterator[dict]:
+    """LLaVA-Med's evaluation JSONL (question_id, image, pair_id, text with `<image>`, gpt4_answer,
+    fig_caption, fig_label, in_text_mention, domain, type): one chat record per question, split test,
+    text verbatim."""
+
+    def build(line: bytes, n: int) -> dict:
+        try:
+            row = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise RecordError(f"not a JSON object ({exc})", cls="not valid JSON") from None
+        if not isinstance(row, dict):
+            raise RecordError(f"expected a JSON object, found {type(row).__name__}", cls="not a JSON object")
+        return {
+            "id": make_id("llava_med_eval", row.get("question_id", n)),
+            "kind": "chat",
+            "source": "llava-med",
+            "license": "cc-by-nc",
+            "credential": False,
+            "conversation": [
+                {"role": "user", "text": _text(row["text"])},
+                {"role": "assistant", "text": _text(row["gpt4_answer"])},
+            ],
+            "images": [image_file(media, root, str(row["image"]), f"{file.name}:{n} image")],
+            "meta": {
+                **split_meta(None, "test"),
+                "file": file.name,
+                "eval_type": row.get("type"),
+                **{
+                    k: row[k]
+                    for k in ("question_id", "pair_id", "fig_caption", "fig_label", "domain")
+                    if k in row
+                },
+            },
+        }
+
+    yield from emit(
+        ((f"{file}:{n}", lambda line=line, n=n: build(line, n)) for n, line in jsonl_lines(file, policy)),
+        policy,
     )
 
 
@@ -726,7 +781,7 @@ SOURCES: dict[str, Source] = {
         Source(
             "llava-med",
             "cc-by-nc (research only)",
-            "LLaVA-Med data/{alignment,instruct,images} (download_data.sh)",
+            "LLaVA-Med data/{alignment,instruct,eval,images} (download_data.sh; git lfs pull)",
             "chat",
             read_llava_med,
         ),

@@ -125,5 +125,5 @@ def figure_records(
             "figure_id": figure.figure_id,
             "mentions": [m.as_dict() for m in figure.mentions],
             "article": article.meta(),
-            "meta": dict(extra_meta or {}),
+            "meta": {"license_source": article.license_source, **(extra_meta or {})},
         }

@@ -125,6 +125,24 @@ def json_rows(file: Path, policy: ErrorPolicy) -> list[Any] | None:
     return data
 
 
+def jsonl_lines(file: Path, policy: ErrorPolicy) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of a local JSONL file, blank lines left out: a regular file, read as a
+    stream; a Git LFS pointer is one file error saying what to run."""
+    try:
+        handle = open_local_file(file, limit=None, what=str(file))
+    except MediaError as exc:
+        policy.reject(RecordError(str(exc).removeprefix(f"{file}: "), cls=exc.cls), None, where=str(file))
+        return
+    with handle:
+        if handle.peek(len(LFS_POINTER))[: len(LFS_POINTER)] == LFS_POINTER:
+            pointer = lfs_pointer_message(handle.read(1025), file)
+            file_error(policy, file, pointer or "a Git LFS pointer file", cls="git lfs pointer")
+            return
+        for number, line in enumerate(handle, 1):
+            if line.strip():
+                yield number, line
+
+
 def csv_rows(file: Path, policy: ErrorPolicy, required: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
     """(line number, row) of a CSV (or .csv.gz) whose header holds `required` (else one file error)."""
     try:
