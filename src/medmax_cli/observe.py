@@ -256,6 +256,7 @@ def stage_stats(
         "throughput": {k: round(v / seconds, 3) if seconds > 0 else None for k, v in counts.items()},
         "settings": settings,
         "argv": argv if argv is not None else sys.argv[1:],
+        **dict(getattr(report, "extra", None) or {}),
     }
 
 
@@ -282,6 +283,7 @@ def merge_stats(pieces: list[tuple[str, dict[str, Any]]], *, allow_partial: bool
     counts: Counter = Counter()
     rejected: Counter = Counter()
     skipped: Counter = Counter()
+    contamination: Counter = Counter()
     seconds = 0.0
     shards: dict[int, str] = {}
     n_shards: set[int] = set()
@@ -294,6 +296,8 @@ def merge_stats(pieces: list[tuple[str, dict[str, Any]]], *, allow_partial: bool
         counts.update(piece.get("counts") or {})
         rejected.update(piece.get("rejected") or {})
         skipped.update(piece.get("skipped") or {})
+        for row in piece.get("contamination") or []:
+            contamination[(row["eval_source"], row["match"])] += int(row["count"])
         seconds += float(piece.get("seconds") or 0)
         statuses[piece.get("status", "?")] += 1
         for key in set(first.get("settings", {})) | set(piece.get("settings", {})):
@@ -345,4 +349,13 @@ def merge_stats(pieces: list[tuple[str, dict[str, Any]]], *, allow_partial: bool
         "throughput": {k: round(v / seconds, 3) if seconds > 0 else None for k, v in counts.items()},
         "settings": {k: v for k, v in first.get("settings", {}).items() if k not in PER_PIECE},
         "settings_differ": sorted(differ),
+        **(
+            {
+                "contamination": [
+                    {"eval_source": s, "match": m, "count": n} for (s, m), n in sorted(contamination.items())
+                ]
+            }
+            if any("contamination" in p for _, p in pieces)
+            else {}
+        ),
     }

@@ -96,6 +96,7 @@ class RunReport:
     counts: Counter = field(default_factory=Counter)
     dropped: Counter = field(default_factory=Counter)  # rejected, by class
     skipped: Counter = field(default_factory=Counter)  # skipped, by class
+    extra: dict[str, Any] = field(default_factory=dict)  # stage tables for --stats (e.g. contamination)
 
     def count(self, name: str, n: int = 1) -> None:
         self.counts[name] += n

@@ -22,7 +22,7 @@ from medmax_cli.records import TASKS, RecordError, make_id, reason_class, record
 from medmax_cli.streams import ErrorPolicy
 from medmax_cli.synthesize import captioning, image_generation, interleaved, report, visual_chat, vqa
 from medmax_cli.synthesize.common import BuildContext, Drop, new_instance
-from medmax_cli.synthesize.decontaminate import EvalIndex
+from medmax_cli.synthesize.decontaminate import DEFAULT_EXCLUDE_BY, EvalIndex
 from medmax_cli.synthesize.domain import domain_of
 from medmax_cli.synthesize.filters import ExactDedup, NearDupFilter
 from medmax_cli.synthesize.imagehash import ImageHasher, default_hash_workers
@@ -237,13 +237,20 @@ def synthesize(
     if client is not None:
         report.count("llm requests", client.requests)
         report.count("llm cache hits", client.cache_hits)
+    if exclude is not None:
+        report.extra["contamination"] = exclude.contamination_table()
 
 
 def load_exclude(
-    records: Iterable[dict[str, Any]], hasher: ImageHasher, near_dup_bits: int | None
+    records: Iterable[dict[str, Any]],
+    hasher: ImageHasher,
+    near_dup_bits: int | None,
+    by: str = DEFAULT_EXCLUDE_BY,
+    name: str | None = None,
 ) -> EvalIndex:
     """The decontamination index of an evaluation set (exact image match only when bits is None)."""
-    return EvalIndex(hasher, near_dup_bits if near_dup_bits is not None else 0).add_records(records)
+    index = EvalIndex(hasher, near_dup_bits if near_dup_bits is not None else 0, by=by)
+    return index.add_records(records, name=name)
 
 
 __all__ = ["synthesize", "load_exclude", "build_record", "ordered_map", "make_id"]
