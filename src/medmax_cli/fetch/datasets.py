@@ -154,6 +154,7 @@ def read_vqa_rad(
             )
             if file_split is None and not osf and assume_split is None:
                 why = "its name is not trainset/testset and no row has an OSF test_ phrase_type"
+                policy.report.count("in")
                 policy.reject(UnknownSplit("this file", why), None, where=str(file))
                 continue
             for i, row in enumerate(data):
@@ -260,6 +261,7 @@ def read_slake(
     def rows() -> Iterator[Row]:
         for file in files:
             if canonical_split(file.stem) is None and assume_split is None:
+                policy.report.count("in")
                 policy.reject(
                     UnknownSplit("this file", "not named train/validate/validation/test"), where=str(file)
                 )

@@ -57,8 +57,16 @@ def emit(rows: Iterator[Row], policy: ErrorPolicy) -> Iterator[dict]:
 
 
 def file_error(policy: ErrorPolicy, file: Path, reason: str, *, cls: str | None = None) -> None:
-    """A whole file that cannot be read: an error naming it (or, with --on-error skip, one reject)."""
+    """A whole file that cannot be read: an error naming it (or, with --on-error skip, one reject).
+    The file counts as one unit in, so in = out + rejected + skipped holds even when its rows
+    cannot be counted."""
+    policy.report.count("in")
     policy.reject(RecordError(reason, cls=cls), None, where=str(file))
+
+
+def file_media_error(policy: ErrorPolicy, file: Path, exc: MediaError) -> None:
+    """`file_error` for a local file the bounded reader refused (absent, not regular, too large)."""
+    file_error(policy, file, str(exc).removeprefix(f"{file}: "), cls=exc.cls)
 
 
 LFS_POINTER = b"version https://git-lfs.github.com/spec/"
@@ -92,7 +100,7 @@ def read_data_file(file: Path, policy: ErrorPolicy) -> bytes | None:
             if len(data) > limit:
                 raise MediaError(f"{file}: decompresses past the {limit}-byte limit", cls="file too large")
     except MediaError as exc:
-        policy.reject(RecordError(str(exc).removeprefix(f"{file}: "), cls=exc.cls), None, where=str(file))
+        file_media_error(policy, file, exc)
         return None
     except (OSError, EOFError) as exc:
         file_error(policy, file, f"cannot decompress ({exc})", cls="file unreadable")
@@ -131,7 +139,7 @@ def jsonl_lines(file: Path, policy: ErrorPolicy) -> Iterator[tuple[int, bytes]]:
     try:
         handle = open_local_file(file, limit=None, what=str(file))
     except MediaError as exc:
-        policy.reject(RecordError(str(exc).removeprefix(f"{file}: "), cls=exc.cls), None, where=str(file))
+        file_media_error(policy, file, exc)
         return
     with handle:
         if handle.peek(len(LFS_POINTER))[: len(LFS_POINTER)] == LFS_POINTER:
@@ -148,7 +156,7 @@ def csv_rows(file: Path, policy: ErrorPolicy, required: tuple[str, ...]) -> Iter
     try:
         binary = open_local_file(file, limit=None, what=str(file))
     except MediaError as exc:
-        policy.reject(RecordError(str(exc).removeprefix(f"{file}: "), cls=exc.cls), None, where=str(file))
+        file_media_error(policy, file, exc)
         return
     head = binary.peek(len(LFS_POINTER))[: len(LFS_POINTER)] if hasattr(binary, "peek") else b""
     if head == LFS_POINTER:
@@ -211,7 +219,7 @@ def parquet_rows(files: list[Path], policy: ErrorPolicy) -> Iterator[tuple[Path,
         try:
             handle = open_local_file(file, limit=None, what=str(file))
         except MediaError as exc:
-            policy.reject(RecordError(str(exc).removeprefix(f"{file}: "), cls=exc.cls), None, where=str(file))
+            file_media_error(policy, file, exc)
             continue
         if handle.peek(len(LFS_POINTER))[: len(LFS_POINTER)] == LFS_POINTER:
             pointer = lfs_pointer_message(handle.read(1025), file)

@@ -46,7 +46,9 @@ def drop(policy: ErrorPolicy, raw: Any, reason: str, *, skipped: bool = False) -
     it to the rejects file (if any) with the full reason; never raises. `skipped`: a user's
     filter said no (e.g. --tasks), counted apart from rejects."""
     record_id = raw.get("id") if isinstance(raw, dict) else None
-    cls = reason_class(reason)
+    head, _, rest = reason.partition(": ")
+    # "vqa: empty answer" -> class "vqa: empty answer": a builder's rule, not just its task
+    cls = f"{head}: {reason_class(rest)}" if head in TASKS and rest else reason_class(reason)
     if skipped:
         policy.skip(cls, reason, record_id=record_id, raw=raw)
         return
