@@ -263,3 +263,37 @@ def test_released_medmax_text_rows_tokenize_as_medmax(tmp_path, media, tiny_mode
     (record,), _, _ = run(read_medmax, tmp_path, media)
     sample = build_sequence(record, vocab=vocab, tokenizer=tok, train_on="medmax")
     assert sample.input_ids.tolist() == medmax_tokens(tok, vocab, text)
+
+
+def test_eval_prompt_token_ids_are_the_released_bytes(tmp_path, media, tiny_model_dir):
+    """Issue 23 item 3: a MedMax eval prompt with outer whitespace and newlines goes fetch ->
+    synthesize -> generate byte for byte: generate's prompt ids are BOS, the image block, the
+    tokenizer's ids of the raw prompt and SEP, never those of a stripped prompt."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from medmax_cli.fetch.medmax import read_medmax_eval
+    from medmax_cli.generate.prompt import prompt_ids
+    from medmax_cli.text.tokenizer import load_text_tokenizer
+    from medmax_cli.text.vocab import ChameleonVocab
+
+    prompt = "\n  Is there a pleural effusion?\nAnswer with yes or no. \n\n"
+    row = {"task_name": "vqa_rad", "question_type": "closed", "prompt": prompt, "answer": "yes",
+           "image_path": "images/a.png"}  # fmt: skip
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(png(7))
+    pq.write_table(pa.table({k: [v] for k, v in row.items()}), tmp_path / "test-00000-of-00001.parquet")
+    (record,), _, _ = run(read_medmax_eval, tmp_path, media)
+    assert record["question"] == prompt
+    (instance,) = list(synthesize([record], tasks=["vqa"], media=media, near_dup_bits=None))
+    assert instance["turns"][0]["content"][1] == {"text": prompt}
+    tok = load_text_tokenizer(tiny_model_dir)
+    vocab = ChameleonVocab.from_model_dir(tiny_model_dir)
+    codes = [3, 1, 4]
+    instance["images"][0] = {**instance["images"][0], "tokens": codes, "vq": "tiny-vq"}
+    ids = prompt_ids(instance, vocab=vocab, tokenizer=tok)
+    raw = tok.tokenizer.encode(prompt, add_special_tokens=False).ids
+    stripped = tok.tokenizer.encode(prompt.strip(), add_special_tokens=False).ids
+    assert raw != stripped  # the whitespace is in the token ids, so a strip would change them
+    block = [vocab.boi, *vocab.codes_to_ids(codes).tolist(), vocab.eoi]
+    assert ids == [vocab.bos, *block, *raw, vocab.sep]
