@@ -355,7 +355,7 @@ def test_vqa_rad_official_split(tmp_path, media):
     ]  # fmt: skip
     assert records[3]["meta"]["qid_linked_id"] == 3 and records[2]["question_type"] == "open"
     assert records[0]["question_type"] == "closed" and records[0]["license"] == "cc0"
-    assert len(entries) == 1 and "file not found: missing.jpg" in entries[0]["reason"]
+    assert len(entries) == 1 and "image not found: 'missing.jpg'" in entries[0]["reason"]
     assert entries[0]["class"] == "image not found" and "VQA_RAD Image Folder" in entries[0]["reason"]
 
 

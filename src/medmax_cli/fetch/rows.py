@@ -30,7 +30,18 @@ Row = tuple[str, Callable[[], dict[str, Any] | None]]
 
 
 def image_file(media: MediaStore, root: Path, relative: str, what: str) -> dict[str, Any]:
-    return media.import_file(safe_relative_path(root, relative, what=what), what=what)
+    """Import the image the row names (`relative`, checked to stay inside `root`); an absent one is
+    `image not found` naming the row's path and the folder searched."""
+    full = safe_relative_path(root, relative, what=what)
+    try:
+        return media.import_file(full, what=what)
+    except MediaError as exc:
+        if exc.cls == "image not found":
+            raise MediaError(
+                f"{what}: image not found: {relative!r} (looked in folder {root}; --images names another)",
+                cls="image not found",
+            ) from None
+        raise
 
 
 def emit(rows: Iterator[Row], policy: ErrorPolicy) -> Iterator[dict]:
