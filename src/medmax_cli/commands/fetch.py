@@ -114,8 +114,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from medmax_cli.fetch.local import fetch_jsonl
 
-        if not path.is_file():
+        if not path.exists():
             raise fail(f"input file {path} does not exist")
+        if not path.is_file():
+            raise fail(f"input file {path} is not a regular file (a pipe, device or folder is not read)")
         if not root.is_dir():
             raise fail(f"--root {root} is not a folder")
         with StageIO(

@@ -37,7 +37,7 @@ from medmax_cli.fetch.rows import (
     shard_split,
 )
 from medmax_cli.fetch.splits import UnknownSplit, canonical_split, resolve_split, split_meta
-from medmax_cli.media import MediaError, MediaStore, safe_relative_path
+from medmax_cli.media import MediaError, MediaStore, max_input_bytes, read_local_file, safe_relative_path
 from medmax_cli.records import RecordError, make_id
 from medmax_cli.streams import ErrorPolicy
 
@@ -717,7 +717,7 @@ def read_mimic_cxr(
             "source": "mimic-cxr",
             "license": "physionet-credentialed-1.5.0",
             "credential": True,
-            "report": report.read_text(encoding="utf-8").strip(),
+            "report": read_local_file(report, limit=max_input_bytes(), what=str(report)).decode("utf-8"),
             "images": refs,
             "meta": meta,
         }
