@@ -104,3 +104,17 @@ def test_image_file_too_large_is_a_class(tmp_path, media):
         raise AssertionError("an oversized image was read")
     (tmp_path / "ok.png").write_bytes(png(1))
     assert media.import_file(tmp_path / "ok.png")["width"] == 24
+
+
+def test_language_option_selects_and_counts(tmp_path, medmax):
+    slake_layout(tmp_path, 2)
+    for i in range(2):
+        image = tmp_path / "imgs" / f"xmlab{i}" / "source.jpg"
+        image.parent.mkdir(parents=True)
+        image.write_bytes(png(i, fmt="JPEG"))
+    env = {"MEDMAX_MEDIA": str(tmp_path / "m")}
+    zh = medmax("fetch", "slake", str(tmp_path), "--language", "zh", env=env)
+    assert [orjson.loads(line)["question"] for line in zh.stdout.splitlines()] == ["哪个器官?"] * 2
+    assert "skipped 2 (language not selected: 2)" in zh.stderr.decode()
+    every = medmax("fetch", "slake", str(tmp_path), "--language", "all", env=env)
+    assert len(every.stdout.splitlines()) == 4 and "skipped" not in every.stderr.decode()

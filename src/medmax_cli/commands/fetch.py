@@ -323,6 +323,12 @@ def _register_dataset(fetch_app: typer.Typer, name: str, license_name: str, need
             "mean validation), e.g. train or test,validation. One split also names the split of a file "
             "whose split the source does not say (otherwise such a file is refused).",
         ),
+        language: str = typer.Option(
+            "en",
+            "--language",
+            help="Sources with several languages (SLAKE q_lang en/zh): keep this one; 'all' keeps every "
+            "language. Rows left out are counted as skipped (language not selected).",
+        ),
         output: str = OutputOpt,
         fmt: str = FormatOpt,
         on_error: str = OnErrorOpt,
@@ -357,7 +363,14 @@ def _register_dataset(fetch_app: typer.Typer, name: str, license_name: str, need
             quiet=quiet,
         ) as io:
             try:
-                records = reader(path, media=io.media, policy=io.policy, images=images, assume_split=assume)
+                records = reader(
+                    path,
+                    media=io.media,
+                    policy=io.policy,
+                    images=images,
+                    assume_split=assume,
+                    language=None if language.lower() == "all" else language,
+                )
                 io.write_all(select_splits(records, splits, io.policy))
             except MediaError as exc:  # the dataset's own file (not one row) cannot be opened
                 raise fail(str(exc), code=1) from None

@@ -216,7 +216,7 @@ def read_slake(
     media: MediaStore,
     policy: ErrorPolicy,
     images: Path | None = None,
-    language: str = "en",
+    language: str | None = "en",
     assume_split: str | None = None,
     **_: Any,
 ) -> Iterator[dict]:
