@@ -39,7 +39,7 @@ _id_ok = re.compile(r"[A-Za-z0-9_\-:+@=,]+").fullmatch
 _ID_BAD_CHARS = re.compile(r"[^A-Za-z0-9_\-:+@=,]")
 
 
-_VARIABLE = re.compile(r"'[^']*'|\"[^\"]*\"|\[[^\]]*\]|\d[\d.,]*")
+_VARIABLE = re.compile(r"'[^']*'|\"[^\"]*\"|\[[^\]]*\]|\b\d[\d.,]*\b")
 
 
 def reason_class(reason: str) -> str:
