@@ -297,3 +297,16 @@ def test_eval_prompt_token_ids_are_the_released_bytes(tmp_path, media, tiny_mode
     assert raw != stripped  # the whitespace is in the token ids, so a strip would change them
     block = [vocab.boi, *vocab.codes_to_ids(codes).tolist(), vocab.eoi]
     assert ids == [vocab.bos, *block, *raw, vocab.sep]
+
+
+def test_rocov2_caption_reaches_captioning_verbatim(tmp_path, media):
+    caption = " CT chest axial view showing a huge ascending aortic aneurysm (*). "  # as in test_captions.csv
+    (tmp_path / "test_captions.csv").write_text(f'ID,Caption\nROCOv2_2023_test_000001,"{caption}"\n')
+    image(tmp_path / "test" / "ROCOv2_2023_test_000001.jpg", 6)
+    (record,), _, _ = run(datasets.read_rocov2, tmp_path, media)
+    out = list(
+        synthesize([record], tasks=["captioning", "image_generation"], media=media, near_dup_bits=None)
+    )
+    assert [o["turns"][-1]["content"] for o in out if o["task"] == "captioning"] == [[{"text": caption}]]
+    generation = next(o for o in out if o["task"] == "image_generation")
+    assert caption in generation["turns"][0]["content"][0]["text"]
