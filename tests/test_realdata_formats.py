@@ -310,3 +310,11 @@ def test_rocov2_caption_reaches_captioning_verbatim(tmp_path, media):
     assert [o["turns"][-1]["content"] for o in out if o["task"] == "captioning"] == [[{"text": caption}]]
     generation = next(o for o in out if o["task"] == "image_generation")
     assert caption in generation["turns"][0]["content"][0]["text"]
+
+
+@pytest.mark.parametrize("command", [["jsonl", "{f}", "--root", "{d}"], ["medmax", "{d}"]])
+def test_lfs_pointer_jsonl_names_git_lfs_pull(tmp_path, medmax, command):
+    (tmp_path / "train.jsonl").write_bytes(LFS_POINTER)  # MedMax's train.jsonl on HF is LFS-tracked
+    args = [a.format(f=tmp_path / "train.jsonl", d=tmp_path) for a in command]
+    run = medmax("fetch", *args, env={"MEDMAX_MEDIA": str(tmp_path / "m")}, check=False)
+    assert run.returncode == 1 and b"git lfs pull" in run.stderr and b"train.jsonl" in run.stderr

@@ -17,7 +17,7 @@ import orjson
 
 from medmax_cli.fetch.figures import article_admitted, figure_records
 from medmax_cli.fetch.jats import Article, Figure, JatsError, candidate_names, normalise_license, parse_jats
-from medmax_cli.fetch.rows import lfs_pointer_message
+from medmax_cli.fetch.rows import LFS_POINTER, lfs_pointer_message
 from medmax_cli.media import (
     MAX_IMAGE_BYTES,
     MediaError,
@@ -338,6 +338,9 @@ def fetch_jsonl(
     """Records from a local JSONL file whose image paths are relative to `root`, imported into the store."""
     root = Path(root)
     with open_local_file(path, limit=None, what=str(path)) as stream:
+        if stream.peek(len(LFS_POINTER))[: len(LFS_POINTER)] == LFS_POINTER:
+            pointer = lfs_pointer_message(stream.read(1025), Path(path))
+            raise RecordError(pointer or "a Git LFS pointer file", where=str(path), cls="git lfs pointer")
         for record in read_records(stream, name=str(path), policy=policy, media=media):
             try:
                 images = []

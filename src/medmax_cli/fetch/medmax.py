@@ -25,9 +25,9 @@ from typing import Any
 import orjson
 
 from medmax_cli.fetch.figures import skip
-from medmax_cli.fetch.rows import Row, emit, find, image_file, parquet_files, parquet_rows
+from medmax_cli.fetch.rows import Row, emit, find, image_file, jsonl_lines, parquet_files, parquet_rows
 from medmax_cli.fetch.splits import split_meta
-from medmax_cli.media import MediaStore, open_local_file
+from medmax_cli.media import MediaStore
 from medmax_cli.records import RecordError, make_id
 from medmax_cli.streams import ErrorPolicy
 
@@ -100,10 +100,8 @@ def read_medmax(
     root = images or file.parent
 
     def rows() -> Iterator[Row]:
-        with open_local_file(file, limit=None, what=str(file)) as handle:
-            for line_no, line in enumerate(handle, 1):
-                if line.strip():
-                    yield f"{file}:{line_no}", lambda line=line, n=line_no: build(line, n)
+        for line_no, line in jsonl_lines(file, policy):  # a Git LFS pointer is named as such
+            yield f"{file}:{line_no}", lambda line=line, n=line_no: build(line, n)
 
     def build(line: bytes, n: int) -> dict | None:
         try:
