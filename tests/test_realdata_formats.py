@@ -318,3 +318,22 @@ def test_lfs_pointer_jsonl_names_git_lfs_pull(tmp_path, medmax, command):
     args = [a.format(f=tmp_path / "train.jsonl", d=tmp_path) for a in command]
     run = medmax("fetch", *args, env={"MEDMAX_MEDIA": str(tmp_path / "m")}, check=False)
     assert run.returncode == 1 and b"git lfs pull" in run.stderr and b"train.jsonl" in run.stderr
+
+
+def test_chat_records_become_visual_chat_instances(tmp_path, media):
+    """LLaVA-Med's eval rows (several questions per figure) and conversation rows become visual_chat
+    instances, every question kept, `<image>` as the image part, text verbatim."""
+    rows = [
+        {"question_id": i, "image": "f.jpg", "pair_id": "f", "text": f"Question {i}?\n<image>",
+         "gpt4_answer": f" Answer {i}.", "type": "conversation"}
+        for i in range(3)
+    ]  # fmt: skip
+    (tmp_path / "llava_med_eval_qa50_qa.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    image(tmp_path / "images" / "f.jpg", 8)
+    records, _, _ = run(datasets.read_llava_med, tmp_path / "llava_med_eval_qa50_qa.jsonl", media)
+    out = list(synthesize(records, tasks=["visual_chat"], media=media))
+    assert len(out) == 3
+    assert out[0]["turns"] == [
+        {"role": "user", "content": [{"text": "Question 0?\n"}, {"image": 0}]},
+        {"role": "assistant", "content": [{"text": " Answer 0."}]},
+    ]

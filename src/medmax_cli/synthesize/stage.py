@@ -111,12 +111,47 @@ def build_record(
 
 
 def _chat(record: dict[str, Any]) -> list[Output]:
-    """A ready-made conversation (kind "chat" with `turns`) becomes a visual_chat instance as is."""
+    """A ready-made conversation becomes a visual_chat instance as is: `turns` when the record has
+    them, else the readers' `conversation` ([{"role", "text"}], PubMedVision and LLaVA-Med) with
+    each `<image>` placeholder made an image part (the record's images in order; with no
+    placeholder at all they open the first user turn). Text is kept verbatim."""
     turns = record.get("turns")
+    if not turns and isinstance(record.get("conversation"), list) and record["conversation"]:
+        turns = _conversation_turns(record["conversation"], len(record.get("images") or []))
+        if isinstance(turns, Drop):
+            return [turns]
     if not isinstance(turns, list) or not turns:
         return [Drop("chat record has no turns", "visual_chat")]
     texts = [p.get("text", "") for t in turns for p in t.get("content", []) if isinstance(p, dict)]
     return [new_instance(record, "visual_chat", None, domain=domain_of(record, *texts), turns=turns)]
+
+
+IMAGE_PLACEHOLDER = "<image>"
+
+
+def _conversation_turns(conversation: list[Any], n_images: int) -> list[dict[str, Any]] | Drop:
+    turns: list[dict[str, Any]] = []
+    image = 0
+    for turn_ in conversation:
+        if not isinstance(turn_, dict) or turn_.get("role") not in ("user", "assistant"):
+            return Drop("visual_chat: conversation turn is not {role, text}", "visual_chat")
+        content: list[dict[str, Any]] = []
+        for j, piece in enumerate(str(turn_.get("text") or "").split(IMAGE_PLACEHOLDER)):
+            if j > 0:
+                content.append({"image": image})
+                image += 1
+            if piece:
+                content.append({"text": piece})
+        turns.append({"role": turn_["role"], "content": content})
+    if image == 0 and n_images and turns and turns[0]["role"] == "user":
+        turns[0]["content"] = [{"image": i} for i in range(n_images)] + turns[0]["content"]
+        image = n_images
+    if image != n_images:
+        return Drop(
+            f"visual_chat: conversation has {image} {IMAGE_PLACEHOLDER} placeholder(s) for {n_images} image(s)",
+            "visual_chat",
+        )
+    return turns
 
 
 def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int) -> Iterator[Any]:
