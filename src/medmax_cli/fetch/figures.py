@@ -61,19 +61,29 @@ def article_key(article: Article, fallback: str) -> str:
 def article_admitted(
     article: Article, *, policy: ErrorPolicy, licenses: frozenset[str] | None, where: str
 ) -> bool:
-    """False (and counted) for retracted articles and licences outside the filter."""
+    """False (and counted) for retracted articles and licences outside the filter: each of the
+    article's figures counts as one in and one skipped (one rejects-file entry for the article),
+    so in = out + rejected + skipped holds over figures."""
     key = article_key(article, where)
+    n = max(1, len(article.figures))
     if article.retracted:
-        skip(policy, f"retracted article: {key}", where=where, record_id=key, raw=article.meta())
+        policy.report.count("in", n)
+        policy.report.skip("retracted article", n)
+        policy.write_entry(
+            "retracted article", f"retracted article: {key}", article.meta(), where=where, record_id=key,
+            skipped=True,
+        )  # fmt: skip
         return False
     if licenses is not None and article.license not in licenses:
-        skip(
-            policy,
+        policy.report.count("in", n)
+        policy.report.skip("license not selected", n)
+        policy.write_entry(
+            "license not selected",
             f"license {article.license} not selected (--license): {key}",
-            cls="license not selected",
+            article.meta(),
             where=where,
             record_id=key,
-            raw=article.meta(),
+            skipped=True,
         )
         return False
     return True
@@ -96,6 +106,7 @@ def figure_records(
     """
     key = article_key(article, fallback_key)
     for figure in article.figures:
+        policy.report.count("in")  # one figure considered: out, rejected or skipped
         record_id = make_id(key, figure.figure_id)
         if figure.is_video:
             skip(policy, f"video: {record_id}", where=where, record_id=record_id)

@@ -156,6 +156,7 @@ def fetch_jats(
         if not in_shard(path.name, shard):
             continue
         if _outside(path, paths):
+            policy.report.count("in")
             policy.reject(
                 RecordError("refused: a link that leads outside the input folder"), None, where=str(path)
             )
@@ -189,20 +190,24 @@ def _xml_file(
     try:
         data = read_local_file(path, limit=max_input_bytes(), what=where)
     except MediaError as exc:
+        policy.report.count("in")
         policy.reject(exc, None, where=where, record_id=path.stem)
         return
     pointer = lfs_pointer_message(data, path)
     if pointer is not None:
+        policy.report.count("in")
         policy.reject(RecordError(pointer, cls="git lfs pointer"), None, where=where, record_id=path.stem)
         return
     try:
         article = parse_jats(data, name=where)
     except JatsError as exc:
+        policy.report.count("in")
         policy.reject(exc, None, where=where, record_id=path.stem)
         return
     folder = path.parent
     sidecar = path.with_suffix(".json")
     if sidecar.exists() and not _in_folder(sidecar, folder):
+        policy.report.count("in")
         policy.reject(
             RecordError(f"refused: {sidecar.name} links outside the article folder"), None, where=where
         )
@@ -211,9 +216,11 @@ def _xml_file(
         try:
             apply_cloud_metadata(article, orjson.loads(read_local_file(sidecar, limit=MAX_SIDECAR_BYTES)))
         except MediaError as exc:
+            policy.report.count("in")
             policy.reject(exc, None, where=where)
             return
         except orjson.JSONDecodeError as exc:
+            policy.report.count("in")
             policy.reject(RecordError(f"unreadable PMC metadata {sidecar.name} ({exc})"), None, where=where)
             return
     if file_list is not None:
@@ -289,12 +296,15 @@ def _package(
                 if handle is not None:
                     members[name] = handle.read(member.size)
     except _TooBig as exc:
+        policy.report.count("in")
         policy.reject(RecordError(str(exc), cls="package refused"), None, where=str(path))
         return
     except MediaError as exc:
+        policy.report.count("in")
         policy.reject(exc, None, where=str(path))
         return
     except (tarfile.TarError, OSError, EOFError) as exc:
+        policy.report.count("in")
         policy.reject(
             RecordError(f"unreadable package ({exc})", cls="unreadable package"), None, where=str(path)
         )
@@ -306,6 +316,7 @@ def _package(
         try:
             article = parse_jats(members[xml_name], name=where)
         except JatsError as exc:
+            policy.report.count("in")
             policy.reject(exc, None, where=where)
             continue
         if file_list is not None:
