@@ -337,3 +337,23 @@ def test_chat_records_become_visual_chat_instances(tmp_path, media):
         {"role": "user", "content": [{"text": "Question 0?\n"}, {"image": 0}]},
         {"role": "assistant", "content": [{"text": " Answer 0."}]},
     ]
+
+
+def test_gzip_compressed_release_files_are_read(tmp_path, media):
+    """Files kept gzip-compressed (`testset.json.gz`, `article.nxml.gz`, `..._qa.jsonl.gz`) read as
+    the originals: the split still comes from the name."""
+    import gzip
+
+    root = mevf_layout(tmp_path / "rad")
+    for name in ("trainset.json", "testset.json"):
+        file = root / "data_RAD" / name
+        file.with_name(name + ".gz").write_bytes(gzip.compress(file.read_bytes()))
+        file.unlink()
+    records, _, _ = run(datasets.read_vqa_rad, root, media)
+    assert [r["meta"]["split"] for r in records] == ["train", "train", "test"]
+    jats = tmp_path / "jats"
+    jats.mkdir()
+    (jats / "a.nxml.gz").write_bytes(gzip.compress((JATS_HEAD + PLOS_2010 + FIG).encode()))
+    (jats / "f1.jpg").write_bytes(png(4, fmt="JPEG"))
+    (figure,) = list(fetch_jats([jats], media=media, policy=ErrorPolicy("fail")))
+    assert figure["license"] == "cc-by"

@@ -27,6 +27,7 @@ from medmax_cli.fetch.rows import (
     closed_or_open,
     csv_rows,
     emit,
+    existing,
     file_error,
     hf_image,
     image_file,
@@ -35,6 +36,7 @@ from medmax_cli.fetch.rows import (
     parquet_files,
     parquet_rows,
     shard_split,
+    stem_of,
 )
 from medmax_cli.fetch.splits import UnknownSplit, canonical_split, resolve_split, split_meta
 from medmax_cli.media import MediaError, MediaStore, max_input_bytes, read_local_file, safe_relative_path
@@ -66,10 +68,10 @@ def _vqa_rad_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
     for base in (path, path / "data_RAD"):
-        osf = [base / n for n in VQA_RAD_OSF if (base / n).is_file()]
+        osf = existing(base, *VQA_RAD_OSF)
         if osf:
             return osf[:1]
-        mevf = [base / n for n in VQA_RAD_MEVF if (base / n).is_file()]
+        mevf = existing(base, *VQA_RAD_MEVF)
         if mevf:
             return mevf
     raise RecordError(
@@ -114,7 +116,7 @@ def read_vqa_rad(
         if str(phrase or "").startswith("test"):
             split, source_split = "test", phrase  # a test phrase type is test whatever the file
         elif file_split is not None:
-            split, source_split = file_split, file.stem
+            split, source_split = file_split, stem_of(file)
         elif osf and phrase:
             split, source_split = "train", phrase
         else:
@@ -148,8 +150,8 @@ def read_vqa_rad(
             data = json_rows(file, policy)
             if data is None:
                 continue
-            file_split = canonical_split(file.stem)
-            osf = file.name in VQA_RAD_OSF or any(
+            file_split = canonical_split(stem_of(file))
+            osf = f"{stem_of(file)}.json" in VQA_RAD_OSF or any(
                 str((r or {}).get("phrase_type", "")).startswith("test_") for r in data if isinstance(r, dict)
             )
             if file_split is None and not osf and assume_split is None:
@@ -224,7 +226,7 @@ def read_slake(
     (img_name, question, answer, answer_type, q_lang, qid, ...) + imgs/. The split is the file's
     name (validate -> validation); a file named otherwise needs --split. Rows in another language
     than `language` are skipped (counted as `language not selected`)."""
-    files = [path] if path.is_file() else [path / n for n in SLAKE_FILES if (path / n).exists()]
+    files = [path] if path.is_file() else existing(path, *SLAKE_FILES)
     if not files:
         raise RecordError(f"{path}: no SLAKE {', '.join(SLAKE_FILES)}", cls="dataset layout not found")
 
@@ -239,7 +241,7 @@ def read_slake(
             return None
         folder = images or (file.parent / "imgs" if (file.parent / "imgs").exists() else file.parent)
         qtype = "closed" if str(row.get("answer_type", "")).strip().upper() == "CLOSED" else "open"
-        split, source_split = resolve_split(file.stem, what=str(file), assume=assume_split)
+        split, source_split = resolve_split(stem_of(file), what=str(file), assume=assume_split)
         return {
             "id": make_id("slake", split, row.get("qid", i)),
             "kind": "qa",
@@ -260,7 +262,7 @@ def read_slake(
 
     def rows() -> Iterator[Row]:
         for file in files:
-            if canonical_split(file.stem) is None and assume_split is None:
+            if canonical_split(stem_of(file)) is None and assume_split is None:
                 policy.report.count("in")
                 policy.reject(
                     UnknownSplit("this file", "not named train/validate/validation/test"), where=str(file)
@@ -454,7 +456,7 @@ def read_pubmedvision(
     """PubMedVision: `PubMedVision_{Alignment,InstructionTuning}_VQA.json` (id, image [list],
     conversations, modality, body_part); image paths are relative to the dataset root and start
     with `images/`. `--images` may name the dataset root or the images/ folder itself."""
-    files = [path] if path.is_file() else [path / n for n in PUBMEDVISION_FILES if (path / n).exists()]
+    files = [path] if path.is_file() else existing(path, *PUBMEDVISION_FILES)
     if not files:
         raise RecordError(f"{path}: none of {', '.join(PUBMEDVISION_FILES)} found")
 
@@ -492,8 +494,7 @@ def read_llava_med(
         data = path / "data" if (path / "data").is_dir() else path
         files = []
         for folder, names in (("alignment", LLAVA_MED_ALIGNMENT), ("instruct", LLAVA_MED_INSTRUCT)):
-            found = [data / folder / n for n in names if (data / folder / n).exists()]
-            found += [data / n for n in names if (data / n).exists()]
+            found = existing(data / folder, *names) + existing(data, *names)
             files += found[:1]
             for other in found[1:]:
                 skip(
@@ -502,14 +503,14 @@ def read_llava_med(
                     where=str(other),
                     row=False,
                 )
-        files += [f for f in (data / "eval" / LLAVA_MED_EVAL, data / LLAVA_MED_EVAL) if f.exists()][:1]
+        files += (existing(data / "eval", LLAVA_MED_EVAL) + existing(data, LLAVA_MED_EVAL))[:1]
         if not files:
             raise RecordError(
                 f"{path}: no LLaVA-Med alignment/, instruct/ or eval/ file found",
                 cls="dataset layout not found",
             )
     root = images or (data / "images" if (data / "images").is_dir() else data)
-    train = [f for f in files if f.suffix != ".jsonl"]
+    train = [f for f in files if not f.name.removesuffix(".gz").endswith(".jsonl")]
     if train:
         yield from _chat_records(
             train,
@@ -519,7 +520,7 @@ def read_llava_med(
             media=media,
             policy=policy,
         )
-    for file in (f for f in files if f.suffix == ".jsonl"):
+    for file in (f for f in files if f.name.removesuffix(".gz").endswith(".jsonl")):
         yield from _llava_med_eval(file, root, media=media, policy=policy)
 
 
@@ -580,24 +581,28 @@ def read_rocov2(
 ) -> Iterator[dict]:
     """ROCOv2: `{split}_captions.csv` (ID, Caption) + `{split}_concepts.csv` (ID, CUIs, ';'-joined)
     with images `{split}/{ID}.jpg`; or the Hugging Face parquet (image, image_id, caption, cui)."""
-    if path.suffix == ".parquet" or (path.is_dir() and not any(path.glob("*_captions.csv"))):
+    if path.suffix == ".parquet" or (path.is_dir() and not any(path.glob("*_captions.csv*"))):
         if path.is_dir() and not any(path.rglob("*.parquet")):
             raise RecordError(f"{path}: no ROCOv2 *_captions.csv nor Hugging Face parquet files")
         yield from _rocov2_parquet(path, media=media, policy=policy, assume_split=assume_split)
         return
-    files = sorted(path.glob("*_captions.csv")) if path.is_dir() else [path]
+    files = (
+        sorted(path.glob("*_captions.csv")) + sorted(path.glob("*_captions.csv.gz"))
+        if path.is_dir()
+        else [path]
+    )
 
     def concepts_of(file: Path) -> dict[str, list[str]]:
-        split = file.name.removesuffix("_captions.csv")
+        split = file.name.removesuffix(".gz").removesuffix("_captions.csv")
         table: dict[str, list[str]] = {}
-        concepts = file.with_name(f"{split}_concepts.csv")
+        concepts = next(iter(existing(file.parent, f"{split}_concepts.csv")), file.with_name("-"))
         if concepts.exists():
             for _line, row in csv_rows(concepts, policy, ("ID", "CUIs")):
                 table[row["ID"].strip()] = [c for c in re.split(r"[;,\s]+", row["CUIs"] or "") if c]
         return table
 
     def build(row: dict, file: Path, cuis: dict[str, list[str]]) -> dict:
-        name = file.name.removesuffix("_captions.csv")
+        name = file.name.removesuffix(".gz").removesuffix("_captions.csv")
         split, source_split = resolve_split(name, what=str(file), assume=assume_split)
         image_id = row["ID"].strip()
         folder = (images or file.parent) / name

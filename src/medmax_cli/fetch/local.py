@@ -42,6 +42,11 @@ def _is_package(path: Path) -> bool:
     return path.name.lower().endswith(PACKAGE_SUFFIXES)
 
 
+def _is_xml(path: Path) -> bool:
+    """A JATS file, also gzip-compressed (`article.nxml.gz`)."""
+    return path.name.lower().removesuffix(".gz").endswith(XML_SUFFIXES)
+
+
 def expand_inputs(paths: Iterable[str | Path]) -> list[Path]:
     """Files to read, in a deterministic order: folders are walked and sorted. Links found while
     walking a folder are kept only when they resolve inside it (`_outside` says which do not)."""
@@ -49,11 +54,7 @@ def expand_inputs(paths: Iterable[str | Path]) -> list[Path]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found += sorted(
-                p
-                for p in path.rglob("*")
-                if p.is_file() and (p.suffix.lower() in XML_SUFFIXES or _is_package(p))
-            )
+            found += sorted(p for p in path.rglob("*") if p.is_file() and (_is_xml(p) or _is_package(p)))
         elif path.exists():
             found.append(path)
         else:
@@ -193,6 +194,13 @@ def _xml_file(
         policy.report.count("in")
         policy.reject(exc, None, where=where, record_id=path.stem)
         return
+    if path.name.lower().endswith(".gz"):
+        try:
+            data = _gunzip(data, max_input_bytes())
+        except (OSError, EOFError, ValueError) as exc:
+            policy.report.count("in")
+            policy.reject(RecordError(f"cannot decompress ({exc})", cls="file unreadable"), None, where=where)
+            return
     pointer = lfs_pointer_message(data, path)
     if pointer is not None:
         policy.report.count("in")
@@ -249,6 +257,17 @@ def _xml_file(
     ):
         policy.report.count("figures")
         yield record
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    import gzip
+    import io
+
+    with gzip.GzipFile(fileobj=io.BytesIO(data)) as handle:
+        out = handle.read(limit + 1)
+    if len(out) > limit:
+        raise ValueError(f"decompresses past the {limit}-byte limit")
+    return out
 
 
 class _TooBig(Exception):

@@ -83,6 +83,23 @@ def file_media_error(policy: ErrorPolicy, file: Path, exc: MediaError) -> None:
 LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 
 
+def stem_of(file: Path) -> str:
+    """A data file's name without `.gz` and its format suffix: `testset.json.gz` -> `testset`."""
+    name = file.name.removesuffix(".gz")
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+def existing(folder: Path, *names: str) -> list[Path]:
+    """`folder/name` for each published name present, also gzip-compressed (`name.gz`)."""
+    found = []
+    for name in names:
+        for candidate in (folder / name, folder / f"{name}.gz"):
+            if candidate.is_file():
+                found.append(candidate)
+                break
+    return found
+
+
 def lfs_pointer_message(data: bytes, file: Path) -> str | None:
     """What to run when `data` is a Git LFS pointer (what a clone without LFS holds), else None."""
     if not data.startswith(LFS_POINTER) or len(data) > 1024:
@@ -157,9 +174,13 @@ def jsonl_lines(file: Path, policy: ErrorPolicy) -> Iterator[tuple[int, bytes]]:
             pointer = lfs_pointer_message(handle.read(1025), file)
             file_error(policy, file, pointer or "a Git LFS pointer file", cls="git lfs pointer")
             return
-        for number, line in enumerate(handle, 1):
-            if line.strip():
-                yield number, line
+        lines = gzip.GzipFile(fileobj=handle) if file.name.endswith(".gz") else handle
+        try:
+            for number, line in enumerate(lines, 1):
+                if line.strip():
+                    yield number, line
+        except (OSError, EOFError) as exc:
+            file_error(policy, file, f"cannot decompress ({exc})", cls="file unreadable")
 
 
 def csv_rows(file: Path, policy: ErrorPolicy, required: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
