@@ -94,7 +94,7 @@ def existing(folder: Path, *names: str) -> list[Path]:
     found = []
     for name in names:
         for candidate in (folder / name, folder / f"{name}.gz"):
-            if candidate.is_file():
+            if candidate.exists() and not candidate.is_dir():  # a pipe is found, then refused when read
                 found.append(candidate)
                 break
     return found
