@@ -34,7 +34,10 @@ def run(reader, path: Path, media, **kw) -> tuple[list[dict], list[dict], dict]:
     report = policy.report
     row_entries = [e for e in entries if not str(e["reason"]).startswith("file not read")]
     assert report.counts["in"] == len(records) + len(row_entries), (report.counts, entries)
-    assert sum(report.dropped.values()) == len(entries)
+    # in = out + rejected + skipped, each counted by class (bounded), each listed in the rejects file
+    assert report.counts["in"] == len(records) + sum(report.dropped.values()) + sum(report.skipped.values())
+    assert sum(report.skipped.values()) == sum(1 for e in row_entries if e.get("skipped"))
+    assert report.counts.get("files not read", 0) == len(entries) - len(row_entries)
     assert len({r["id"] for r in records}) == len(records), "ids must be unique"
     return records, entries, dict(report.counts)
 
@@ -352,7 +355,8 @@ def test_vqa_rad_official_split(tmp_path, media):
     ]  # fmt: skip
     assert records[3]["meta"]["qid_linked_id"] == 3 and records[2]["question_type"] == "open"
     assert records[0]["question_type"] == "closed" and records[0]["license"] == "cc0"
-    assert len(entries) == 1 and "cannot read" in entries[0]["reason"]
+    assert len(entries) == 1 and "image not found: 'missing.jpg'" in entries[0]["reason"]
+    assert entries[0]["class"] == "image not found" and "VQA_RAD Image Folder" in entries[0]["reason"]
 
 
 def test_vqa_rad_hf_parquet_mirror(tmp_path, media):
@@ -395,7 +399,8 @@ def test_slake_release_files_and_languages(tmp_path, media):
     assert [(r["id"], r["meta"]["split"]) for r in records] == [
         ("slake-train-7", "train"), ("slake-validation-7", "validation"), ("slake-test-9", "test")
     ]  # fmt: skip
-    assert entries[0]["reason"].startswith("language zh")
+    assert entries[0]["reason"].startswith("language zh") and entries[0]["class"] == "language not selected"
+    assert entries[0]["skipped"] is True
 
 
 def test_pathvqa_sharded_splits_keep_every_row(tmp_path, media):
@@ -544,7 +549,8 @@ def test_rocov2_concepts_and_licence(tmp_path, media):
         tmp_path / "valid_captions.csv", ["ID", "Caption"], [["ROCOv2_2023_valid_000001", "Chest X-ray."]]
     )
     records, _, _ = run(datasets.read_rocov2, tmp_path, media)
-    assert [r["meta"]["split"] for r in records] == ["train", "valid"]
+    assert [r["meta"]["split"] for r in records] == ["train", "validation"]  # one vocabulary
+    assert [r["meta"]["source_split"] for r in records] == ["train", "valid"]  # the source's own name
     assert records[0]["meta"]["cuis"] == ["C0040405", "C0019080"] and records[1]["meta"]["cuis"] == []
     assert all(r["license"] == "cc-by-nc-sa" for r in records)
 
@@ -561,7 +567,12 @@ def test_rocov2_hf_parquet(tmp_path, media):
     )
     pq.write_table(table, tmp_path / "data" / "test-00000-of-00001.parquet")
     records, _, _ = run(datasets.read_rocov2, tmp_path, media)
-    assert records[0]["meta"] == {"split": "test", "cuis": ["C0040405"], "image_license": "cc-by or cc-by-nc"}
+    assert records[0]["meta"] == {
+        "split": "test",
+        "source_split": "test",
+        "cuis": ["C0040405"],
+        "image_license": "cc-by or cc-by-nc",
+    }
 
 
 def test_mimic_cxr_split_and_view(tmp_path, media):
@@ -604,7 +615,7 @@ def test_split_option_keeps_test_items_out(medmax, tmp_path):
     env = {"MEDMAX_MEDIA": str(tmp_path / "m")}
     train = medmax("fetch", "vqa-rad", str(tmp_path), "--split", "train", env=env)
     assert [x["id"] for x in parse_jsonl(train.stdout)] == ["vqa_rad-1"]
-    assert "split test not selected: 1" in train.stderr.decode()
+    assert "skipped 1 (split not selected: 1)" in train.stderr.decode()
 
 
 def test_list_and_dataset_command(medmax, tmp_path):
@@ -615,8 +626,9 @@ def test_list_and_dataset_command(medmax, tmp_path):
     image(tmp_path / "VQA_RAD Image Folder" / "a.jpg", 1, "JPEG")
     write_json(
         tmp_path / "VQA_RAD Dataset Public.json",
-        [{"qid": 1, "image_name": "a.jpg", "answer": "no", "answer_type": "CLOSED", "question": "Mass?"}],
-    )
+        [{"qid": 1, "image_name": "a.jpg", "answer": "no", "answer_type": "CLOSED", "question": "Mass?",
+          "phrase_type": "freeform"}],
+    )  # fmt: skip
     out = medmax("fetch", "vqa-rad", str(tmp_path), "-q", env={"MEDMAX_MEDIA": str(tmp_path / "m")}).stdout
     assert parse_jsonl(out)[0]["answer"] == "no"
 

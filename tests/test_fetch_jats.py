@@ -115,7 +115,9 @@ def test_fetch_jats_license_filter_and_package(tmp_path, media):
     records = list(fetch_jats([package], media=media, policy=policy, licenses=frozenset({"cc-by", "cc0"})))
     assert [r["id"] for r in records] == ["PMC100001-F1", "PMC100001-F2", "PMC100004-F1"]
     assert {r["license"] for r in records} == {"cc-by", "cc0"}
-    assert policy.report.dropped["license cc-by-nc not selected"] == 1
+    assert policy.report.skipped["license not selected"] == 6 and not policy.report.dropped  # its 6 figures
+    report = policy.report  # in = out + rejected + skipped, over figures
+    assert report.counts["in"] == len(records) + sum(report.dropped.values()) + sum(report.skipped.values())
 
 
 def test_fetch_jats_fail_mode_stops_on_unsafe_href(tmp_path, media):

@@ -191,9 +191,9 @@ def test_vqa_formats_exact(media):
     (inst,) = instances_of(closed)
     assert inst["turns"] == [
         {"role": "user", "content": [{"image": 0}, {"text": "Is there a lesion? Please answer yes or no."}]},
-        {"role": "assistant", "content": [{"text": "yes"}]},
+        {"role": "assistant", "content": [{"text": "Yes"}]},  # the answer as published
     ]
-    assert (inst["answer"], inst["question_type"], inst["id"]) == ("yes", "closed", "q1-vqa")
+    assert (inst["answer"], inst["question_type"], inst["id"]) == ("Yes", "closed", "q1-vqa")
 
     mc = qa(
         media,
@@ -216,13 +216,17 @@ def test_vqa_formats_exact(media):
     (inst,) = instances_of(qa(media, "q3", "Which organ is shown?", "the liver"))
     assert inst["question_type"] == "open" and inst["turns"][1]["content"] == [{"text": "the liver"}]
 
-    bad = build_record(
-        qa(media, "q4", "Is it normal?", "maybe", question_type="closed"),
+    # A closed question whose gold is not yes/no is kept (MedMax trains on it), asked without "yes or no".
+    (kept,) = build_record(
+        qa(media, "q4", "Is the abnormality focal or diffuse?", "Diffuse", question_type="closed"),
         tasks=TASKS,
         ctx=BuildContext(),
         client=None,
     )
-    assert isinstance(bad[0], Drop) and "yes/no" in bad[0].reason
+    assert not isinstance(kept, Drop)
+    assert (kept["question_type"], kept["answer"], kept["meta"]["template_family"]) == ("closed", "Diffuse", "open")
+    assert "yes or no" not in kept["turns"][0]["content"][1]["text"]
+    assert kept["turns"][1]["content"] == [{"text": "Diffuse"}]
 
 
 def test_vqa_verbatim_eval_prompts_are_asked_word_for_word(media):
@@ -359,11 +363,16 @@ def test_decontamination_drops_planted_eval_image_and_question(media, tmp_path):
         figure(media, rid="clean", seed=61),
         qa(media, "clean-q", "Is the lesion enhancing?", "no", seed=62),
     ]
-    index = load_exclude(eval_items, ImageHasher(media), 4)
+    index = load_exclude(eval_items, ImageHasher(media), 4, by="both")
     policy = ErrorPolicy("skip")
     out = list(synthesize(train, policy=policy, tasks=["captioning", "vqa"], media=media, exclude=index))
     assert [o["id"] for o in out] == ["clean-captioning", "clean-q-vqa"]
     assert policy.report.dropped == {"contaminated": 3}
+    assert policy.report.extra["contamination"] == [
+        {"eval_source": "vqa-rad", "match": "same_question", "count": 1},
+        {"eval_source": "vqa_rad_closed", "match": "exact_image", "count": 1},
+        {"eval_source": "vqa_rad_closed", "match": "near_duplicate_image", "count": 1},
+    ]
     # The eval set itself survives the default filters untouched (no --exclude by default).
     evals = list(synthesize(eval_items, tasks=["vqa"], media=media))
     assert [e["id"] for e in evals] == ["ev1-vqa", "ev2-vqa"] and evals[0]["meta"][
@@ -414,7 +423,7 @@ def test_passthrough_and_skips(media):
     qa_only = qa(media, "q-unused", "Is it?", "yes")
     assert list(synthesize([qa_only, instance], policy=policy, tasks=["captioning"], media=media)) == []
     assert policy.report.counts["records with no selected task"] == 1
-    assert policy.report.dropped["task not selected"] == 1
+    assert policy.report.skipped["task not selected"] == 1  # a user filter: skipped, not rejected
     no_image = {"id": "f", "kind": "figure", "source": "jats", "caption": CAPTION, "images": []}
     list(synthesize([no_image], policy=policy, media=media))
     assert policy.report.dropped["figure record has no images"] == 1
@@ -454,6 +463,8 @@ def test_command_in_a_pipe_is_deterministic(media, tmp_path, medmax):
         str(src),
         "--exclude",
         str(ev),
+        "--exclude-by",
+        "question",
         "--tasks",
         "vqa,captioning",
         "--ratio",
@@ -462,6 +473,7 @@ def test_command_in_a_pipe_is_deterministic(media, tmp_path, medmax):
     )
     tasks = [line["task"] for line in parse_jsonl(mixed.stdout)]
     assert tasks.count("vqa") == tasks.count("captioning") == 3  # 4 vqa - 1 contaminated; 4 captions capped
+    assert "same_question" in mixed.stderr.decode()  # the contamination table
     bad = medmax("synthesize", str(src), "--tasks", "captions", env=env, check=False)
     assert bad.returncode == 2 and b"--tasks" in bad.stderr
 

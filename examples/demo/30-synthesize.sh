@@ -9,6 +9,7 @@ rm "$DEMO/instances.again.jsonl"
 # Evaluation items: VQA only, canonical prompts, meta.eval_task kept; nothing is excluded by default.
 medmax synthesize "$DEMO/eval-sources.jsonl" --tasks vqa -o "$DEMO/eval-instances.jsonl"
 # Decontamination, on the side: the bundled eval items reuse the sample figures, so dropping every
-# training instance that shares an image (exact or near) or a question with them leaves only a few.
-medmax synthesize "$DEMO/sources.jsonl" --exclude "$DEMO/eval-sources.jsonl" \
+# training instance that shares an image (exact or near) or a question with them (--exclude-by both;
+# the default is image) leaves only a few; the contamination table goes to stderr.
+medmax synthesize "$DEMO/sources.jsonl" --exclude "$DEMO/eval-sources.jsonl" --exclude-by both \
   --rejects "$DEMO/decontamination-rejects.jsonl" -o "$DEMO/instances.decontaminated.jsonl"

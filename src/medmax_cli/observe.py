@@ -241,6 +241,7 @@ def stage_stats(
     seconds = round(report.seconds, 3)
     counts = _safe_copy(report.counts)
     rejected = _safe_copy(report.dropped)
+    skipped = _safe_copy(getattr(report, "skipped", None) or {})
     return {
         "medmax_stats": STATS_FORMAT,
         "stage": report.stage,
@@ -254,10 +255,13 @@ def stage_stats(
         "counts": counts,
         "rejected": rejected,
         "rejected_total": sum(rejected.values()),
+        "skipped": skipped,
+        "skipped_total": sum(skipped.values()),
         "reject_rate": None if reject_rate is None else round(reject_rate, 6),
         "throughput": {k: round(v / seconds, 3) if seconds > 0 else None for k, v in counts.items()},
         "settings": settings,
         "argv": argv if argv is not None else sys.argv[1:],
+        **dict(getattr(report, "extra", None) or {}),
     }
 
 
@@ -283,6 +287,8 @@ def merge_stats(pieces: list[tuple[str, dict[str, Any]]], *, allow_partial: bool
         raise StatsError(f"stats of different commands cannot be merged: {sorted(map(str, commands))}")
     counts: Counter = Counter()
     rejected: Counter = Counter()
+    skipped: Counter = Counter()
+    contamination: Counter = Counter()
     seconds = 0.0
     shards: dict[int, str] = {}
     n_shards: set[int] = set()
@@ -294,6 +300,9 @@ def merge_stats(pieces: list[tuple[str, dict[str, Any]]], *, allow_partial: bool
             raise StatsError(f"{name}: not a medmax stats file (format {piece.get('medmax_stats')!r})")
         counts.update(piece.get("counts") or {})
         rejected.update(piece.get("rejected") or {})
+        skipped.update(piece.get("skipped") or {})
+        for row in piece.get("contamination") or []:
+            contamination[(row["eval_source"], row["match"])] += int(row["count"])
         seconds += float(piece.get("seconds") or 0)
         statuses[piece.get("status", "?")] += 1
         for key in set(first.get("settings", {})) | set(piece.get("settings", {})):
@@ -340,9 +349,20 @@ def merge_stats(pieces: list[tuple[str, dict[str, Any]]], *, allow_partial: bool
         "counts": dict(counts),
         "rejected": dict(rejected),
         "rejected_total": rejected_total,
+        "skipped": dict(skipped),
+        "skipped_total": sum(skipped.values()),
         "throughput": {k: round(v / seconds, 3) if seconds > 0 else None for k, v in counts.items()},
         "settings": {k: v for k, v in first.get("settings", {}).items() if k not in PER_PIECE},
         "settings_differ": sorted(differ),
+        **(
+            {
+                "contamination": [
+                    {"eval_source": s, "match": m, "count": n} for (s, m), n in sorted(contamination.items())
+                ]
+            }
+            if any("contamination" in p for _, p in pieces)
+            else {}
+        ),
     }
 
 

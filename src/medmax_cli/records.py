@@ -40,18 +40,41 @@ _id_ok = re.compile(r"[A-Za-z0-9_\-:+@=,]+").fullmatch
 _ID_BAD_CHARS = re.compile(r"[^A-Za-z0-9_\-:+@=,]")
 
 
+_VARIABLE = re.compile(r"'[^']*'|\"[^\"]*\"|\[[^\]]*\]|\b\d[\d.,]*\b")
+
+
+def reason_class(reason: str) -> str:
+    """The short class a reason is counted under when its raiser named none: the text before the
+    first colon or parenthesis, with quoted values, [indices] and numbers taken out, so that the
+    run summary and `--stats` hold one key per rule, not one per row."""
+    head = str(reason).split(":", 1)[0].split("(", 1)[0]
+    head = " ".join(_VARIABLE.sub("", head).split())
+    return head[:60] or "error"
+
+
 class RecordError(ValueError):
     """A record that breaks the schema or cannot be processed by a stage.
 
     `record_id` and `where` (file:line or file:member) are filled in as the error
     travels up, so the final message names the file, the record and the reason.
+    `cls` is the reason's short fixed class (`image not found`, `not valid JSON`, ...), what
+    summaries count by; `reason` keeps the specifics (the file, the folder searched, the row)
+    for the error message and the rejects file. Default: derived from the reason's head.
     """
 
-    def __init__(self, reason: str, *, record_id: str | None = None, where: str | None = None):
+    def __init__(
+        self,
+        reason: str,
+        *,
+        record_id: str | None = None,
+        where: str | None = None,
+        cls: str | None = None,
+    ):
         super().__init__(reason)
         self.reason = reason
         self.record_id = record_id
         self.where = where
+        self.cls = cls or reason_class(reason)
 
     def __str__(self) -> str:
         parts = []

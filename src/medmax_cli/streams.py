@@ -35,7 +35,7 @@ import orjson
 
 from medmax_cli.atomic import AtomicFile, atomic_write_bytes  # noqa: F401 (re-exported)
 from medmax_cli.media import MediaError, MediaStore, extension_for
-from medmax_cli.records import RecordError, loads_record, validate
+from medmax_cli.records import RecordError, loads_record, reason_class, validate
 
 FORMATS = ("jsonl", "tar")
 TAR_MTIME = 0  # fixed so that tar output is byte-reproducible
@@ -162,18 +162,25 @@ def duplicate_error(record_id: str) -> RecordError:
 
 @dataclass
 class RunReport:
-    """Counts for the end-of-run summary line on stderr (seen, written, dropped by reason)."""
+    """Counts for the end-of-run summary line on stderr: seen, written, rejected by class and
+    skipped by class (a user's filter or a set-aside that is not an error). Keys are reason
+    classes, so their number is bounded by the rules, not by the rows."""
 
     stage: str
     started: float = field(default_factory=time.monotonic)
     counts: Counter = field(default_factory=Counter)
-    dropped: Counter = field(default_factory=Counter)
+    dropped: Counter = field(default_factory=Counter)  # rejected, by class
+    skipped: Counter = field(default_factory=Counter)  # skipped, by class
+    extra: dict[str, Any] = field(default_factory=dict)  # stage tables for --stats (e.g. contamination)
 
     def count(self, name: str, n: int = 1) -> None:
         self.counts[name] += n
 
-    def drop(self, reason: str, n: int = 1) -> None:
-        self.dropped[_reason_key(reason)] += n
+    def drop(self, reason: str, n: int = 1, *, cls: str | None = None) -> None:
+        self.dropped[cls or reason_class(reason)] += n
+
+    def skip(self, cls: str, n: int = 1) -> None:
+        self.skipped[cls] += n
 
     @property
     def seconds(self) -> float:
@@ -181,10 +188,12 @@ class RunReport:
 
     def summary(self) -> str:
         parts = [f"{name} {value}" for name, value in self.counts.items()]
-        total_dropped = sum(self.dropped.values())
-        if total_dropped:
-            reasons = ", ".join(f"{r}: {n}" for r, n in self.dropped.most_common(8))
-            parts.append(f"rejected {total_dropped} ({reasons})")
+        for label, counter in (("rejected", self.dropped), ("skipped", self.skipped)):
+            total = sum(counter.values())
+            if total:
+                reasons = ", ".join(f"{r}: {n}" for r, n in counter.most_common(8))
+                more = f", {len(counter) - 8} more classes" if len(counter) > 8 else ""
+                parts.append(f"{label} {total} ({reasons}{more})")
         parts.append(f"{self.seconds:.1f} s")
         return f"medmax {self.stage}: " + ", ".join(parts)
 
@@ -193,14 +202,14 @@ class RunReport:
             "stage": self.stage,
             "counts": dict(self.counts),
             "rejected": dict(self.dropped),
+            "skipped": dict(self.skipped),
             "seconds": round(self.seconds, 3),
         }
 
 
 def _reason_key(reason: str) -> str:
-    """A short bucket for a reason: the text before the first colon or parenthesis."""
-    head = reason.split(":", 1)[0].split("(", 1)[0].strip()
-    return head[:60] or "error"
+    """Kept for callers of the old name: the reason's class."""
+    return reason_class(reason)
 
 
 # --------------------------------------------------------------------------- error policy
@@ -210,7 +219,8 @@ class ErrorPolicy:
     """What to do with a bad record: stop (`fail`, the default) or reject and go on (`skip`).
 
     A rejected record is appended to the rejects file as
-    `{"stage", "where", "record_id", "reason", "raw"}` and counted in the run report.
+    `{"stage", "where", "record_id", "class", "reason", "raw"}` and counted in the run report
+    under its class (`reason` keeps the specifics); a skip (`skip`) adds `"skipped": true`.
     """
 
     def __init__(
@@ -230,7 +240,7 @@ class ErrorPolicy:
     def reject(
         self, error: Exception, raw: Any = None, *, where: str | None = None, record_id: str | None = None
     ) -> None:
-        """Raise in fail mode; otherwise record the reject and return."""
+        """Raise in fail mode; otherwise record the reject (counted by its class) and return."""
         if not isinstance(error, (RecordError, MediaError)):
             error = record_fault(error, raw)
         if isinstance(error, RecordError):
@@ -239,31 +249,63 @@ class ErrorPolicy:
             reason = error.reason
         else:
             reason = str(error)
+        cls = getattr(error, "cls", None) or reason_class(reason)
         if record_id is None and isinstance(raw, dict) and isinstance(raw.get("id"), str):
             record_id = raw["id"]
         if self.mode == "fail":
             if isinstance(error, RecordError):
                 error.where, error.record_id = where, record_id
                 raise error
-            raise RecordError(reason, record_id=record_id, where=where) from error
-        self.report.drop(reason)
-        if self.rejects is not None:
-            if isinstance(raw, bytes):
-                raw = raw.decode("utf-8", errors="replace")
-            entry = {
-                "stage": self.stage,
-                "where": where,
-                "record_id": record_id,
-                "reason": reason,
-                "raw": raw,
-            }
-            try:  # numpy arrays (pack's checked image codes) are written as the lists they were
-                line = orjson.dumps(entry, default=str, option=orjson.OPT_SERIALIZE_NUMPY)
-            except TypeError:  # orjson.JSONEncodeError: too deep or not JSON at all; keep a prefix
-                entry["raw"] = _safe_repr(raw)
-                line = orjson.dumps(entry, default=str)
-            self.rejects.write(line + b"\n")
-            self.rejects.flush()
+            raise RecordError(reason, record_id=record_id, where=where, cls=cls) from error
+        self.report.drop(reason, cls=cls)
+        self.write_entry(cls, reason, raw, where=where, record_id=record_id)
+
+    def skip(
+        self,
+        cls: str,
+        detail: str | None = None,
+        *,
+        where: str | None = None,
+        record_id: str | None = None,
+        raw: Any = None,
+    ) -> None:
+        """Set aside a row that is not an error (a user's filter said no, a video figure): never
+        raises; counted under `cls` as skipped, apart from rejects, and listed in the rejects
+        file (with `"skipped": true`) so nothing disappears silently."""
+        self.report.skip(cls)
+        self.write_entry(cls, detail or cls, raw, where=where, record_id=record_id, skipped=True)
+
+    def write_entry(
+        self,
+        cls: str,
+        reason: str,
+        raw: Any,
+        *,
+        where: str | None,
+        record_id: str | None,
+        skipped: bool = False,
+    ) -> None:
+        if self.rejects is None:
+            return
+        if isinstance(raw, bytes):
+            raw = raw.decode("utf-8", errors="replace")
+        entry = {
+            "stage": self.stage,
+            "where": where,
+            "record_id": record_id,
+            "class": cls,
+            "reason": reason,
+            "raw": raw,
+        }
+        if skipped:
+            entry["skipped"] = True
+        try:  # numpy arrays (pack's checked image codes) are written as the lists they were
+            line = orjson.dumps(entry, default=str, option=orjson.OPT_SERIALIZE_NUMPY)
+        except TypeError:  # orjson.JSONEncodeError: too deep or not JSON at all; keep a prefix
+            entry["raw"] = _safe_repr(raw)
+            line = orjson.dumps(entry, default=str)
+        self.rejects.write(line + b"\n")
+        self.rejects.flush()
 
 
 def _safe_repr(value: Any, limit: int = 4096) -> str:

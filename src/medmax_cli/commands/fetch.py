@@ -114,8 +114,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from medmax_cli.fetch.local import fetch_jsonl
 
-        if not path.is_file():
+        if not path.exists():
             raise fail(f"input file {path} does not exist")
+        if not path.is_file():
+            raise fail(f"input file {path} is not a regular file (a pipe, device or folder is not read)")
         if not root.is_dir():
             raise fail(f"--root {root} is not a folder")
         with StageIO(
@@ -317,7 +319,15 @@ def _register_dataset(fetch_app: typer.Typer, name: str, license_name: str, need
         split: str = typer.Option(
             None,
             "--split",
-            help="Keep only these official splits (meta.split), e.g. train or test,validation.",
+            help="Keep only these official splits (meta.split: train, validation, test; valid/validate/dev "
+            "mean validation), e.g. train or test,validation. One split also names the split of a file "
+            "whose split the source does not say (otherwise such a file is refused).",
+        ),
+        language: str = typer.Option(
+            "en",
+            "--language",
+            help="Sources with several languages (SLAKE q_lang en/zh): keep this one; 'all' keeps every "
+            "language. Rows left out are counted as skipped (language not selected).",
         ),
         output: str = OutputOpt,
         fmt: str = FormatOpt,
@@ -327,12 +337,19 @@ def _register_dataset(fetch_app: typer.Typer, name: str, license_name: str, need
         quiet: bool = QuietOpt,
     ) -> None:
         from medmax_cli.fetch.datasets import SOURCES, select_splits
+        from medmax_cli.fetch.splits import parse_split_filter
+        from medmax_cli.media import MediaError
         from medmax_cli.records import RecordError
 
         if not path.exists():
             raise fail(f"{path} does not exist")
         if images is not None and not images.is_dir():
             raise fail(f"--images {images} is not a folder")
+        try:
+            splits = parse_split_filter(split)
+        except ValueError as exc:
+            raise fail(str(exc)) from None
+        assume = next(iter(splits)) if splits is not None and len(splits) == 1 else None
         reader = SOURCES[name].reader
         assert reader is not None
         with StageIO(
@@ -346,9 +363,17 @@ def _register_dataset(fetch_app: typer.Typer, name: str, license_name: str, need
             quiet=quiet,
         ) as io:
             try:
-                splits = frozenset(p.strip() for p in split.split(",") if p.strip()) if split else None
-                records = reader(path, media=io.media, policy=io.policy, images=images)
+                records = reader(
+                    path,
+                    media=io.media,
+                    policy=io.policy,
+                    images=images,
+                    assume_split=assume,
+                    language=None if language.lower() == "all" else language,
+                )
                 io.write_all(select_splits(records, splits, io.policy))
+            except MediaError as exc:  # the dataset's own file (not one row) cannot be opened
+                raise fail(str(exc), code=1) from None
             except RecordError as exc:
                 if exc.where is None and exc.record_id is None:
                     raise fail(str(exc), code=1) from None

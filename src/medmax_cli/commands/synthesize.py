@@ -47,8 +47,15 @@ def register(app: typer.Typer) -> None:
         exclude: list[Path] = typer.Option(
             None,
             "--exclude",
-            help="Evaluation set(s): drop instances sharing "
-            "an image (exact or near) or a question with them. Repeatable.",
+            help="Evaluation set(s): drop instances that overlap them (see --exclude-by). Repeatable.",
+        ),
+        exclude_by: str = typer.Option(
+            "image",
+            "--exclude-by",
+            help="What makes an instance contaminated: image (it shows an eval image, exact or near "
+            "duplicate; the default: VQA-RAD and SLAKE split by question, so test images also carry train "
+            "questions), question (it asks an eval question, any image), or both (either). A table of "
+            "the drops by eval source and match kind goes to stderr and to --stats (contamination).",
         ),
         no_dedup: bool = typer.Option(False, "--no-dedup", help="Keep exact duplicates."),
         near_dup_bits: int = typer.Option(
@@ -106,6 +113,8 @@ def register(app: typer.Typer) -> None:
         for path in exclude or []:
             if not path.is_file():
                 raise fail(f"--exclude file {path} does not exist")
+        if exclude_by not in ("image", "question", "both"):
+            raise fail(f"--exclude-by must be image, question or both; got {exclude_by!r}")
         bits = None if near_dup_bits < 0 else near_dup_bits
         if quiet:
             logging.getLogger("medmax_cli.synthesize").setLevel(logging.ERROR)
@@ -142,9 +151,9 @@ def register(app: typer.Typer) -> None:
                         handle, name=str(path), policy=ErrorPolicy("fail"), media=io.media
                     )
                     index = (
-                        load_exclude(eval_records, hasher, bits)
+                        load_exclude(eval_records, hasher, bits, by=exclude_by, name=path.name)
                         if index is None
-                        else index.add_records(eval_records)
+                        else index.add_records(eval_records, name=path.name)
                     )
             try:
                 io.write_all(
@@ -169,3 +178,8 @@ def register(app: typer.Typer) -> None:
             finally:
                 if client is not None:
                     client.close()
+            if index is not None and not quiet:
+                from medmax_cli.synthesize.decontaminate import contamination_lines
+
+                for line in contamination_lines(index):
+                    typer.echo(line, err=True)

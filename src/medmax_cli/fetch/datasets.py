@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from medmax_cli.fetch.figures import skip
 from medmax_cli.fetch.medmax import options_in_prompt, read_medmax, read_medmax_eval
 from medmax_cli.fetch.rows import (
@@ -25,16 +27,19 @@ from medmax_cli.fetch.rows import (
     closed_or_open,
     csv_rows,
     emit,
+    existing,
     file_error,
-    find,
     hf_image,
     image_file,
     json_rows,
+    jsonl_lines,
     parquet_files,
     parquet_rows,
     shard_split,
+    stem_of,
 )
-from medmax_cli.media import MediaError, MediaStore, safe_relative_path
+from medmax_cli.fetch.splits import UnknownSplit, canonical_split, resolve_split, split_meta
+from medmax_cli.media import MediaError, MediaStore, max_input_bytes, read_local_file, safe_relative_path
 from medmax_cli.records import RecordError, make_id
 from medmax_cli.streams import ErrorPolicy
 
@@ -53,38 +58,72 @@ class Source:
 
 # --------------------------------------------------------------------------- VQA sets
 
-VQA_RAD_TEST_PHRASES = ("test_freeform", "test_para")  # the official test set (OSF release)
+VQA_RAD_OSF = ("VQA_RAD Dataset Public.json", "VQA_RAD_Dataset_Public.json")
+VQA_RAD_MEVF = ("trainset.json", "testset.json")  # MEVF / MMQ / PubMedCLIP `data_RAD/`
+VQA_RAD_IMAGES = ("VQA_RAD Image Folder", "images")
 
 
-def _vqa_rad_split(phrase_type: Any) -> str | None:
-    if not phrase_type:
-        return None
-    return "test" if str(phrase_type) in VQA_RAD_TEST_PHRASES else "train"
+def _vqa_rad_files(path: Path) -> list[Path]:
+    """The OSF release file, or MEVF's trainset.json + testset.json (in PATH or PATH/data_RAD)."""
+    if path.is_file():
+        return [path]
+    for base in (path, path / "data_RAD"):
+        osf = existing(base, *VQA_RAD_OSF)
+        if osf:
+            return osf[:1]
+        mevf = existing(base, *VQA_RAD_MEVF)
+        if mevf:
+            return mevf
+    raise RecordError(
+        f"{path}: neither the OSF release ({' or '.join(VQA_RAD_OSF)}) nor the MEVF data_RAD layout "
+        f"({', '.join(VQA_RAD_MEVF)}) found (is this the published layout?)",
+        cls="dataset layout not found",
+    )
 
 
 def read_vqa_rad(
-    path: Path, *, media: MediaStore, policy: ErrorPolicy, images: Path | None = None, **_: Any
+    path: Path,
+    *,
+    media: MediaStore,
+    policy: ErrorPolicy,
+    images: Path | None = None,
+    assume_split: str | None = None,
+    **_: Any,
 ) -> Iterator[dict]:
-    """VQA-RAD: the OSF release ('VQA_RAD Dataset Public.json' + 'VQA_RAD Image Folder/'), or a
-    Hugging Face mirror (parquet `image`, `question`, `answer`; split from the file name).
+    """VQA-RAD in either published layout: the OSF release ('VQA_RAD Dataset Public.json' +
+    'VQA_RAD Image Folder/'), MEVF's `data_RAD/` (trainset.json, testset.json, images/; reused by
+    MMQ, PubMedCLIP, MUMC), or a Hugging Face mirror (parquet; split from the shard name).
 
-    `phrase_type` is the official split (test_freeform/test_para: test); it goes to `meta.split`,
-    with `qid_linked_id` (which questions paraphrase one another) in meta too.
+    The split comes from the file when its name says it (`testset.json` is test, whatever its
+    rows' phrase_type says), else from OSF `phrase_type` (test_freeform/test_para: test) when the
+    file is the OSF release (it holds test_ phrase types); a file that says neither is refused
+    with --split guidance. `phrase_type` and `qid_linked_id` are kept in meta.
     """
     if path.suffix == ".parquet" or (path.is_dir() and any(path.rglob("*.parquet"))):
         yield from _hf_vqa_parquet(
-            path, prefix="vqa_rad", source="vqa-rad", license="cc0", media=media, policy=policy
+            path,
+            prefix="vqa_rad",
+            source="vqa-rad",
+            license="cc0",
+            media=media,
+            policy=policy,
+            assume_split=assume_split,
         )
         return
-    file = (
-        path if path.is_file() else find(path, "VQA_RAD Dataset Public.json", "VQA_RAD_Dataset_Public.json")
-    )
-    folder = images or file.parent / "VQA_RAD Image Folder"
-    if not folder.exists():
-        folder = file.parent
 
-    def build(row: dict, i: int) -> dict:
-        answer = str(row["answer"])
+    def build(row: dict, file: Path, i: int, file_split: str | None, osf: bool) -> dict:
+        phrase = row.get("phrase_type")
+        if str(phrase or "").startswith("test"):
+            split, source_split = "test", phrase  # a test phrase type is test whatever the file
+        elif file_split is not None:
+            split, source_split = file_split, stem_of(file)
+        elif osf and phrase:
+            split, source_split = "train", phrase
+        else:
+            split, source_split = resolve_split(None, what=f"{file}[{i}]", assume=assume_split)
+        folder = images or next(
+            (file.parent / n for n in VQA_RAD_IMAGES if (file.parent / n).is_dir()), file.parent
+        )
         qtype = "closed" if str(row.get("answer_type", "")).strip().upper() == "CLOSED" else "open"
         return {
             "id": make_id("vqa_rad", row.get("qid", i)),
@@ -92,45 +131,78 @@ def read_vqa_rad(
             "source": "vqa-rad",
             "license": "cc0",
             "credential": False,
-            "question": str(row["question"]),
-            "answer": answer,
+            "question": _text(row["question"]),
+            "answer": _text(row["answer"]),
             "question_type": qtype,
             "images": [image_file(media, folder, str(row["image_name"]), f"{file.name}[{i}] image")],
             "meta": {
-                "split": _vqa_rad_split(row.get("phrase_type")),
-                "phrase_type": row.get("phrase_type"),
+                **split_meta(source_split, split),
+                "file": file.name,
+                "phrase_type": phrase,
                 "qid_linked_id": row.get("qid_linked_id"),
                 "organ": row.get("image_organ"),
                 "vqa_rad_question_type": row.get("question_type"),
             },
         }
 
-    rows = json_rows(file, policy)
-    if rows is None:
-        return
-    yield from emit(((f"{file}[{i}]", lambda r=r, i=i: build(r, i)) for i, r in enumerate(rows)), policy)
+    def rows() -> Iterator[Row]:
+        for file in _vqa_rad_files(path):
+            data = json_rows(file, policy)
+            if data is None:
+                continue
+            file_split = canonical_split(stem_of(file))
+            osf = f"{stem_of(file)}.json" in VQA_RAD_OSF or any(
+                str((r or {}).get("phrase_type", "")).startswith("test_") for r in data if isinstance(r, dict)
+            )
+            if file_split is None and not osf and assume_split is None:
+                why = "its name is not trainset/testset and no row has an OSF test_ phrase_type"
+                policy.report.count("in")
+                policy.reject(UnknownSplit("this file", why), None, where=str(file))
+                continue
+            for i, row in enumerate(data):
+                yield f"{file}[{i}]", lambda r=row, f=file, i=i, fs=file_split, o=osf: build(r, f, i, fs, o)
+
+    yield from emit(rows(), policy)
+
+
+def _text(value: Any) -> str:
+    """A question/answer/caption as published, byte for byte (JSON numbers, e.g. VQA-RAD's
+    answer 4, become their JSON text); never stripped or re-spaced."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool) or value is None:
+        raise RecordError(f"expected text, found {value!r}", cls="field not text")
+    return str(value)
 
 
 def _hf_vqa_parquet(
-    path: Path, *, prefix: str, source: str, license: str, media: MediaStore, policy: ErrorPolicy
+    path: Path,
+    *,
+    prefix: str,
+    source: str,
+    license: str,
+    media: MediaStore,
+    policy: ErrorPolicy,
+    assume_split: str | None = None,
 ) -> Iterator[dict]:
     """A Hugging Face VQA parquet release (VQA-RAD and PathVQA mirrors): sharded `{split}-{k}-of-{n}`
     files of image {bytes, path}, question, answer; ids carry split and shard (rows restart per shard)."""
 
     def build(file: Path, index: int, row: dict) -> dict:
-        split, shard = shard_split(file)
-        answer = str(row["answer"])
+        name, shard = shard_split(file)
+        split, source_split = resolve_split(name, what=str(file), assume=assume_split)
+        answer = _text(row["answer"])
         return {
-            "id": make_id(prefix, split, shard, index),
+            "id": make_id(prefix, name, shard, index),
             "kind": "qa",
             "source": source,
             "license": license,
             "credential": False,
-            "question": str(row["question"]),
+            "question": _text(row["question"]),
             "answer": answer,
             "question_type": closed_or_open(answer),
             "images": [hf_image(media, row["image"], f"{file.name}:{index} image")],
-            "meta": {"split": split},
+            "meta": split_meta(source_split, split),
         }
 
     rows = parquet_rows(parquet_files(path), policy)
@@ -146,34 +218,42 @@ def read_slake(
     media: MediaStore,
     policy: ErrorPolicy,
     images: Path | None = None,
-    language: str = "en",
+    language: str | None = "en",
+    assume_split: str | None = None,
     **_: Any,
 ) -> Iterator[dict]:
     """SLAKE: train.json / validate.json (BoKelvin/SLAKE; mirrors say validation.json) / test.json
-    (img_name, question, answer, answer_type, q_lang, qid, ...) + imgs/."""
-    files = [path] if path.is_file() else [path / n for n in SLAKE_FILES if (path / n).exists()]
+    (img_name, question, answer, answer_type, q_lang, qid, ...) + imgs/. The split is the file's
+    name (validate -> validation); a file named otherwise needs --split. Rows in another language
+    than `language` are skipped (counted as `language not selected`)."""
+    files = [path] if path.is_file() else existing(path, *SLAKE_FILES)
     if not files:
-        raise RecordError(f"{path}: no SLAKE {', '.join(SLAKE_FILES)}")
+        raise RecordError(f"{path}: no SLAKE {', '.join(SLAKE_FILES)}", cls="dataset layout not found")
 
     def build(row: dict, file: Path, i: int) -> dict | None:
         if language and row.get("q_lang", "en") != language:
-            skip(policy, f"language {row.get('q_lang')} not selected (--language)", where=f"{file}[{i}]")
+            skip(
+                policy,
+                f"language {row.get('q_lang')} not selected (--language {language})",
+                cls="language not selected",
+                where=f"{file}[{i}]",
+            )
             return None
         folder = images or (file.parent / "imgs" if (file.parent / "imgs").exists() else file.parent)
         qtype = "closed" if str(row.get("answer_type", "")).strip().upper() == "CLOSED" else "open"
-        split = "validation" if file.stem == "validate" else file.stem
+        split, source_split = resolve_split(stem_of(file), what=str(file), assume=assume_split)
         return {
             "id": make_id("slake", split, row.get("qid", i)),
             "kind": "qa",
             "source": "slake",
             "license": "cc-by",
             "credential": False,
-            "question": str(row["question"]),
-            "answer": str(row["answer"]),
+            "question": _text(row["question"]),
+            "answer": _text(row["answer"]),
             "question_type": qtype,
             "images": [image_file(media, folder, str(row["img_name"]), f"{file.name}[{i}] image")],
             "meta": {
-                "split": split,
+                **split_meta(source_split, split),
                 "modality": row.get("modality"),
                 "location": row.get("location"),
                 "content_type": row.get("content_type"),
@@ -182,17 +262,31 @@ def read_slake(
 
     def rows() -> Iterator[Row]:
         for file in files:
+            if canonical_split(stem_of(file)) is None and assume_split is None:
+                policy.report.count("in")
+                policy.reject(
+                    UnknownSplit("this file", "not named train/validate/validation/test"), where=str(file)
+                )
+                continue
             for i, row in enumerate(json_rows(file, policy) or []):
                 yield f"{file}[{i}]", lambda r=row, f=file, i=i: build(r, f, i)
 
     yield from emit(rows(), policy)
 
 
-def read_pathvqa(path: Path, *, media: MediaStore, policy: ErrorPolicy, **_: Any) -> Iterator[dict]:
+def read_pathvqa(
+    path: Path, *, media: MediaStore, policy: ErrorPolicy, assume_split: str | None = None, **_: Any
+) -> Iterator[dict]:
     """PathVQA, Hugging Face parquet release: `data/{split}-{k}-of-{n}-<hash>.parquet` (every split
     sharded; row numbers restart in each shard) with image {bytes, path}, question, answer."""
     return _hf_vqa_parquet(
-        path, prefix="pathvqa", source="pathvqa", license="mit", media=media, policy=policy
+        path,
+        prefix="pathvqa",
+        source="pathvqa",
+        license="mit",
+        media=media,
+        policy=policy,
+        assume_split=assume_split,
     )
 
 
@@ -207,7 +301,13 @@ def _option_text(raw: str, letter: str) -> str:
 
 
 def read_pmc_vqa(
-    path: Path, *, media: MediaStore, policy: ErrorPolicy, images: Path | None = None, **_: Any
+    path: Path,
+    *,
+    media: MediaStore,
+    policy: ErrorPolicy,
+    images: Path | None = None,
+    assume_split: str | None = None,
+    **_: Any,
 ) -> Iterator[dict]:
     """PMC-VQA, told apart by header: v2 `train_2.csv`/`test_2.csv` (index, Figure_path, Caption,
     Question, Choice A-D, Answer = the letter, split; images in figures/) and v1 `train.csv`/
@@ -221,7 +321,7 @@ def read_pmc_vqa(
         if not files:
             raise RecordError(f"{path}: no PMC-VQA csv files")
         for file in [f for f in files if f.name == "test_clean.csv"]:
-            skip(policy, "file not read: test_clean.csv is a subset of test.csv", where=str(file))
+            skip(policy, "file not read: test_clean.csv is a subset of test.csv", where=str(file), row=False)
             files.remove(file)
 
     def build(row: dict, file: Path, line: int, version: int) -> dict:
@@ -242,16 +342,19 @@ def read_pmc_vqa(
         if len(letter) != 1 or not "A" <= letter <= "D":
             raise RecordError(f"answer {letter!r} is not an option letter A-D")
         meta = {"version": version, "answer_text": answer_text or options["ABCD".index(letter)]}
-        meta["split"] = (row.get("split") or file.stem.removesuffix("_2")).strip()
+        split, source_split = resolve_split(
+            row.get("split") or file.stem, what=str(file), assume=assume_split
+        )
+        meta.update(split_meta(source_split, split))
         if version == 2:
-            meta.update(caption=(row.get("Caption") or "").strip(), index=row.get("index"))
+            meta.update(caption=row.get("Caption") or "", index=row.get("index"))
         return {
             "id": make_id("pmc_vqa", file.stem, line),
             "kind": "qa",
             "source": "pmc-vqa",
             "license": "cc-by-sa",
             "credential": False,
-            "question": row["Question"].strip(),
+            "question": row["Question"],
             "answer": letter,
             "options": options,
             "question_type": "multiple_choice",
@@ -329,6 +432,8 @@ def _chat_records(
             "conversation": _conversation(row),
             "images": [_resolve_image(media, roots, str(p), f"{file.name}[{i}] image") for p in paths],
             "meta": {
+                # training sets: PubMedVision and LLaVA-Med's alignment/instruct sets publish no other split
+                **split_meta(None, "train"),
                 "file": file.name,
                 **{k: row[k] for k in ("modality", "body_part", "domain", "pmc_fig_url") if k in row},
             },
@@ -351,7 +456,7 @@ def read_pubmedvision(
     """PubMedVision: `PubMedVision_{Alignment,InstructionTuning}_VQA.json` (id, image [list],
     conversations, modality, body_part); image paths are relative to the dataset root and start
     with `images/`. `--images` may name the dataset root or the images/ folder itself."""
-    files = [path] if path.is_file() else [path / n for n in PUBMEDVISION_FILES if (path / n).exists()]
+    files = [path] if path.is_file() else existing(path, *PUBMEDVISION_FILES)
     if not files:
         raise RecordError(f"{path}: none of {', '.join(PUBMEDVISION_FILES)} found")
 
@@ -371,36 +476,92 @@ LLAVA_MED_INSTRUCT = (
     "llava_med_instruct_60k.json",
     "llava_med_instruct_10k.json",
 )
+LLAVA_MED_EVAL = "llava_med_eval_qa50_qa.jsonl"  # the 193 evaluation questions (data/eval/)
 
 
 def read_llava_med(
     path: Path, *, media: MediaStore, policy: ErrorPolicy, images: Path | None = None, **_: Any
 ) -> Iterator[dict]:
     """LLaVA-Med as its download_data.sh lays it out: data/alignment/llava_med_alignment_500k.json
-    (key `conversatons`, sic), data/instruct/llava_med_instruct_*.json, images in data/images/.
-    PATH is the repository root, its data/ folder, or one JSON file."""
+    (key `conversatons`, sic), data/instruct/llava_med_instruct_*.json (split train), the
+    evaluation questions data/eval/llava_med_eval_qa50_qa.jsonl (split test), images in
+    data/images/. PATH is the repository root, its data/ folder, or one JSON/JSONL file. A file
+    that is still a Git LFS pointer (a clone without LFS) is refused with what to run."""
     if path.is_file():
         files = [path]
-        data = path.parent.parent if path.parent.name in ("alignment", "instruct") else path.parent
+        data = path.parent.parent if path.parent.name in ("alignment", "instruct", "eval") else path.parent
     else:
         data = path / "data" if (path / "data").is_dir() else path
         files = []
         for folder, names in (("alignment", LLAVA_MED_ALIGNMENT), ("instruct", LLAVA_MED_INSTRUCT)):
-            found = [data / folder / n for n in names if (data / folder / n).exists()]
-            found += [data / n for n in names if (data / n).exists()]
+            found = existing(data / folder, *names) + existing(data, *names)
             files += found[:1]
             for other in found[1:]:
-                skip(policy, f"file not read: {other.name} renders the same conversations as {found[0].name}")
+                skip(
+                    policy,
+                    f"file not read: {other.name} renders the same conversations as {found[0].name}",
+                    where=str(other),
+                    row=False,
+                )
+        files += (existing(data / "eval", LLAVA_MED_EVAL) + existing(data, LLAVA_MED_EVAL))[:1]
         if not files:
-            raise RecordError(f"{path}: no LLaVA-Med alignment/ or instruct/ JSON found")
+            raise RecordError(
+                f"{path}: no LLaVA-Med alignment/, instruct/ or eval/ file found",
+                cls="dataset layout not found",
+            )
     root = images or (data / "images" if (data / "images").is_dir() else data)
-    yield from _chat_records(
-        files,
-        source="llava-med",
-        license="cc-by-nc",
-        roots_of=lambda _file: [root],
-        media=media,
-        policy=policy,
+    train = [f for f in files if not f.name.removesuffix(".gz").endswith(".jsonl")]
+    if train:
+        yield from _chat_records(
+            train,
+            source="llava-med",
+            license="cc-by-nc",
+            roots_of=lambda _file: [root],
+            media=media,
+            policy=policy,
+        )
+    for file in (f for f in files if f.name.removesuffix(".gz").endswith(".jsonl")):
+        yield from _llava_med_eval(file, root, media=media, policy=policy)
+
+
+def _llava_med_eval(file: Path, root: Path, *, media: MediaStore, policy: ErrorPolicy) -> Iterator[dict]:
+    """LLaVA-Med's evaluation JSONL (question_id, image, pair_id, text with `<image>`, gpt4_answer,
+    fig_caption, fig_label, in_text_mention, domain, type): one chat record per question, split test,
+    text verbatim."""
+
+    def build(line: bytes, n: int) -> dict:
+        try:
+            row = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise RecordError(f"not a JSON object ({exc})", cls="not valid JSON") from None
+        if not isinstance(row, dict):
+            raise RecordError(f"expected a JSON object, found {type(row).__name__}", cls="not a JSON object")
+        return {
+            "id": make_id("llava_med_eval", row.get("question_id", n)),
+            "kind": "chat",
+            "source": "llava-med",
+            "license": "cc-by-nc",
+            "credential": False,
+            "conversation": [
+                {"role": "user", "text": _text(row["text"])},
+                {"role": "assistant", "text": _text(row["gpt4_answer"])},
+            ],
+            "images": [image_file(media, root, str(row["image"]), f"{file.name}:{n} image")],
+            "meta": {
+                **split_meta(None, "test"),
+                "file": file.name,
+                "eval_type": row.get("type"),
+                **{
+                    k: row[k]
+                    for k in ("question_id", "pair_id", "fig_caption", "fig_label", "domain")
+                    if k in row
+                },
+            },
+        }
+
+    yield from emit(
+        ((f"{file}:{n}", lambda line=line, n=n: build(line, n)) for n, line in jsonl_lines(file, policy)),
+        policy,
     )
 
 
@@ -410,42 +571,57 @@ ROCOV2_LICENSE = "cc-by-nc-sa"
 
 
 def read_rocov2(
-    path: Path, *, media: MediaStore, policy: ErrorPolicy, images: Path | None = None, **_: Any
+    path: Path,
+    *,
+    media: MediaStore,
+    policy: ErrorPolicy,
+    images: Path | None = None,
+    assume_split: str | None = None,
+    **_: Any,
 ) -> Iterator[dict]:
     """ROCOv2: `{split}_captions.csv` (ID, Caption) + `{split}_concepts.csv` (ID, CUIs, ';'-joined)
     with images `{split}/{ID}.jpg`; or the Hugging Face parquet (image, image_id, caption, cui)."""
-    if path.suffix == ".parquet" or (path.is_dir() and not any(path.glob("*_captions.csv"))):
+    if path.suffix == ".parquet" or (path.is_dir() and not any(path.glob("*_captions.csv*"))):
         if path.is_dir() and not any(path.rglob("*.parquet")):
             raise RecordError(f"{path}: no ROCOv2 *_captions.csv nor Hugging Face parquet files")
-        yield from _rocov2_parquet(path, media=media, policy=policy)
+        yield from _rocov2_parquet(path, media=media, policy=policy, assume_split=assume_split)
         return
-    files = sorted(path.glob("*_captions.csv")) if path.is_dir() else [path]
+    files = (
+        sorted(path.glob("*_captions.csv")) + sorted(path.glob("*_captions.csv.gz"))
+        if path.is_dir()
+        else [path]
+    )
 
     def concepts_of(file: Path) -> dict[str, list[str]]:
-        split = file.name.removesuffix("_captions.csv")
+        split = file.name.removesuffix(".gz").removesuffix("_captions.csv")
         table: dict[str, list[str]] = {}
-        concepts = file.with_name(f"{split}_concepts.csv")
+        concepts = next(iter(existing(file.parent, f"{split}_concepts.csv")), file.with_name("-"))
         if concepts.exists():
             for _line, row in csv_rows(concepts, policy, ("ID", "CUIs")):
                 table[row["ID"].strip()] = [c for c in re.split(r"[;,\s]+", row["CUIs"] or "") if c]
         return table
 
     def build(row: dict, file: Path, cuis: dict[str, list[str]]) -> dict:
-        split = file.name.removesuffix("_captions.csv")
+        name = file.name.removesuffix(".gz").removesuffix("_captions.csv")
+        split, source_split = resolve_split(name, what=str(file), assume=assume_split)
         image_id = row["ID"].strip()
-        folder = (images or file.parent) / split
+        folder = (images or file.parent) / name
         return {
             "id": make_id("rocov2", image_id),
             "kind": "figure",
             "source": "rocov2",
             "license": ROCOV2_LICENSE,
             "credential": False,
-            "caption": row["Caption"].strip(),
+            "caption": row["Caption"],
             "label": "",
             "figure_id": image_id,
             "mentions": [],
             "images": [image_file(media, folder, f"{image_id}.jpg", f"{image_id} image")],
-            "meta": {"split": split, "cuis": cuis.get(image_id, []), "image_license": "cc-by or cc-by-nc"},
+            "meta": {
+                **split_meta(source_split, split),
+                "cuis": cuis.get(image_id, []),
+                "image_license": "cc-by or cc-by-nc",
+            },
         }
 
     def rows() -> Iterator[Row]:
@@ -457,9 +633,12 @@ def read_rocov2(
     yield from emit(rows(), policy)
 
 
-def _rocov2_parquet(path: Path, *, media: MediaStore, policy: ErrorPolicy) -> Iterator[dict]:
+def _rocov2_parquet(
+    path: Path, *, media: MediaStore, policy: ErrorPolicy, assume_split: str | None = None
+) -> Iterator[dict]:
     def build(file: Path, index: int, row: dict) -> dict:
-        split, _shard = shard_split(file)
+        name, _shard = shard_split(file)
+        split, source_split = resolve_split(name, what=str(file), assume=assume_split)
         image_id = str(row["image_id"]).strip()
         return {
             "id": make_id("rocov2", image_id),
@@ -467,13 +646,13 @@ def _rocov2_parquet(path: Path, *, media: MediaStore, policy: ErrorPolicy) -> It
             "source": "rocov2",
             "license": ROCOV2_LICENSE,
             "credential": False,
-            "caption": str(row["caption"]).strip(),
+            "caption": _text(row["caption"]),
             "label": "",
             "figure_id": image_id,
             "mentions": [],
             "images": [hf_image(media, row["image"], f"{file.name}:{index} image")],
             "meta": {
-                "split": split,
+                **split_meta(source_split, split),
                 "cuis": list(row.get("cui") or []),
                 "image_license": "cc-by or cc-by-nc",
             },
@@ -533,7 +712,8 @@ def read_mimic_cxr(
         refs = [media.import_file(p, what=f"{study} {p.name}") for p in files]
         meta: dict[str, Any] = {"subject": subject, "study": study}
         if has_split:
-            meta["split"] = splits.get(study.removeprefix("s"))
+            source_split = splits.get(study.removeprefix("s"))
+            meta.update(split_meta(source_split, canonical_split(source_split)))
         if has_views:
             meta["views"] = [views.get(p.stem) for p in files]
         return {
@@ -542,7 +722,7 @@ def read_mimic_cxr(
             "source": "mimic-cxr",
             "license": "physionet-credentialed-1.5.0",
             "credential": True,
-            "report": report.read_text(encoding="utf-8").strip(),
+            "report": read_local_file(report, limit=max_input_bytes(), what=str(report)).decode("utf-8"),
             "images": refs,
             "meta": meta,
         }
@@ -608,7 +788,7 @@ SOURCES: dict[str, Source] = {
         Source(
             "llava-med",
             "cc-by-nc (research only)",
-            "LLaVA-Med data/{alignment,instruct,images} (download_data.sh)",
+            "LLaVA-Med data/{alignment,instruct,eval,images} (download_data.sh; git lfs pull)",
             "chat",
             read_llava_med,
         ),
@@ -634,16 +814,33 @@ SOURCES: dict[str, Source] = {
 def select_splits(
     records: Iterator[dict[str, Any]], splits: frozenset[str] | None, policy: ErrorPolicy
 ) -> Iterator[dict[str, Any]]:
-    """Only records whose official split (`meta.split`) is in `splits`; the others are counted skips.
+    """Only records whose official split (`meta.split`, one of train/validation/test) is in
+    `splits`; the others are counted skips (`split not selected`).
 
     This is how test items stay out of training: `fetch vqa-rad DIR --split train | synthesize
-    --exclude <(fetch vqa-rad DIR --split test)`. A record without a split is kept."""
+    --exclude <(fetch vqa-rad DIR --split test)`. With a filter, a record whose split is not known
+    is rejected (`split unknown`), never kept as if it were train."""
     for record in records:
         split = (record.get("meta") or {}).get("split")
-        if splits is None or split is None or str(split) in splits:
+        if splits is None or (split is not None and str(split) in splits):
             yield record
+        elif split is None:
+            policy.reject(
+                RecordError(
+                    "split unknown: the source does not say which split this record is in, so --split "
+                    "cannot keep or drop it (add the source's split file, e.g. MIMIC-CXR's split csv)",
+                    cls="split unknown",
+                    record_id=record.get("id"),
+                ),
+                record,
+            )
         else:
-            skip(policy, f"split {split} not selected (--split)", record_id=record.get("id"))
+            skip(
+                policy,
+                f"split {split} not selected (--split {','.join(sorted(splits))})",
+                cls="split not selected",
+                record_id=record.get("id"),
+            )
 
 
 def describe_sources() -> str:

@@ -10,11 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import orjson
-
 from medmax_cli.fetch.jats import Article, Figure
 from medmax_cli.media import MediaError
-from medmax_cli.records import RecordError, make_id
+from medmax_cli.records import RecordError, make_id, reason_class
 from medmax_cli.streams import ErrorPolicy
 
 
@@ -22,20 +20,28 @@ def skip(
     policy: ErrorPolicy,
     reason: str,
     *,
+    cls: str | None = None,
     where: str | None = None,
     record_id: str | None = None,
     raw: Any = None,
+    row: bool = True,
 ) -> None:
-    """Set aside something that is not an error (a video, a retracted article): never raises.
+    """Set aside something that is not an error (a video, a retracted article, a row a user's
+    filter leaves out): never raises.
 
-    It is counted under its reason in the run summary and, when there is a rejects file, listed
-    there like any reject, so nothing disappears silently even with --on-error fail.
+    A row is counted as skipped under its class (`cls`, default the reason's head) in the run
+    summary and `--stats`, apart from rejects; a whole file left unread (`row=False`) is counted
+    as `files not read`, so in = out + rejected + skipped holds over rows. Either way it is listed
+    in the rejects file when there is one, with the full reason, so nothing disappears silently
+    even with --on-error fail.
     """
-    policy.report.drop(reason)
-    if policy.rejects is not None:
-        entry = {"stage": policy.stage, "where": where, "record_id": record_id, "reason": reason, "raw": raw}
-        policy.rejects.write(orjson.dumps(entry, default=str) + b"\n")
-        policy.rejects.flush()
+    if row:
+        policy.skip(cls or reason_class(reason), reason, where=where, record_id=record_id, raw=raw)
+    else:
+        policy.report.count("files not read")
+        policy.write_entry(
+            cls or reason_class(reason), reason, raw, where=where, record_id=record_id, skipped=True
+        )
 
 
 def parse_licenses(spec: str | None) -> frozenset[str] | None:
@@ -55,18 +61,29 @@ def article_key(article: Article, fallback: str) -> str:
 def article_admitted(
     article: Article, *, policy: ErrorPolicy, licenses: frozenset[str] | None, where: str
 ) -> bool:
-    """False (and counted) for retracted articles and licences outside the filter."""
+    """False (and counted) for retracted articles and licences outside the filter: each of the
+    article's figures counts as one in and one skipped (one rejects-file entry for the article),
+    so in = out + rejected + skipped holds over figures."""
     key = article_key(article, where)
+    n = max(1, len(article.figures))
     if article.retracted:
-        skip(policy, f"retracted article: {key}", where=where, record_id=key, raw=article.meta())
+        policy.report.count("in", n)
+        policy.report.skip("retracted article", n)
+        policy.write_entry(
+            "retracted article", f"retracted article: {key}", article.meta(), where=where, record_id=key,
+            skipped=True,
+        )  # fmt: skip
         return False
     if licenses is not None and article.license not in licenses:
-        skip(
-            policy,
-            f"license {article.license} not selected: {key}",
+        policy.report.count("in", n)
+        policy.report.skip("license not selected", n)
+        policy.write_entry(
+            "license not selected",
+            f"license {article.license} not selected (--license): {key}",
+            article.meta(),
             where=where,
             record_id=key,
-            raw=article.meta(),
+            skipped=True,
         )
         return False
     return True
@@ -89,6 +106,7 @@ def figure_records(
     """
     key = article_key(article, fallback_key)
     for figure in article.figures:
+        policy.report.count("in")  # one figure considered: out, rejected or skipped
         record_id = make_id(key, figure.figure_id)
         if figure.is_video:
             skip(policy, f"video: {record_id}", where=where, record_id=record_id)
@@ -118,5 +136,5 @@ def figure_records(
             "figure_id": figure.figure_id,
             "mentions": [m.as_dict() for m in figure.mentions],
             "article": article.meta(),
-            "meta": dict(extra_meta or {}),
+            "meta": {"license_source": article.license_source, **(extra_meta or {})},
         }

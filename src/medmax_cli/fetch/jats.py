@@ -118,6 +118,7 @@ class Article:
     retracted: bool
     figures: list[Figure]
     pmc: dict = field(default_factory=dict)  # PMC Cloud flags (is_manuscript, ...) when known
+    license_source: str | None = None  # where the licence was read (see `read_license`)
 
     def meta(self) -> dict:
         meta = {
@@ -128,6 +129,7 @@ class Article:
             "journal": self.journal,
             "year": self.year,
             "license": self.license,
+            "license_source": self.license_source,
             "retracted": self.retracted,
         }
         if self.pmc:
@@ -156,6 +158,12 @@ def normalise_license(*hints: str | None) -> str:
             return "cc-" + match.group(1).strip("-")
         if "publicdomain/zero" in low or re.fullmatch(r"cc[\s_-]?0(?:[\s_-]?1\.0)?", low) or "cc0" in low:
             return "cc0"
+        if (
+            "publicdomain/mark" in low
+            or low in ("public-domain", "public domain")
+            or "in the public domain" in low
+        ):
+            return "public-domain"
         code = re.fullmatch(r"cc[\s_-]?(by(?:[\s_-](?:nc|nd|sa))*)(?:[\s_-]?\d\.\d)?", low)
         if code:
             return "cc-" + re.sub(r"[\s_]", "-", code.group(1))
@@ -170,6 +178,40 @@ def normalise_license(*hints: str | None) -> str:
             if parts:
                 return "cc-" + "-".join(parts)
     return "other"
+
+
+def read_license(meta: etree._Element) -> tuple[str, str | None, str | None]:
+    """(licence, licence URL, where it was read) from an article-meta element, trying in order:
+    `<license>` (xlink:href, license_ref, license-type), its `<license-p>` text, the
+    `<copyright-statement>` text (older articles, e.g. PLoS 2007-2010, state CC BY only there, some
+    outside `<permissions>`), then the whole `<permissions>` text; `other` (source None) when none
+    names a licence. The PMC OA file list and PMC Cloud metadata may override it later."""
+    license_el = _first(meta, ".//*[local-name()='permissions']/*[local-name()='license']")
+    if license_el is None:
+        license_el = _first(meta, ".//*[local-name()='license']")
+    license_url = None
+    hints: list[tuple[str, str | None]] = []
+    if license_el is not None:
+        license_url = _href(license_el)
+        ref = _first(license_el, ".//*[local-name()='license_ref']")
+        hints += [
+            ("license/@xlink:href", license_url),
+            ("license/license_ref", _text(ref) if ref is not None else None),
+            ("license/@license-type", license_el.get("license-type")),
+        ]
+        hints += [("license-p", _text(p)) for p in license_el.xpath(".//*[local-name()='license-p']")]
+        hints += [("license", _text(license_el))]
+    hints += [
+        ("copyright-statement", _text(el)) for el in meta.xpath(".//*[local-name()='copyright-statement']")
+    ]
+    permissions = _first(meta, ".//*[local-name()='permissions']")
+    if permissions is not None:
+        hints.append(("permissions", _text(permissions)))
+    for source, hint in hints:
+        name = normalise_license(hint)
+        if name != "other":
+            return name, license_url, source
+    return "other", license_url, None
 
 
 # --------------------------------------------------------------------------- parsing helpers
@@ -319,19 +361,7 @@ def parse_jats(data: bytes, *, name: str = "article") -> Article:
         if el is not None and _text(el).isdigit():
             year = int(_text(el))
             break
-    license_el = _first(meta, ".//*[local-name()='permissions']/*[local-name()='license']")
-    license_url = None
-    hints: list[str | None] = []
-    if license_el is not None:
-        license_url = _href(license_el)
-        ref = _first(license_el, ".//*[local-name()='license_ref']")
-        hints = [
-            license_url,
-            _text(ref) if ref is not None else None,
-            license_el.get("license-type"),
-            _text(license_el),
-        ]
-    license_name = normalise_license(*hints)
+    license_name, license_url, license_source = read_license(meta)
     retracted = (
         root.get("article-type") == "retraction"
         or title.upper().startswith(("RETRACTED", "RETRACTION"))
@@ -351,6 +381,7 @@ def parse_jats(data: bytes, *, name: str = "article") -> Article:
         license_url=license_url,
         retracted=retracted,
         figures=figures,
+        license_source=license_source,
     )
 
 

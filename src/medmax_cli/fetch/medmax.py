@@ -25,7 +25,8 @@ from typing import Any
 import orjson
 
 from medmax_cli.fetch.figures import skip
-from medmax_cli.fetch.rows import Row, emit, find, image_file, parquet_files, parquet_rows
+from medmax_cli.fetch.rows import Row, emit, find, image_file, jsonl_lines, parquet_files, parquet_rows
+from medmax_cli.fetch.splits import split_meta
 from medmax_cli.media import MediaStore
 from medmax_cli.records import RecordError, make_id
 from medmax_cli.streams import ErrorPolicy
@@ -58,12 +59,19 @@ def task_of(name: Any) -> str | None:
 
 def text_turns(text: str, n_images: int) -> list[dict[str, Any]]:
     """`prompt<reserved08706>response[<reserved08706>...]` -> user/assistant turns, `<image>` -> images
-    0, 1, ... in order. Raises when the placeholders and the image paths disagree."""
+    0, 1, ... in order. Raises when the placeholders and the image paths disagree.
+
+    Kept so that packing the turns gives exactly the tokens MedMax's src/tokenization.py gives the
+    row (`[BOS] + encode(text) + [EOS]`, `<image>` replaced by the image block): every piece of text
+    is kept verbatim, whitespace-only ones included (only empty strings, which encode to nothing,
+    are left out), a turn may be empty, and a closing separator becomes an empty last turn (the
+    SEP that closes the turn before it is then packed, as MedMax tokenizes it)."""
     segments = text.split(SEPARATOR)
-    if segments and not segments[-1].strip() and len(segments) > 1:
-        segments = segments[:-1]  # a closing separator ends the last turn
     if len(segments) < 2:
-        raise RecordError(f"text has no {SEPARATOR} separator: cannot tell prompt from response")
+        raise RecordError(
+            f"text has no {SEPARATOR} separator: cannot tell prompt from response",
+            cls="text has no separator",
+        )
     turns = []
     image = 0
     for i, segment in enumerate(segments):
@@ -73,14 +81,13 @@ def text_turns(text: str, n_images: int) -> list[dict[str, Any]]:
             if j > 0:
                 content.append({"image": image})
                 image += 1
-            if piece.strip():
+            if piece:
                 content.append({"text": piece})
-        if not content:
-            raise RecordError(f"turn {i} of the text is empty")
         turns.append({"role": "user" if i % 2 == 0 else "assistant", "content": content})
     if image != n_images:
         raise RecordError(
-            f"text has {image} {IMAGE} placeholder(s) but the row lists {n_images} image path(s)"
+            f"text has {image} {IMAGE} placeholder(s) but the row lists {n_images} image path(s)",
+            cls="image placeholders and paths disagree",
         )
     return turns
 
@@ -93,10 +100,8 @@ def read_medmax(
     root = images or file.parent
 
     def rows() -> Iterator[Row]:
-        with open(file, "rb") as handle:
-            for line_no, line in enumerate(handle, 1):
-                if line.strip():
-                    yield f"{file}:{line_no}", lambda line=line, n=line_no: build(line, n)
+        for line_no, line in jsonl_lines(file, policy):  # a Git LFS pointer is named as such
+            yield f"{file}:{line_no}", lambda line=line, n=line_no: build(line, n)
 
     def build(line: bytes, n: int) -> dict | None:
         try:
@@ -128,7 +133,12 @@ def read_medmax(
             "credential": credential,
             "images": refs,
             "text": text,
-            "meta": {"task": row.get("task"), "source": row.get("source"), "image_path": paths},
+            "meta": {
+                **split_meta(None, "train"),  # MedMax's training release
+                "task": row.get("task"),
+                "source": row.get("source"),
+                "image_path": paths,
+            },
         }
         if tokens:
             record["tokens"] = [int(t) for t in tokens]
@@ -208,6 +218,7 @@ def read_medmax_eval(
             "credential": False,
         }
         meta = {
+            **split_meta(None, "test"),  # MedMax's evaluation release
             "eval_family": family,
             "eval_question_type": qtype,
             "eval_prompt": prompt,

@@ -222,6 +222,7 @@ def fetch_article(
         prefix = f"{pmcid}.{version}"
         meta = cloud_metadata(client, cloud_url, prefix)
         if meta.get("is_pmc_openaccess") is False:
+            policy.report.count("in")  # the article: in = out + rejected + skipped
             skip(policy, f"not open access: {prefix}", where=where, record_id=prefix)
             return []
         xml_s3, xml_md5 = split_md5(meta.get("xml_url") or f"s3://{BUCKET}/{prefix}/{prefix}.xml")

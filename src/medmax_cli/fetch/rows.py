@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,7 +15,14 @@ from typing import Any
 
 import orjson
 
-from medmax_cli.media import MediaError, MediaStore, safe_relative_path
+from medmax_cli.media import (
+    MediaError,
+    MediaStore,
+    max_input_bytes,
+    open_local_file,
+    read_local_file,
+    safe_relative_path,
+)
 from medmax_cli.records import RecordError, validate
 from medmax_cli.streams import ErrorPolicy
 
@@ -22,7 +30,18 @@ Row = tuple[str, Callable[[], dict[str, Any] | None]]
 
 
 def image_file(media: MediaStore, root: Path, relative: str, what: str) -> dict[str, Any]:
-    return media.import_file(safe_relative_path(root, relative, what=what), what=what)
+    """Import the image the row names (`relative`, checked to stay inside `root`); an absent one is
+    `image not found` naming the row's path and the folder searched."""
+    full = safe_relative_path(root, relative, what=what)
+    try:
+        return media.import_file(full, what=what)
+    except MediaError as exc:
+        if exc.cls == "image not found":
+            raise MediaError(
+                f"{what}: image not found: {relative!r} (looked in folder {root}; --images names another)",
+                cls="image not found",
+            ) from None
+        raise
 
 
 def emit(rows: Iterator[Row], policy: ErrorPolicy) -> Iterator[dict]:
@@ -48,57 +67,167 @@ def emit(rows: Iterator[Row], policy: ErrorPolicy) -> Iterator[dict]:
         yield record
 
 
-def file_error(policy: ErrorPolicy, file: Path, reason: str) -> None:
-    """A whole file that cannot be read: an error naming it (or, with --on-error skip, one reject)."""
-    policy.reject(RecordError(reason), None, where=str(file))
+def file_error(policy: ErrorPolicy, file: Path, reason: str, *, cls: str | None = None) -> None:
+    """A whole file that cannot be read: an error naming it (or, with --on-error skip, one reject).
+    The file counts as one unit in, so in = out + rejected + skipped holds even when its rows
+    cannot be counted."""
+    policy.report.count("in")
+    policy.reject(RecordError(reason, cls=cls), None, where=str(file))
+
+
+def file_media_error(policy: ErrorPolicy, file: Path, exc: MediaError) -> None:
+    """`file_error` for a local file the bounded reader refused (absent, not regular, too large)."""
+    file_error(policy, file, str(exc).removeprefix(f"{file}: "), cls=exc.cls)
+
+
+LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+
+
+def stem_of(file: Path) -> str:
+    """A data file's name without `.gz` and its format suffix: `testset.json.gz` -> `testset`."""
+    name = file.name.removesuffix(".gz")
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+def existing(folder: Path, *names: str) -> list[Path]:
+    """`folder/name` for each published name present, also gzip-compressed (`name.gz`)."""
+    found = []
+    for name in names:
+        for candidate in (folder / name, folder / f"{name}.gz"):
+            if candidate.exists() and not candidate.is_dir():  # a pipe is found, then refused when read
+                found.append(candidate)
+                break
+    return found
+
+
+def lfs_pointer_message(data: bytes, file: Path) -> str | None:
+    """What to run when `data` is a Git LFS pointer (what a clone without LFS holds), else None."""
+    if not data.startswith(LFS_POINTER) or len(data) > 1024:
+        return None
+    size = next(
+        (ln.split()[1] for ln in data.decode("ascii", "replace").splitlines() if ln.startswith("size ")), "?"
+    )
+    return (
+        f"a Git LFS pointer file ({len(data)} bytes standing for {size} bytes), not the data: the "
+        f"repository was cloned without its LFS objects. Run `git lfs install && git lfs pull` in "
+        f"the clone (or the dataset's own download script, e.g. LLaVA-Med's download_data.sh) and "
+        f"read the real file"
+    )
+
+
+def read_data_file(file: Path, policy: ErrorPolicy) -> bytes | None:
+    """A local data file's bytes (a regular file within MEDMAX_MAX_INPUT_BYTES; .gz decompressed
+    within the same limit), or None after reporting why it cannot be read (Git LFS pointers
+    named as such, with what to run)."""
+    limit = max_input_bytes()
+    try:
+        data = read_local_file(file, limit=limit, what=str(file))
+        if file.suffix == ".gz":
+            with gzip.GzipFile(fileobj=io.BytesIO(data)) as handle:
+                data = handle.read(limit + 1)
+            if len(data) > limit:
+                raise MediaError(f"{file}: decompresses past the {limit}-byte limit", cls="file too large")
+    except MediaError as exc:
+        file_media_error(policy, file, exc)
+        return None
+    except (OSError, EOFError) as exc:
+        file_error(policy, file, f"cannot decompress ({exc})", cls="file unreadable")
+        return None
+    pointer = lfs_pointer_message(data, file)
+    if pointer is not None:
+        file_error(policy, file, pointer, cls="git lfs pointer")
+        return None
+    return data
 
 
 def json_rows(file: Path, policy: ErrorPolicy) -> list[Any] | None:
     """The rows of a JSON array file, or None after reporting why it cannot be read."""
-    try:
-        data = orjson.loads(file.read_bytes())
-    except orjson.JSONDecodeError as exc:
-        file_error(policy, file, f"not valid JSON ({exc})")
+    raw = read_data_file(file, policy)
+    if raw is None:
         return None
-    except OSError as exc:
-        file_error(policy, file, f"cannot read ({exc.strerror or exc})")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        file_error(policy, file, f"not valid JSON ({exc})", cls="not valid JSON")
         return None
     if not isinstance(data, list):
-        file_error(policy, file, f"expected a JSON array of rows, found {type(data).__name__}")
+        file_error(
+            policy,
+            file,
+            f"expected a JSON array of rows, found {type(data).__name__}",
+            cls="not a JSON array",
+        )
         return None
     return data
+
+
+def jsonl_lines(file: Path, policy: ErrorPolicy) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of a local JSONL file, blank lines left out: a regular file, read as a
+    stream; a Git LFS pointer is one file error saying what to run."""
+    try:
+        handle = open_local_file(file, limit=None, what=str(file))
+    except MediaError as exc:
+        file_media_error(policy, file, exc)
+        return
+    with handle:
+        if handle.peek(len(LFS_POINTER))[: len(LFS_POINTER)] == LFS_POINTER:
+            pointer = lfs_pointer_message(handle.read(1025), file)
+            file_error(policy, file, pointer or "a Git LFS pointer file", cls="git lfs pointer")
+            return
+        lines = gzip.GzipFile(fileobj=handle) if file.name.endswith(".gz") else handle
+        try:
+            for number, line in enumerate(lines, 1):
+                if line.strip():
+                    yield number, line
+        except (OSError, EOFError) as exc:
+            file_error(policy, file, f"cannot decompress ({exc})", cls="file unreadable")
 
 
 def csv_rows(file: Path, policy: ErrorPolicy, required: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
     """(line number, row) of a CSV (or .csv.gz) whose header holds `required` (else one file error)."""
     try:
-        handle = (
-            gzip.open(file, "rt", newline="", encoding="utf-8")
-            if file.suffix == ".gz"
-            else open(file, newline="", encoding="utf-8-sig")
-        )
-    except OSError as exc:
-        file_error(policy, file, f"cannot read ({exc.strerror or exc})")
+        binary = open_local_file(file, limit=None, what=str(file))
+    except MediaError as exc:
+        file_media_error(policy, file, exc)
         return
+    head = binary.peek(len(LFS_POINTER))[: len(LFS_POINTER)] if hasattr(binary, "peek") else b""
+    if head == LFS_POINTER:
+        pointer = lfs_pointer_message(binary.read(1025), file)
+        binary.close()
+        file_error(policy, file, pointer or "a Git LFS pointer file", cls="git lfs pointer")
+        return
+    handle = (
+        gzip.open(binary, "rt", newline="", encoding="utf-8")
+        if file.suffix == ".gz"
+        else io.TextIOWrapper(binary, newline="", encoding="utf-8-sig")
+    )
     with handle:
         try:
             reader = csv.DictReader(handle)
             header = reader.fieldnames or []
             missing = [c for c in required if c not in header]
             if missing:
-                file_error(policy, file, f"CSV header lacks {', '.join(missing)} (found {', '.join(header)})")
+                file_error(
+                    policy,
+                    file,
+                    f"CSV header lacks {', '.join(missing)} (found {', '.join(header)})",
+                    cls="CSV header lacks columns",
+                )
                 return
             for row in reader:
                 yield reader.line_num, row  # the row's last physical line (quoted fields may span lines)
         except (csv.Error, UnicodeDecodeError, OSError, EOFError) as exc:
-            file_error(policy, file, f"unreadable CSV ({exc})")
+            file_error(policy, file, f"unreadable CSV ({exc})", cls="unreadable CSV")
 
 
 def find(root: Path, *names: str) -> Path:
     for name in names:
         if (root / name).exists():
             return root / name
-    raise RecordError(f"{root}: none of {', '.join(names)} found (is this the published layout?)")
+    raise RecordError(
+        f"{root}: none of {', '.join(names)} found (is this the published layout?)",
+        cls="dataset layout not found",
+    )
 
 
 def closed_or_open(answer: str) -> str:
@@ -120,9 +249,22 @@ def parquet_rows(files: list[Path], policy: ErrorPolicy) -> Iterator[tuple[Path,
 
     for file in files:
         try:
-            parquet = pq.ParquetFile(file)
+            handle = open_local_file(file, limit=None, what=str(file))
+        except MediaError as exc:
+            file_media_error(policy, file, exc)
+            continue
+        if handle.peek(len(LFS_POINTER))[: len(LFS_POINTER)] == LFS_POINTER:
+            pointer = lfs_pointer_message(handle.read(1025), file)
+            handle.close()
+            file_error(policy, file, pointer or "a Git LFS pointer file", cls="git lfs pointer")
+            continue
+        try:
+            parquet = pq.ParquetFile(handle)
         except (pa.ArrowException, OSError) as exc:
-            file_error(policy, file, f"not a readable parquet file ({exc})")
+            handle.close()
+            file_error(
+                policy, file, f"not a readable parquet file ({exc})", cls="not a readable parquet file"
+            )
             continue
         index = 0
         try:
@@ -131,7 +273,11 @@ def parquet_rows(files: list[Path], policy: ErrorPolicy) -> Iterator[tuple[Path,
                     yield file, index, row
                     index += 1
         except (pa.ArrowException, OSError) as exc:
-            file_error(policy, file, f"parquet file broken after row {index} ({exc})")
+            file_error(
+                policy, file, f"parquet file broken after row {index} ({exc})", cls="parquet file broken"
+            )
+        finally:
+            handle.close()
 
 
 _SHARD = re.compile(r"^(?P<split>[A-Za-z_]+)-(?P<shard>\d+)-of-\d+")

@@ -15,7 +15,7 @@ from medmax_cli.synthesize.common import (
     turn,
 )
 from medmax_cli.synthesize.quality import caption_problem
-from medmax_cli.synthesize.textutil import clean, pick
+from medmax_cli.synthesize.textutil import pick
 
 TASK = "captioning"
 TEMPLATES = (
@@ -43,7 +43,7 @@ def build(record: Mapping[str, Any], ctx: BuildContext, domain: str) -> Iterator
         domain=domain,
         turns=[
             turn("user", image_parts(n_images), text(prompt)),
-            turn("assistant", text(clean(caption or ""))),
+            turn("assistant", text(caption or "")),  # verbatim
         ],
-        meta={"template": index, "caption": clean(caption or ""), **article_meta(record)},
+        meta={"template": index, "caption": caption or "", **article_meta(record)},
     )

@@ -27,6 +27,7 @@ class Drop:
 
     reason: str
     task: str
+    skipped: bool = False  # a user's filter (e.g. --tasks) said no: counted as skipped, not rejected
 
 
 def image_parts(n: int) -> list[Part]:

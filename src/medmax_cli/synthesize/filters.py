@@ -4,8 +4,8 @@
   answer text and the same source text (question or caption) -> the later instance is a duplicate
   of the first. The instruction is left out: it is a paraphrase chosen per record id, so two copies
   of one figure would otherwise never match.
-- near: within one task (and variant, and for VQA the same normalised question, so several
-  questions about one image all stay), the first image's pHash is within `threshold` bits of an
+- near: within one task (and variant, and for VQA and chat-record conversations the same normalised
+  question, so several questions about one image all stay), the first image's pHash is within `threshold` bits of an
   instance already kept -> near duplicate.
 """
 
@@ -77,7 +77,10 @@ class NearDupFilter:
     def group(self, instance: Mapping[str, Any]) -> tuple[str, str, str]:
         task = str(instance.get("task"))
         variant = str((instance.get("meta") or {}).get("variant") or "")
-        return task, variant, question_key(instance) if task == "vqa" else ""
+        # several questions about one image all stay: VQA, and conversations from chat records
+        # (LLaVA-Med's eval asks ~4 questions per figure)
+        per_question = task == "vqa" or (instance.get("meta") or {}).get("source_kind") == "chat"
+        return task, variant, question_key(instance) if per_question else ""
 
     def check(self, instance: Mapping[str, Any]) -> str | None:
         images = instance.get("images") or []

@@ -15,7 +15,7 @@ from medmax_cli.synthesize.common import (
     turn,
 )
 from medmax_cli.synthesize.quality import caption_problem
-from medmax_cli.synthesize.textutil import clean, pick
+from medmax_cli.synthesize.textutil import pick
 
 TASK = "image_generation"
 TEMPLATES = (
@@ -40,7 +40,7 @@ def build(record: Mapping[str, Any], ctx: BuildContext, domain: str) -> Iterator
         yield Drop(f"image_generation needs one image: figure has {len(images)}", TASK)
         return
     index, template = pick(TEMPLATES, ctx.seed, record["id"], TASK)
-    caption = clean(caption or "")
+    caption = caption or ""  # verbatim: the published caption is the target, never re-spaced
     yield new_instance(
         record,
         TASK,

@@ -16,15 +16,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import orjson
-
 from medmax_cli.llm import ChatClient
 from medmax_cli.media import MediaStore
-from medmax_cli.records import TASKS, RecordError, make_id, record_kind
+from medmax_cli.records import TASKS, RecordError, make_id, reason_class, record_kind
 from medmax_cli.streams import RECORD_FAULTS, ErrorPolicy
 from medmax_cli.synthesize import captioning, image_generation, interleaved, report, visual_chat, vqa
 from medmax_cli.synthesize.common import BuildContext, Drop, new_instance
-from medmax_cli.synthesize.decontaminate import EvalIndex
+from medmax_cli.synthesize.decontaminate import DEFAULT_EXCLUDE_BY, EvalIndex
 from medmax_cli.synthesize.domain import domain_of
 from medmax_cli.synthesize.filters import ExactDedup, NearDupFilter
 from medmax_cli.synthesize.imagehash import ImageHasher, default_hash_workers
@@ -43,18 +41,19 @@ FIGURE_BUILDERS = (  # order of the instances made from one figure
 Output = dict[str, Any] | Drop
 
 
-def drop(policy: ErrorPolicy, raw: Any, reason: str) -> None:
-    """Count a declined instance and write it to the rejects file (if any); never raises."""
-    policy.report.drop(reason)
-    if policy.rejects is not None:
-        entry = {
-            "stage": policy.stage,
-            "where": None,
-            "record_id": raw.get("id") if isinstance(raw, dict) else None,
-            "reason": reason,
-            "raw": raw,
-        }
-        policy.rejects.write(orjson.dumps(entry, default=str) + b"\n")
+def drop(policy: ErrorPolicy, raw: Any, reason: str, *, skipped: bool = False) -> None:
+    """Count a declined instance under its reason's class ("bucket: detail" -> bucket) and write
+    it to the rejects file (if any) with the full reason; never raises. `skipped`: a user's
+    filter said no (e.g. --tasks), counted apart from rejects."""
+    record_id = raw.get("id") if isinstance(raw, dict) else None
+    head, _, rest = reason.partition(": ")
+    # "vqa: empty answer" -> class "vqa: empty answer": a builder's rule, not just its task
+    cls = f"{head}: {reason_class(rest)}" if head in TASKS and rest else reason_class(reason)
+    if skipped:
+        policy.skip(cls, reason, record_id=record_id, raw=raw)
+        return
+    policy.report.drop(reason, cls=cls)
+    policy.write_entry(cls, reason, raw, where=None, record_id=record_id)
 
 
 def figure_texts(record: dict[str, Any]) -> list[str]:
@@ -76,7 +75,9 @@ def build_record(
     if kind == "instance" and "turns" in record:
         if record.get("task") in tasks:
             return [record]
-        return [Drop(f"task not selected: {record.get('task')} (--tasks)", str(record.get("task")))]
+        return [
+            Drop(f"task not selected: {record.get('task')} (--tasks)", str(record.get("task")), skipped=True)
+        ]
     if kind == "instance":  # a released row without turns (e.g. MedMax's pre-tokenised rows)
         return [record]
     if not record.get("images"):
@@ -110,12 +111,47 @@ def build_record(
 
 
 def _chat(record: dict[str, Any]) -> list[Output]:
-    """A ready-made conversation (kind "chat" with `turns`) becomes a visual_chat instance as is."""
+    """A ready-made conversation becomes a visual_chat instance as is: `turns` when the record has
+    them, else the readers' `conversation` ([{"role", "text"}], PubMedVision and LLaVA-Med) with
+    each `<image>` placeholder made an image part (the record's images in order; with no
+    placeholder at all they open the first user turn). Text is kept verbatim."""
     turns = record.get("turns")
+    if not turns and isinstance(record.get("conversation"), list) and record["conversation"]:
+        turns = _conversation_turns(record["conversation"], len(record.get("images") or []))
+        if isinstance(turns, Drop):
+            return [turns]
     if not isinstance(turns, list) or not turns:
         return [Drop("chat record has no turns", "visual_chat")]
     texts = [p.get("text", "") for t in turns for p in t.get("content", []) if isinstance(p, dict)]
     return [new_instance(record, "visual_chat", None, domain=domain_of(record, *texts), turns=turns)]
+
+
+IMAGE_PLACEHOLDER = "<image>"
+
+
+def _conversation_turns(conversation: list[Any], n_images: int) -> list[dict[str, Any]] | Drop:
+    turns: list[dict[str, Any]] = []
+    image = 0
+    for turn_ in conversation:
+        if not isinstance(turn_, dict) or turn_.get("role") not in ("user", "assistant"):
+            return Drop("visual_chat: conversation turn is not {role, text}", "visual_chat")
+        content: list[dict[str, Any]] = []
+        for j, piece in enumerate(str(turn_.get("text") or "").split(IMAGE_PLACEHOLDER)):
+            if j > 0:
+                content.append({"image": image})
+                image += 1
+            if piece:
+                content.append({"text": piece})
+        turns.append({"role": turn_["role"], "content": content})
+    if image == 0 and n_images and turns and turns[0]["role"] == "user":
+        turns[0]["content"] = [{"image": i} for i in range(n_images)] + turns[0]["content"]
+        image = n_images
+    if image != n_images:
+        return Drop(
+            f"visual_chat: conversation has {image} {IMAGE_PLACEHOLDER} placeholder(s) for {n_images} image(s)",
+            "visual_chat",
+        )
+    return turns
 
 
 def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int) -> Iterator[Any]:
@@ -200,7 +236,7 @@ def synthesize(
                 report.count(UNUSED)
             for output in outputs or []:
                 if isinstance(output, Drop):
-                    drop(policy, record, output.reason)
+                    drop(policy, record, output.reason, skipped=output.skipped)
                     continue
                 # A record passed through as is (a released MedMax row, an eval instance) is a task
                 # instance already: rows of different tasks may share an image or an answer, and
@@ -238,13 +274,20 @@ def synthesize(
     if client is not None:
         report.count("llm requests", client.requests)
         report.count("llm cache hits", client.cache_hits)
+    if exclude is not None:
+        report.extra["contamination"] = exclude.contamination_table()
 
 
 def load_exclude(
-    records: Iterable[dict[str, Any]], hasher: ImageHasher, near_dup_bits: int | None
+    records: Iterable[dict[str, Any]],
+    hasher: ImageHasher,
+    near_dup_bits: int | None,
+    by: str = DEFAULT_EXCLUDE_BY,
+    name: str | None = None,
 ) -> EvalIndex:
     """The decontamination index of an evaluation set (exact image match only when bits is None)."""
-    return EvalIndex(hasher, near_dup_bits if near_dup_bits is not None else 0).add_records(records)
+    index = EvalIndex(hasher, near_dup_bits if near_dup_bits is not None else 0, by=by)
+    return index.add_records(records, name=name)
 
 
 __all__ = ["synthesize", "load_exclude", "build_record", "ordered_map", "make_id"]

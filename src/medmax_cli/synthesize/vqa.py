@@ -1,11 +1,15 @@
 """`vqa`: visual question answering from `qa` records, in the three formats MedMax evaluates.
 
-- closed: the answer is "yes" or "no" (scored by: output contains the gold word and not the other);
+- closed: the source says closed (or the answer is "yes"/"no"); a yes/no gold is asked with a yes/no
+  template, any other closed gold ("Is it focal or diffuse?" -> "Diffuse") with the open templates,
+  kept as a closed VQA instance like MedMax's (its closed scorer counts a non-yes/no gold as wrong);
 - multiple_choice: options lettered A, B, C, ... one per line, the answer is the letter alone
   (scored by: first generated token == letter);
 - open: free text (scored by an LLM judge).
 Evaluation items (`meta.eval_task` set) always get template 0 so that every model is asked the
-same prompt; training items get a paraphrase chosen by the seeded hash.
+same prompt; training items get a paraphrase chosen by the seeded hash. Questions, answers and
+options are used verbatim (never stripped or re-spaced); a released eval prompt
+(`meta.verbatim_prompt`) is asked byte for byte.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from medmax_cli.synthesize.common import BuildContext, Drop, image_parts, new_instance, text, turn
-from medmax_cli.synthesize.textutil import clean, normalise, pick
+from medmax_cli.synthesize.textutil import normalise, pick
 
 TASK = "vqa"
 MAX_OPTIONS = 8  # letters A..H; the benchmarks MedMax uses have 2 to 5 options
@@ -67,12 +71,14 @@ def gold_letter(answer: str, options: list[str]) -> str | None:
 
 def build(record: Mapping[str, Any], ctx: BuildContext, domain: str) -> Iterator[dict[str, Any] | Drop]:
     meta = record.get("meta") or {}
-    verbatim = bool(meta.get("verbatim_prompt"))  # e.g. the MedMax eval prompts: ask them word for word
-    raw_question = str(record.get("question") or "").strip()
-    question = clean(raw_question)
-    answer = clean(str(record.get("answer") or ""))
-    if not question or not answer:
-        yield Drop("vqa: empty question or answer", TASK)
+    verbatim = bool(meta.get("verbatim_prompt"))  # e.g. the MedMax eval prompts: ask them byte for byte
+    question = str(record.get("question") or "")
+    answer = str(record.get("answer") or "")
+    if not question.strip():
+        yield Drop("vqa: empty question", TASK)
+        return
+    if not answer.strip():
+        yield Drop("vqa: empty answer", TASK)
         return
     images = record.get("images") or []
     if not images:
@@ -81,13 +87,12 @@ def build(record: Mapping[str, Any], ctx: BuildContext, domain: str) -> Iterator
     qtype = question_type(record)
     extra: dict[str, Any] = {}
     fields = {"question": question}
-    if qtype == "closed":
-        gold = YES_NO.get(normalise(answer))
-        if gold is None:
-            yield Drop(f"vqa: closed question needs a yes/no answer, got {answer[:40]!r}", TASK)
-            return
+    family = qtype
+    gold = answer
+    if qtype == "closed" and YES_NO.get(normalise(answer)) is None:
+        family = "open"  # a closed question whose gold is not yes/no: asked without "yes or no"
     elif qtype == "multiple_choice":
-        options = [clean(str(o)) for o in record.get("options") or []]
+        options = [str(o) for o in record.get("options") or []]
         if verbatim and not options:
             # The options live only inside the prompt: the gold must then be a letter.
             options = [""] * MAX_OPTIONS
@@ -107,12 +112,10 @@ def build(record: Mapping[str, Any], ctx: BuildContext, domain: str) -> Iterator
         )
         if extra_options is not None:
             extra["options"] = extra_options
-    else:
-        gold = answer
-    templates = TEMPLATES[qtype]
+    templates = TEMPLATES[family]
     if verbatim:
         index, template = -1, "{question}"
-        fields = {"question": raw_question}
+        fields = {"question": question}
     elif meta.get("eval_task"):
         index, template = 0, templates[0]
     else:
@@ -126,7 +129,7 @@ def build(record: Mapping[str, Any], ctx: BuildContext, domain: str) -> Iterator
             turn("user", image_parts(len(images)), text(template.format(**fields))),
             turn("assistant", text(gold)),
         ],
-        meta={"template": index, "question": question},
+        meta={"template": index, "template_family": family, "question": question},
     )
     instance.update({"answer": gold, "question_type": qtype, **extra})
     yield instance
