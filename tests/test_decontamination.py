@@ -9,6 +9,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from medmax_cli.streams import parse_jsonl
+
 
 def png(seed: int, size: tuple[int, int] = (64, 64), fmt: str = "PNG") -> bytes:
     """Random noise blocks: pictures whose perceptual hashes lie far apart for different seeds."""
@@ -71,8 +73,7 @@ def test_exclude_by_choices(sets, tmp_path, media, medmax, by, kept, table):
     env = {"MEDMAX_MEDIA": str(media.root)}
     args = ["synthesize", str(train), "--tasks", "vqa", "--exclude", str(test), "--exclude-by", by]
     run = medmax(*args, "--stats", str(stats), env=env)
-    out = [orjson.loads(line)["source_id"] if "source_id" in orjson.loads(line) else orjson.loads(line)["id"]
-           for line in run.stdout.splitlines()]  # fmt: skip
+    out = [line["source_id"] if "source_id" in line else line["id"] for line in parse_jsonl(run.stdout)]  # fmt: skip
     assert [o.removesuffix("-vqa") for o in out] == kept
     data = orjson.loads(stats.read_bytes())
     assert [(r["eval_source"], r["match"], r["count"]) for r in data["contamination"]] == table

@@ -32,6 +32,7 @@ from medmax_cli.score.judge import (
 )
 from medmax_cli.score.stage import Scorer, score_records
 from medmax_cli.score.summary import markdown_table, summarise
+from medmax_cli.streams import parse_jsonl
 from score_helpers import vqa
 
 NULL_CONTENT = orjson.dumps(
@@ -267,13 +268,13 @@ def test_score_command_exits_1_while_judge_errors_remain(tmp_path, medmax):
         ]  # fmt: skip
         first = medmax(*args, input=data, check=False)
         assert first.returncode == 1 and b"judge_error" in first.stderr
-        lines = [orjson.loads(x) for x in first.stdout.splitlines()]
+        lines = [x for x in parse_jsonl(first.stdout)]
         assert [x["status"] for x in lines].count("judge_error") == 1 and len(lines) == 7
         summary = orjson.loads((tmp_path / "s.json").read_bytes())
         assert summary["macro"]["judge_errors"] == 1
         second = medmax(*args, input=data, check=False)
         assert second.returncode == 0, second.stderr
-        assert all(orjson.loads(x)["status"] != "judge_error" for x in second.stdout.splitlines())
+        assert all(x["status"] != "judge_error" for x in parse_jsonl(second.stdout))
         assert orjson.loads((tmp_path / "s.json").read_bytes())["macro"]["judge_errors"] == 0
 
 

@@ -14,7 +14,7 @@ import pytest
 from fakes.jats_articles import png
 from medmax_cli.fetch import datasets
 from medmax_cli.media import MediaError, open_local_file, read_local_file
-from medmax_cli.streams import ErrorPolicy
+from medmax_cli.streams import ErrorPolicy, parse_jsonl
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
 
@@ -77,7 +77,7 @@ def test_fetch_jsonl_refuses_fifo_records_and_images(tmp_path, medmax):
     (tmp_path / "ok.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in lines))
     run = medmax("fetch", "jsonl", str(tmp_path / "ok.jsonl"), "--root", str(tmp_path), "--on-error", "skip",
                  env=env, timeout=60)  # fmt: skip
-    assert [orjson.loads(line)["id"] for line in run.stdout.splitlines()] == ["r2"]
+    assert [line["id"] for line in parse_jsonl(run.stdout)] == ["r2"]
     assert b"not a regular file: 1" in run.stderr
 
 

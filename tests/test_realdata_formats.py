@@ -17,7 +17,7 @@ from medmax_cli.fetch.jats import parse_jats
 from medmax_cli.fetch.local import fetch_jats
 from medmax_cli.fetch.medmax import read_medmax
 from medmax_cli.records import RecordError, validate
-from medmax_cli.streams import ErrorPolicy
+from medmax_cli.streams import ErrorPolicy, parse_jsonl
 from medmax_cli.synthesize import synthesize
 
 
@@ -94,7 +94,7 @@ def test_vqa_rad_mevf_layout_split_from_file(tmp_path, media):
 def test_split_train_never_keeps_mevf_test_items(tmp_path, medmax):
     env = {"MEDMAX_MEDIA": str(tmp_path / "m")}
     out = medmax("fetch", "vqa-rad", str(mevf_layout(tmp_path)), "--split", "train", env=env)
-    ids = [orjson.loads(line)["id"] for line in out.stdout.splitlines()]
+    ids = [line["id"] for line in parse_jsonl(out.stdout)]
     assert ids == ["vqa_rad-33", "vqa_rad-34"]
     assert "skipped 1 (split not selected: 1)" in out.stderr.decode()
     # aliases map onto the one vocabulary; an unknown name is refused
@@ -114,7 +114,7 @@ def test_unknown_split_file_is_refused_with_guidance(tmp_path, media, medmax):
         and b"cannot tell whether it holds train, validation or test" in refused.stderr
     )
     named = medmax("fetch", "vqa-rad", str(file), "--split", "test", env=env)
-    assert orjson.loads(named.stdout)["meta"]["split"] == "test"
+    assert parse_jsonl(named.stdout)[0]["meta"]["split"] == "test"
 
 
 def test_one_split_vocabulary_rocov2_valid_is_validation(tmp_path, medmax):
@@ -125,7 +125,7 @@ def test_one_split_vocabulary_rocov2_valid_is_validation(tmp_path, medmax):
     image(tmp_path / "valid" / "ROCOv2_2023_valid_000001.jpg", 3)
     env = {"MEDMAX_MEDIA": str(tmp_path / "m")}
     out = medmax("fetch", "rocov2", str(tmp_path), "--split", "validation", env=env).stdout
-    record = orjson.loads(out)
+    (record,) = parse_jsonl(out)
     assert record["meta"]["split"] == "validation" and record["meta"]["source_split"] == "valid"
     assert record["caption"] == " Chest X-ray showing a nodule. "  # outer whitespace kept
 

@@ -11,7 +11,7 @@ import orjson
 
 from fakes.jats_articles import png
 from medmax_cli.records import RecordError, reason_class
-from medmax_cli.streams import ErrorPolicy, RunReport
+from medmax_cli.streams import ErrorPolicy, RunReport, parse_jsonl
 
 
 def slake_layout(root: Path, n: int) -> Path:
@@ -114,7 +114,7 @@ def test_language_option_selects_and_counts(tmp_path, medmax):
         image.write_bytes(png(i, fmt="JPEG"))
     env = {"MEDMAX_MEDIA": str(tmp_path / "m")}
     zh = medmax("fetch", "slake", str(tmp_path), "--language", "zh", env=env)
-    assert [orjson.loads(line)["question"] for line in zh.stdout.splitlines()] == ["哪个器官?"] * 2
+    assert [line["question"] for line in parse_jsonl(zh.stdout)] == ["哪个器官?"] * 2
     assert "skipped 2 (language not selected: 2)" in zh.stderr.decode()
     every = medmax("fetch", "slake", str(tmp_path), "--language", "all", env=env)
-    assert len(every.stdout.splitlines()) == 4 and "skipped" not in every.stderr.decode()
+    assert len(parse_jsonl(every.stdout)) == 4 and "skipped" not in every.stderr.decode()

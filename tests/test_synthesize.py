@@ -224,7 +224,11 @@ def test_vqa_formats_exact(media):
         client=None,
     )
     assert not isinstance(kept, Drop)
-    assert (kept["question_type"], kept["answer"], kept["meta"]["template_family"]) == ("closed", "Diffuse", "open")
+    assert (kept["question_type"], kept["answer"], kept["meta"]["template_family"]) == (
+        "closed",
+        "Diffuse",
+        "open",
+    )
     assert "yes or no" not in kept["turns"][0]["content"][1]["text"]
     assert kept["turns"][1]["content"] == [{"text": "Diffuse"}]
 
