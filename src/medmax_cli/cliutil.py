@@ -151,6 +151,8 @@ class StageIO:
             rejects = Path(f"medmax-{stage}-rejects.jsonl")
             typer.echo(f"medmax {stage}: rejected records go to {rejects}", err=True)
         self.rejects_path = rejects
+        self.run = run_options()
+        _check_stage_paths(input, self.output, rejects, self.run.stats)
         self._stack = ExitStack()
         self._on_error = on_error
         self._writer: RecordWriter | None = None
@@ -368,6 +370,15 @@ class StageIO:
             self.write(record)
 
 
+def _check_stage_paths(input: str | None, output: str, rejects: Path | None, stats: Path | None) -> None:
+    from medmax_cli.paths import PathCollision, check_stage
+
+    try:
+        check_stage(input=input, output=output, rejects=rejects, stats=stats)
+    except PathCollision as exc:
+        raise fail(str(exc)) from None
+
+
 def start_progress(stage: str, report: RunReport, *, unit: str = "rec", quiet: bool = False) -> Progress:
     """Progress (bar or heartbeat) for a command that reads records without a StageIO (validate);
     the caller closes it."""
@@ -532,6 +543,7 @@ def _equip(command: Any, path: str) -> None:
             rejects_append=bool(mine.get("mm_rejects_append")),
             heartbeat=mine.get("mm_heartbeat"),
         )
+        _check_paths(path, ctx, params, options.stats)  # before --stats or any output is touched
         token = _RUN.set(options)
         status = "failed"
         try:
@@ -548,6 +560,17 @@ def _equip(command: Any, path: str) -> None:
 
     command.callback = callback
     command._medmax_equipped = True
+
+
+def _check_paths(command: str, ctx: Any, params: dict[str, Any], stats: Path | None) -> None:
+    """Exit 2 when the command's outputs would destroy its inputs or each other (medmax_cli.paths)."""
+    from medmax_cli.paths import PathCollision, check_command
+
+    root_config = ctx.find_root().params.get("config") if ctx is not None else None
+    try:
+        check_command(command, {**params, "root_config": root_config}, stats=stats)
+    except PathCollision as exc:
+        raise fail(str(exc)) from None
 
 
 def _stats_in_dir(command: str) -> Path | None:
