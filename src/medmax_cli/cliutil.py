@@ -71,8 +71,10 @@ EXIT_CODES_HELP = (
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print `medmax: error: ...` on stderr and return an Exit to raise."""
-    typer.echo(f"medmax: error: {message}", err=True)
+    """Print `medmax: error: ...` on stderr (secrets redacted) and return an Exit to raise."""
+    from medmax_cli.egress import redact_text
+
+    typer.echo(f"medmax: error: {redact_text(message)}", err=True)
     return typer.Exit(code)
 
 
@@ -222,7 +224,9 @@ class StageIO:
         self._write_stats("ok" if clean_exit else "failed", None)
         if issubclass(exc_type, (RecordError, MediaError, StreamError)):
             self._summary()
-            typer.echo(f"medmax {self.stage}: error: {exc}", err=True)
+            from medmax_cli.egress import redact_text
+
+            typer.echo(f"medmax {self.stage}: error: {redact_text(str(exc))}", err=True)
             if self._on_error == "fail" and issubclass(exc_type, (RecordError, MediaError)):
                 typer.echo(
                     "  (use --on-error skip --rejects FILE to set bad records aside and go on)", err=True
@@ -533,7 +537,9 @@ def _equip(command: Any, path: str) -> None:
             raise fail(f"--log-level: {exc}") from None
         setup_logging(level)
         if mine.get("mm_print_config"):
-            typer.echo(settings_toml(path, ctx, params), nl=False)
+            from medmax_cli.egress import redact
+
+            typer.echo(settings_toml(path, ctx, redact(params)), nl=False)
             raise typer.Exit(0)
         options = RunOptions(
             command=path,

@@ -169,6 +169,9 @@ class ErrorPolicy:
                 error.where, error.record_id = where, record_id
                 raise error
             raise RecordError(reason, record_id=record_id, where=where) from error
+        from medmax_cli.egress import redact_text
+
+        reason = redact_text(reason)  # a reason can quote a URL with its key (docs/security.md)
         self.report.drop(reason)
         if self.rejects is not None:
             if isinstance(raw, bytes):

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from medmax_cli.atomic import atomic_write_bytes
+from medmax_cli.egress import redact
 from medmax_cli.train.config import ConfigError, TrainConfig, resume_mismatches
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,8 @@ def _write_text_atomic(path: Path, text: str) -> None:
 def save_config(run: Path, cfg: TrainConfig, model_dir: str) -> None:
     run.mkdir(parents=True, exist_ok=True)
     _write_text_atomic(
-        run / "config.json", json.dumps({**cfg.to_dict(), "model": str(model_dir)}, indent=2) + "\n"
+        run / "config.json",
+        json.dumps(redact({**cfg.to_dict(), "model": str(model_dir)}), indent=2) + "\n",
     )
 
 
@@ -176,7 +178,7 @@ def save(
             "step": step,
             "position": position,
             "world_size": _world(env),
-            "config": cfg.to_dict(),
+            "config": redact(cfg.to_dict()),
             "model": str(model_dir),
             "data": data,
         }
