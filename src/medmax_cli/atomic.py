@@ -11,16 +11,69 @@ to is the one replaced atomically.
 
 Any failure to write (disk full, file too large, read-only or missing directory, permission)
 becomes `CannotWrite`, an OSError naming the final path, and leaves no temporary file behind.
+
+A temporary file is named `.NAME.PID-RANDOM.tmp` beside its output. Every one not yet renamed or
+removed is listed in this process, and `discard_pending` (called whatever ends a command, SIGTERM
+and Ctrl-C included) removes them. One a killed process (`kill -9`) left is removed by the next run
+that writes the same output (`sweep=True`, which the stages' outputs use): its PID is no longer alive.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import tempfile
+import threading
 from pathlib import Path
 from typing import IO, Any
+
+_PENDING: set[str] = set()  # temporary files of this process not yet renamed or removed
+_PENDING_LOCK = threading.Lock()
+
+
+def discard_pending() -> None:
+    """Remove every temporary file this process still holds (the run is ending without them)."""
+    with _PENDING_LOCK:
+        pending = list(_PENDING)
+        _PENDING.clear()
+    for tmp in pending:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # not a pid we can judge: keep the file
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by another user
+        return True
+    return True
+
+
+def sweep_stale(final: Path) -> list[Path]:
+    """Remove `.NAME.PID-RANDOM.tmp` files beside `final` whose process is gone; returns them."""
+    pattern = re.compile(rf"^\.{re.escape(final.name)}\.(\d+)-[A-Za-z0-9_]+\.tmp$")
+    removed = []
+    try:
+        entries = list(os.scandir(final.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
+            try:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+            except OSError:
+                pass
+    return removed
 
 
 class CannotWrite(OSError):
@@ -105,7 +158,9 @@ class _Guarded:
 class AtomicFile:
     """A file that appears under its final name only when closed without error."""
 
-    def __init__(self, path: str | os.PathLike[str], mode: str = "wb", *, fsync: bool = False):
+    def __init__(
+        self, path: str | os.PathLike[str], mode: str = "wb", *, fsync: bool = False, sweep: bool = False
+    ):
         self.path = Path(path)
         self.fsync = fsync
         self._tmp: str | None = None
@@ -120,7 +175,13 @@ class AtomicFile:
                 raise CannotWrite(
                     errno.ENOTDIR, "a parent of the path is not a directory", str(path)
                 ) from None
-            fd, self._tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
+            if sweep:  # a killed run's temporary files of this output
+                sweep_stale(final)
+            with _PENDING_LOCK:  # listed as it is made, for discard_pending
+                fd, self._tmp = tempfile.mkstemp(
+                    dir=final.parent, prefix=f".{final.name}.{os.getpid()}-", suffix=".tmp"
+                )
+                _PENDING.add(self._tmp)
             self._final = final
         except OSError as exc:
             raise _cannot_write(self.path, exc) from None
@@ -141,6 +202,8 @@ class AtomicFile:
     def _discard(self) -> None:
         if self._tmp is not None:
             Path(self._tmp).unlink(missing_ok=True)
+            with _PENDING_LOCK:
+                _PENDING.discard(self._tmp)
 
     def finish(self, ok: bool) -> None:
         if self.handle.closed:
@@ -159,14 +222,18 @@ class AtomicFile:
             self.handle.close()
             if self._tmp is not None:
                 os.replace(self._tmp, self._final)
+                with _PENDING_LOCK:
+                    _PENDING.discard(self._tmp)
                 self._tmp = None
         except OSError as exc:
             self._discard()
             raise _cannot_write(self.path, exc) from None
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool = False) -> Path:
-    """Write `data` to `path` atomically; returns the path."""
-    with AtomicFile(path, "wb", fsync=fsync) as handle:
+def atomic_write_bytes(
+    path: str | os.PathLike[str], data: bytes, *, fsync: bool = False, sweep: bool = False
+) -> Path:
+    """Write `data` to `path` atomically; returns the path (`sweep`: see AtomicFile)."""
+    with AtomicFile(path, "wb", fsync=fsync, sweep=sweep) as handle:
         handle.write(data)
     return Path(path)

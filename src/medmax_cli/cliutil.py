@@ -174,7 +174,7 @@ class StageIO:
     # -- setup / teardown
     def __enter__(self) -> StageIO:
         if self.output != "-":  # open the output first: an unwritable path fails before any input is read
-            self._atomic = AtomicFile(self.output)
+            self._atomic = AtomicFile(self.output, sweep=True)
         try:
             return self._setup()
         except BaseException:
@@ -189,7 +189,7 @@ class StageIO:
             if self.run.rejects_append:
                 rejects_handle = self._stack.enter_context(open(self.rejects_path, "ab"))
             else:  # this run's rejects replace the last run's, appearing only when the run ends
-                rejects_file = AtomicFile(self.rejects_path, "wb")
+                rejects_file = AtomicFile(self.rejects_path, "wb", sweep=True)
                 self._stack.callback(rejects_file.finish, ok=True)
                 rejects_handle = rejects_file.handle
         self.policy = ErrorPolicy(self._on_error, rejects_handle, self.report, stage=self.stage)
@@ -273,7 +273,9 @@ class StageIO:
             started_at=self._started_at,
             reject_rate=rate,
         )
-        atomic_write_bytes(self.run.stats, orjson.dumps(stats, option=orjson.OPT_INDENT_2) + b"\n")
+        atomic_write_bytes(
+            self.run.stats, orjson.dumps(stats, option=orjson.OPT_INDENT_2) + b"\n", sweep=True
+        )
         self.run.stats_written = True
 
     # -- progress
@@ -351,7 +353,7 @@ class StageIO:
                 flush_each = True
             else:
                 if self._atomic is None:
-                    self._atomic = AtomicFile(self.output)
+                    self._atomic = AtomicFile(self.output, sweep=True)
                 stream = self._atomic.handle
                 flush_each = False
             self._writer = RecordWriter(
