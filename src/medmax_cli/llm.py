@@ -170,7 +170,7 @@ class ChatClient:
         self.malformed = 0
 
     def __repr__(self) -> str:  # never show the key
-        return f"ChatClient(url={self.url!r}, model={self.settings.model!r})"
+        return f"ChatClient(url={egress.redact_url(self.url)!r}, model={self.settings.model!r})"
 
     def close(self) -> None:
         self.http.close()
