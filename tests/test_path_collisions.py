@@ -160,3 +160,15 @@ def test_medmax_stats_dir_is_not_written_on_a_refusal(work):
     result = invoke("cat", "in.jsonl", "-o", "in.jsonl", env={"MEDMAX_STATS_DIR": str(stats_dir)})
     _refused(result)
     assert not stats_dir.exists() or not any(stats_dir.iterdir())
+
+
+def test_the_default_rejects_file_is_checked_too(work):
+    """`--on-error skip` without --rejects picks medmax-STAGE-rejects.jsonl: it may be the input."""
+    (work / "medmax-cat-rejects.jsonl").write_bytes(REC)
+    _refused(invoke("cat", "medmax-cat-rejects.jsonl", "-o", "o.jsonl", "--on-error", "skip"), "--rejects")
+    assert (work / "medmax-cat-rejects.jsonl").read_bytes() == REC
+
+
+def test_fetch_state_file_is_an_output(work):
+    _refused(invoke("fetch", "pmc", "--ids", "in.jsonl", "--state", "s.json", "-o", "s.json"), "--state")
+    _refused(invoke("fetch", "pmc", "--ids", "in.jsonl", "--state", "in.jsonl", "-o", "o.jsonl"), "--state")
