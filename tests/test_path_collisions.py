@@ -172,3 +172,13 @@ def test_the_default_rejects_file_is_checked_too(work):
 def test_fetch_state_file_is_an_output(work):
     _refused(invoke("fetch", "pmc", "--ids", "in.jsonl", "--state", "s.json", "-o", "s.json"), "--state")
     _refused(invoke("fetch", "pmc", "--ids", "in.jsonl", "--state", "in.jsonl", "-o", "o.jsonl"), "--state")
+
+
+def test_finetune_resume_may_read_the_config_it_saved(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    params = {"shards": str(tmp_path / "s"), "output": str(run), "config": str(run / "config.json")}
+    with pytest.raises(PathCollision):
+        check_command("medmax finetune", {**params, "resume": False})
+    check_command("medmax finetune", {**params, "resume": True})

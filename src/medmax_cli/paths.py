@@ -118,6 +118,8 @@ def command_paths(
     """Sort a command's resolved parameters into inputs, output files and output folders."""
     found = CommandPaths()
     folders = OUTPUT_FOLDERS.get(command, {})
+    if command == "medmax finetune" and params.get("resume"):  # --resume keeps RUN/config.json
+        folders = {k: tuple(p for p in v if p != "config.json") for k, v in folders.items()}
     for name, value in params.items():
         if name in folders:
             found.folders += [(_flag(name), v, folders[name]) for v in _values(value) if v != "-"]
