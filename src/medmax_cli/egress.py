@@ -316,22 +316,22 @@ def redact(value: Any, secrets: Iterable[str] = ()) -> Any:
     """The one redaction rule for anything written out: strings through `redact_text`, the value of
     a secret-named mapping key (`api_key`, `X-Api-Key`, `password`) replaced by '***', recursively
     through mappings, lists and tuples. Other values are returned as they are."""
-    secrets = (*secrets, *env_secrets())
-    if isinstance(value, str):
-        return redact_text(value, secrets)
-    if isinstance(value, Mapping):
-        return {
-            k: (
-                "***"
-                if isinstance(k, str) and is_secret_header(k) and isinstance(v, str) and v
-                else redact(v, secrets)
-            )
-            for k, v in value.items()
-        }
-    if isinstance(value, (list, tuple)):
-        return (
-            type(value)(redact(v, secrets) for v in value)
-            if isinstance(value, list)
-            else tuple(redact(v, secrets) for v in value)
-        )
-    return value
+    known = tuple(secrets)  # redact_text adds the environment's keys
+
+    def walk(item: Any) -> Any:
+        if isinstance(item, str):
+            return redact_text(item, known)
+        if isinstance(item, Mapping):
+            return {
+                k: "***"
+                if isinstance(k, str) and isinstance(v, str) and v and is_secret_header(k)
+                else walk(v)
+                for k, v in item.items()
+            }
+        if isinstance(item, list):
+            return [walk(v) for v in item]
+        if isinstance(item, tuple):
+            return tuple(walk(v) for v in item)
+        return item
+
+    return walk(value)
