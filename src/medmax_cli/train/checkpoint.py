@@ -100,7 +100,7 @@ def latest_dir(run: str | Path) -> Path | None:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_bytes(path, text.encode("utf-8"), sweep=True)  # and a killed run's temp of it
 
 
 def save_config(run: Path, cfg: TrainConfig, model_dir: str) -> None:

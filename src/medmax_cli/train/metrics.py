@@ -188,7 +188,7 @@ class MetricsLog:
         self.run.mkdir(parents=True, exist_ok=True)
         path = self.run / METRICS_FILE
         kept = [m for m in read_metrics(self.run) if m["step"] <= start_step]
-        atomic_write_bytes(path, "".join(json.dumps(m) + "\n" for m in kept).encode("utf-8"))
+        atomic_write_bytes(path, "".join(json.dumps(m) + "\n" for m in kept).encode("utf-8"), sweep=True)
         self.handle = open(path, "a", encoding="utf-8")
         self.trackers = open_trackers(loggers, self.run, start_step, config)
 
