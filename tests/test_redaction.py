@@ -37,6 +37,7 @@ def _clean(text: str) -> None:
         f"Ocp-Apim-Subscription-Key: {KEY}",
         f"https://h/x?X-Amz-Signature={KEY}&sig={KEY}&access_token={KEY}&password={PASSWORD}",
         f"api_key={KEY} given",
+        f"https://h/cb?session={KEY}&pwd={PASSWORD}&jwt={KEY}&Authorization={KEY}",
     ],
 )
 def test_one_rule_masks_every_form(text):

@@ -60,6 +60,13 @@ SECRET_PARAMS = frozenset(
         "secret",
         "client_secret",
         "code",
+        "authorization",
+        "passwd",
+        "pwd",
+        "session",
+        "sessionid",
+        "session_id",
+        "jwt",
     }
 )
 _SECRET_SUFFIXES = ("key", "token", "secret", "signature", "password", "credential")
