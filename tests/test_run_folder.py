@@ -159,3 +159,17 @@ def test_second_run_refused_then_resumed_over_a_torn_line_then_overwritten(tmp_p
     assert result.exit_code == 0, result.output
     assert [r["step"] for r in read_metrics(run)] == [1]
     assert json.loads((run / "config.json").read_text())["stop_after"] == 1
+
+
+def test_the_lock_survives_the_torchrun_exec_and_workers_skip_it(tmp_path, monkeypatch):
+    """--gpus N: the lock is taken inheritable before exec, and the workers see that it is held."""
+    import os
+
+    from medmax_cli.train.runfolder import LOCK_ENV, lock_held_by_launcher
+
+    monkeypatch.delenv(LOCK_ENV, raising=False)
+    run = tmp_path / "run"
+    with lock_run(run, inheritable=True) as fd:
+        assert os.get_inheritable(fd)
+        assert lock_held_by_launcher(run) and not lock_held_by_launcher(tmp_path / "other")
+    monkeypatch.delenv(LOCK_ENV, raising=False)

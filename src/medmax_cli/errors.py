@@ -4,7 +4,9 @@
 `cannot open: <path>: <reason>` for a missing or forbidden file, `cannot continue: out of memory`
 and so on. Bad records and broken streams are reported by the stages themselves (exit 1); usage
 errors by click (exit 2). Set `MEDMAX_DEBUG=1` to get the Python traceback instead. Messages
-pass through the egress redaction, so no API key reaches the terminal. Exit codes: docs/security.md.
+pass through the egress redaction, so no API key reaches the terminal. SIGTERM (medmax_cli.process)
+ends a run with 143 and Ctrl-C with 130, their temporary files removed; a reader gone from stdout
+ends it quietly with 0. Exit codes: docs/security.md.
 """
 
 from __future__ import annotations
