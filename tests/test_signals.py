@@ -28,8 +28,17 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "MEDMAX_HEARTBEAT": "0"}
 
 
+def _default_signals() -> None:
+    """In the child before exec: SIGINT/SIGTERM as a shell's foreground job has them (a runner that
+    ignores SIGINT would otherwise pass that on, and Python keeps an inherited ignore)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _popen(args: list[str], cwd: Path, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "medmax_cli", *args], cwd=cwd, env=_env(), **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "medmax_cli", *args], cwd=cwd, env=_env(), preexec_fn=_default_signals, **kw
+    )
 
 
 def _wait_for(predicate, proc: subprocess.Popen) -> None:

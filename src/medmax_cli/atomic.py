@@ -23,8 +23,8 @@ from __future__ import annotations
 import errno
 import os
 import re
+import secrets
 import stat
-import tempfile
 import threading
 from pathlib import Path
 from typing import IO, Any
@@ -81,12 +81,6 @@ class CannotWrite(OSError):
 
     def __str__(self) -> str:
         return f"cannot write: {self.filename}: {self.strerror}"
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _cannot_write(path: Path | str, exc: OSError) -> CannotWrite:
@@ -177,21 +171,40 @@ class AtomicFile:
                 ) from None
             if sweep:  # a killed run's temporary files of this output
                 sweep_stale(final)
-            with _PENDING_LOCK:  # listed as it is made, for discard_pending
-                fd, self._tmp = tempfile.mkstemp(
-                    dir=final.parent, prefix=f".{final.name}.{os.getpid()}-", suffix=".tmp"
-                )
-                _PENDING.add(self._tmp)
+            fd = self._create_temp(final)
             self._final = final
         except OSError as exc:
             raise _cannot_write(self.path, exc) from None
         try:
-            os.fchmod(fd, 0o666 & ~_current_umask())  # mkstemp makes 0600; give what open() would
             self.handle = _Guarded(os.fdopen(fd, mode), self.path)
         except OSError as exc:
             os.close(fd)
             self._discard()
             raise _cannot_write(self.path, exc) from None
+
+    def _create_temp(self, final: Path) -> int:
+        """Name the temporary file, list it for `discard_pending`, and only then create it: a signal
+        that lands between two lines (SIGTERM unwinds from any bytecode) never leaves it unlisted.
+        Created as open() would (0666 less the umask), exclusively."""
+        for _ in range(100):
+            tmp = str(final.parent / f".{final.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+            with _PENDING_LOCK:
+                _PENDING.add(tmp)
+            self._tmp = tmp
+            try:
+                return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            except FileExistsError:
+                self._forget()
+            except OSError:
+                self._forget()
+                raise
+        raise FileExistsError(errno.EEXIST, "no free temporary name", str(final))
+
+    def _forget(self) -> None:
+        if self._tmp is not None:
+            with _PENDING_LOCK:
+                _PENDING.discard(self._tmp)
+            self._tmp = None
 
     def __enter__(self) -> IO[Any]:
         return self.handle  # type: ignore[no-any-return]
