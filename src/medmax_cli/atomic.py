@@ -11,16 +11,69 @@ to is the one replaced atomically.
 
 Any failure to write (disk full, file too large, read-only or missing directory, permission)
 becomes `CannotWrite`, an OSError naming the final path, and leaves no temporary file behind.
+
+A temporary file is named `.NAME.PID-RANDOM.tmp` beside its output. Every one not yet renamed or
+removed is listed in this process, and `discard_pending` (called whatever ends a command, SIGTERM
+and Ctrl-C included) removes them. One a killed process (`kill -9`) left is removed by the next run
+that writes the same output (`sweep=True`, which the stages' outputs use): its PID is no longer alive.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import re
+import secrets
 import stat
-import tempfile
+import threading
 from pathlib import Path
 from typing import IO, Any
+
+_PENDING: set[str] = set()  # temporary files of this process not yet renamed or removed
+_PENDING_LOCK = threading.Lock()
+
+
+def discard_pending() -> None:
+    """Remove every temporary file this process still holds (the run is ending without them)."""
+    with _PENDING_LOCK:
+        pending = list(_PENDING)
+        _PENDING.clear()
+    for tmp in pending:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # not a pid we can judge: keep the file
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by another user
+        return True
+    return True
+
+
+def sweep_stale(final: Path) -> list[Path]:
+    """Remove `.NAME.PID-RANDOM.tmp` files beside `final` whose process is gone; returns them."""
+    pattern = re.compile(rf"^\.{re.escape(final.name)}\.(\d+)-[A-Za-z0-9_]+\.tmp$")
+    removed = []
+    try:
+        entries = list(os.scandir(final.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
+            try:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+            except OSError:
+                pass
+    return removed
 
 
 class CannotWrite(OSError):
@@ -28,12 +81,6 @@ class CannotWrite(OSError):
 
     def __str__(self) -> str:
         return f"cannot write: {self.filename}: {self.strerror}"
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _cannot_write(path: Path | str, exc: OSError) -> CannotWrite:
@@ -105,7 +152,9 @@ class _Guarded:
 class AtomicFile:
     """A file that appears under its final name only when closed without error."""
 
-    def __init__(self, path: str | os.PathLike[str], mode: str = "wb", *, fsync: bool = False):
+    def __init__(
+        self, path: str | os.PathLike[str], mode: str = "wb", *, fsync: bool = False, sweep: bool = False
+    ):
         self.path = Path(path)
         self.fsync = fsync
         self._tmp: str | None = None
@@ -120,17 +169,42 @@ class AtomicFile:
                 raise CannotWrite(
                     errno.ENOTDIR, "a parent of the path is not a directory", str(path)
                 ) from None
-            fd, self._tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
+            if sweep:  # a killed run's temporary files of this output
+                sweep_stale(final)
+            fd = self._create_temp(final)
             self._final = final
         except OSError as exc:
             raise _cannot_write(self.path, exc) from None
         try:
-            os.fchmod(fd, 0o666 & ~_current_umask())  # mkstemp makes 0600; give what open() would
             self.handle = _Guarded(os.fdopen(fd, mode), self.path)
         except OSError as exc:
             os.close(fd)
             self._discard()
             raise _cannot_write(self.path, exc) from None
+
+    def _create_temp(self, final: Path) -> int:
+        """Name the temporary file, list it for `discard_pending`, and only then create it: a signal
+        that lands between two lines (SIGTERM unwinds from any bytecode) never leaves it unlisted.
+        Created as open() would (0666 less the umask), exclusively."""
+        for _ in range(100):
+            tmp = str(final.parent / f".{final.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+            with _PENDING_LOCK:
+                _PENDING.add(tmp)
+            self._tmp = tmp
+            try:
+                return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            except FileExistsError:
+                self._forget()
+            except OSError:
+                self._forget()
+                raise
+        raise FileExistsError(errno.EEXIST, "no free temporary name", str(final))
+
+    def _forget(self) -> None:
+        if self._tmp is not None:
+            with _PENDING_LOCK:
+                _PENDING.discard(self._tmp)
+            self._tmp = None
 
     def __enter__(self) -> IO[Any]:
         return self.handle  # type: ignore[no-any-return]
@@ -141,6 +215,8 @@ class AtomicFile:
     def _discard(self) -> None:
         if self._tmp is not None:
             Path(self._tmp).unlink(missing_ok=True)
+            with _PENDING_LOCK:
+                _PENDING.discard(self._tmp)
 
     def finish(self, ok: bool) -> None:
         if self.handle.closed:
@@ -159,14 +235,18 @@ class AtomicFile:
             self.handle.close()
             if self._tmp is not None:
                 os.replace(self._tmp, self._final)
+                with _PENDING_LOCK:
+                    _PENDING.discard(self._tmp)
                 self._tmp = None
         except OSError as exc:
             self._discard()
             raise _cannot_write(self.path, exc) from None
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool = False) -> Path:
-    """Write `data` to `path` atomically; returns the path."""
-    with AtomicFile(path, "wb", fsync=fsync) as handle:
+def atomic_write_bytes(
+    path: str | os.PathLike[str], data: bytes, *, fsync: bool = False, sweep: bool = False
+) -> Path:
+    """Write `data` to `path` atomically; returns the path (`sweep`: see AtomicFile)."""
+    with AtomicFile(path, "wb", fsync=fsync, sweep=sweep) as handle:
         handle.write(data)
     return Path(path)

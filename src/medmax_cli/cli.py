@@ -91,5 +91,7 @@ def main() -> None:
     import sys
 
     from medmax_cli.errors import run
+    from medmax_cli.process import install
 
+    install()  # SIGTERM unwinds (temp files removed, exit 143); a gone stderr reader never fails a run
     sys.exit(run(app))

@@ -75,8 +75,10 @@ EXIT_CODES_HELP = (
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print `medmax: error: ...` on stderr and return an Exit to raise."""
-    typer.echo(f"medmax: error: {message}", err=True)
+    """Print `medmax: error: ...` on stderr (secrets redacted) and return an Exit to raise."""
+    from medmax_cli.egress import redact_text
+
+    typer.echo(f"medmax: error: {redact_text(message)}", err=True)
     return typer.Exit(code)
 
 
@@ -156,6 +158,8 @@ class StageIO:
             rejects = Path(f"medmax-{stage}-rejects.jsonl")
             typer.echo(f"medmax {stage}: rejected records go to {rejects}", err=True)
         self.rejects_path = rejects
+        self.run = run_options()
+        _check_stage_paths(input, self.output, rejects, self.run.stats)
         self._stack = ExitStack()
         self._on_error = on_error
         self._writer: RecordWriter | None = None
@@ -177,7 +181,7 @@ class StageIO:
     # -- setup / teardown
     def __enter__(self) -> StageIO:
         if self.output != "-":  # open the output first: an unwritable path fails before any input is read
-            self._atomic = AtomicFile(self.output)
+            self._atomic = AtomicFile(self.output, sweep=True)
         try:
             return self._setup()
         except BaseException:
@@ -194,7 +198,7 @@ class StageIO:
             if self.run.rejects_append:
                 rejects_handle = self._stack.enter_context(open(self.rejects_path, "ab"))
             else:  # this run's rejects replace the last run's, appearing only when the run ends
-                rejects_file = AtomicFile(self.rejects_path, "wb")
+                rejects_file = AtomicFile(self.rejects_path, "wb", sweep=True)
                 self._stack.callback(rejects_file.finish, ok=True)
                 rejects_handle = rejects_file.handle
         self.policy = ErrorPolicy(self._on_error, rejects_handle, self.report, stage=self.stage)
@@ -235,7 +239,9 @@ class StageIO:
             exc_type = type(exc)
         if issubclass(exc_type, (RecordError, MediaError, StreamError)):
             self._summary()
-            typer.echo(f"medmax {self.stage}: error: {exc}", err=True)
+            from medmax_cli.egress import redact_text
+
+            typer.echo(f"medmax {self.stage}: error: {redact_text(str(exc))}", err=True)
             if self._on_error == "fail" and issubclass(exc_type, (RecordError, MediaError)):
                 typer.echo(
                     "  (use --on-error skip --rejects FILE to set bad records aside and go on)", err=True
@@ -282,7 +288,9 @@ class StageIO:
             started_at=self._started_at,
             reject_rate=rate,
         )
-        atomic_write_bytes(self.run.stats, orjson.dumps(stats, option=orjson.OPT_INDENT_2) + b"\n")
+        atomic_write_bytes(
+            self.run.stats, orjson.dumps(stats, option=orjson.OPT_INDENT_2) + b"\n", sweep=True
+        )
         self.run.stats_written = True
 
     # -- progress
@@ -363,7 +371,7 @@ class StageIO:
                 markers = self.stream_markers and markers_for(stream)
             else:
                 if self._atomic is None:
-                    self._atomic = AtomicFile(self.output)
+                    self._atomic = AtomicFile(self.output, sweep=True)
                 stream = self._atomic.handle
                 flush_each = False
                 # `-o FIFO` or `-o /dev/stdout` on a pipe is written through: mark it like stdout
@@ -443,6 +451,15 @@ def stdin_stream(stage: str, *, note: bool = True) -> IO[bytes]:
     if note:
         note_terminal_stdin(stage)
     return io.BufferedReader(_StickyEOF(stream.raw))
+
+
+def _check_stage_paths(input: str | None, output: str, rejects: Path | None, stats: Path | None) -> None:
+    from medmax_cli.paths import PathCollision, check_stage
+
+    try:
+        check_stage(input=input, output=output, rejects=rejects, stats=stats)
+    except PathCollision as exc:
+        raise fail(str(exc)) from None
 
 
 def start_progress(stage: str, report: RunReport, *, unit: str = "rec", quiet: bool = False) -> Progress:
@@ -605,8 +622,9 @@ def _equip(command: Any, path: str) -> None:
                 raise fail(str(exc)) from None
         if mine.get("mm_print_config"):
             from medmax_cli.config import render_settings
+            from medmax_cli.egress import redact
 
-            typer.echo(render_settings(path, ctx, {**params, **mine}), nl=False)
+            typer.echo(render_settings(path, ctx, redact({**params, **mine})), nl=False)
             raise typer.Exit(0)
         options = RunOptions(
             command=path,
@@ -616,6 +634,7 @@ def _equip(command: Any, path: str) -> None:
             rejects_append=bool(mine.get("mm_rejects_append")),
             heartbeat=mine.get("mm_heartbeat"),
         )
+        _check_paths(path, ctx, params, options.stats)  # before --stats or any output is touched
         token = _RUN.set(options)
         status = "failed"
         try:
@@ -632,6 +651,17 @@ def _equip(command: Any, path: str) -> None:
 
     command.callback = callback
     command._medmax_equipped = True
+
+
+def _check_paths(command: str, ctx: Any, params: dict[str, Any], stats: Path | None) -> None:
+    """Exit 2 when the command's outputs would destroy its inputs or each other (medmax_cli.paths)."""
+    from medmax_cli.paths import PathCollision, check_command
+
+    root_config = ctx.find_root().params.get("config") if ctx is not None else None
+    try:
+        check_command(command, {**params, "root_config": root_config}, stats=stats)
+    except PathCollision as exc:
+        raise fail(str(exc)) from None
 
 
 def _stats_in_dir(command: str) -> Path | None:

@@ -17,10 +17,15 @@ reach anyone but the service they belong to. One policy, applied by `medmax_cli.
 - **No redirects for bodies.** A POST answered with a redirect fails; its body is never re-sent.
   GET redirects are followed (at most 10), each hop routed and checked again; secret headers are
   dropped when the origin changes, and a credentialed request never follows one to another host.
-- **Secrets redacted.** URLs are shown with secret query parameters (`api_key`, `api-key`, `key`,
-  `token`, `sig`, ... and any name ending in key/token/secret/signature/password) as `***`, userinfo
-  dropped, and known secret values (API keys from the environment, the Bearer key) scrubbed from
-  every message.
+- **Secrets redacted, by one rule.** `redact` is the one function every writer uses (error
+  messages, log lines, rejects reasons, `--stats` files and MEDMAX_STATS_DIR, `--print-config`, a
+  run's saved config): URLs lose their userinfo (`user:pass@`); secret query parameters (`api_key`,
+  `api-key`, `key`, `token`, `sig`, ... and any name ending in key/token/secret/signature/password)
+  show as `***`; a secret header (`is_secret_header`: Authorization, Cookie and any name with a
+  key/token/secret/auth/signature/session part, such as X-Api-Key or X-Goog-Api-Key) or a mapping key
+  of that kind keeps its name and loses its value; Bearer tokens and known secret values (API keys from
+  the environment) are scrubbed. The same `is_secret_header` decides which headers a redirect to
+  another origin drops.
 """
 
 from __future__ import annotations
@@ -55,10 +60,23 @@ SECRET_PARAMS = frozenset(
         "secret",
         "client_secret",
         "code",
+        "authorization",
+        "passwd",
+        "pwd",
+        "session",
+        "sessionid",
+        "session_id",
+        "jwt",
     }
 )
 _SECRET_SUFFIXES = ("key", "token", "secret", "signature", "password", "credential")
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie"})
+# A header is secret when it is one of the above or has a secret-looking part between - or _ (by
+# pattern, so X-Goog-Api-Key, Ocp-Apim-Subscription-Key, X-Auth-Token, Private-Token all count).
+_SECRET_HEADER_RE = re.compile(
+    r"(?i)^(?:proxy-)?authori[sz]ation$|cookie|(?:^|[-_])(?:api[-_]?key|key|token|secret|signature|sig|"
+    r"password|passwd|auth|session|credentials?|jwt)(?:$|[-_])"
+)
 
 
 class EgressRefused(PermissionError):
@@ -213,12 +231,33 @@ def route_trusted(url: str, trusted: Iterable[str] = (), env: Mapping[str, str] 
     return True
 
 
+# --------------------------------------------------------------------------- URLs
+
+
+def join_url(base: str, *parts: str) -> str:
+    """`base` with path `parts` appended to its path, its query and fragment kept where they belong:
+    join_url("https://x/deploy?api-version=2024", "chat/completions") ->
+    "https://x/deploy/chat/completions?api-version=2024" (a string join would put the path in the query)."""
+    split = urlsplit(base.strip())
+    path = split.path.rstrip("/")
+    for part in parts:
+        part = part.strip("/")
+        if part:
+            path = f"{path}/{part}"
+    return urlunsplit(split._replace(path=path))
+
+
 # --------------------------------------------------------------------------- redaction
 
 
 def is_secret_param(name: str) -> bool:
     key = name.lower().replace("-", "_")
     return key in SECRET_PARAMS or key.replace("_", "").endswith(_SECRET_SUFFIXES)
+
+
+def is_secret_header(name: str) -> bool:
+    """Whether a header (or a mapping key) carries a secret: by pattern, not a fixed list."""
+    return bool(_SECRET_HEADER_RE.search(name.strip())) or is_secret_param(name)
 
 
 def redact_url(url: str, secrets: Iterable[str] = ()) -> str:
@@ -237,7 +276,14 @@ def redact_url(url: str, secrets: Iterable[str] = ()) -> str:
     return scrub(text, secrets)
 
 
-_PARAM_IN_TEXT = re.compile(r"([?&;]([A-Za-z0-9_.\-]+)=)([^&#\s'\"<>]+)")
+_URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>]+")
+_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.\-]*://)[^/\s'\"<>@]*@")
+_PARAM_IN_TEXT = re.compile(r"((?:^|[?&;\s])([A-Za-z0-9_.\-]+)=)([^&#\s'\"<>]+)")
+# `X-Api-Key: v`, `'x-api-key': 'v'`, `"Authorization": "Bearer v"` in a message or a repr'd dict.
+_HEADER_IN_TEXT = re.compile(
+    r"""(?i)(["']?)([A-Za-z][A-Za-z0-9_-]*)\1(\s*:\s*)(["']?)((?:bearer|basic|token|digest)\s+)?"""
+    r"""([^\s,;'"{}]+)"""
+)
 _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/\-]+=*")
 
 
@@ -254,10 +300,45 @@ def scrub(text: str, secrets: Iterable[str] = ()) -> str:
     return text
 
 
+def _header_sub(match: re.Match[str]) -> str:
+    name = match.group(2)
+    if not (name.lower() in SECRET_HEADERS or ("-" in name and is_secret_header(name))):
+        return match.group(0)
+    return f"{match.group(1)}{name}{match.group(1)}{match.group(3)}{match.group(4)}***"
+
+
 def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
-    """Free text (an error message) with secret URL parameters, Bearer tokens and known keys masked."""
+    """Free text (an error message, a log line) with URL userinfo, secret URL parameters, secret
+    headers, Bearer tokens and known keys masked."""
+    text = _URL_IN_TEXT.sub(lambda m: _USERINFO.sub(r"\1", m.group(0)), text)
     text = _PARAM_IN_TEXT.sub(
         lambda m: m.group(1) + ("***" if is_secret_param(m.group(2)) else m.group(3)), text
     )
+    text = _HEADER_IN_TEXT.sub(_header_sub, text)
     text = _BEARER.sub(r"\1***", text)
     return scrub(text, (*secrets, *env_secrets()))
+
+
+def redact(value: Any, secrets: Iterable[str] = ()) -> Any:
+    """The one redaction rule for anything written out: strings through `redact_text`, the value of
+    a secret-named mapping key (`api_key`, `X-Api-Key`, `password`) replaced by '***', recursively
+    through mappings, lists and tuples. Other values are returned as they are."""
+    known = tuple(secrets)  # redact_text adds the environment's keys
+
+    def walk(item: Any) -> Any:
+        if isinstance(item, str):
+            return redact_text(item, known)
+        if isinstance(item, Mapping):
+            return {
+                k: "***"
+                if isinstance(k, str) and isinstance(v, str) and v and is_secret_header(k)
+                else walk(v)
+                for k, v in item.items()
+            }
+        if isinstance(item, list):
+            return [walk(v) for v in item]
+        if isinstance(item, tuple):
+            return tuple(walk(v) for v in item)
+        return item
+
+    return walk(value)

@@ -4,7 +4,9 @@
 `cannot open: <path>: <reason>` for a missing or forbidden file, `cannot continue: out of memory`
 and so on. Bad records and broken streams are reported by the stages themselves (exit 1); usage
 errors by click (exit 2). Set `MEDMAX_DEBUG=1` to get the Python traceback instead. Messages
-pass through the egress redaction, so no API key reaches the terminal. Exit codes: docs/security.md.
+pass through the egress redaction, so no API key reaches the terminal. SIGTERM (medmax_cli.process)
+ends a run with 143 and Ctrl-C with 130, their temporary files removed; a reader gone from stdout
+ends it quietly with 0. Exit codes: docs/security.md.
 """
 
 from __future__ import annotations
@@ -79,9 +81,18 @@ def run(app: Any, argv: Sequence[str] | None = None) -> int:
     """Run the typer `app` (not standalone, so nothing escapes unseen); returns the exit status."""
     from typer.exceptions import Abort, Exit, TyperException
 
+    from medmax_cli.process import EXIT_TERMINATED, Terminated
+
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        result = app(args=argv, prog_name="medmax", standalone_mode=False)
+        try:
+            result = app(args=argv, prog_name="medmax", standalone_mode=False)
+        finally:  # whatever ended the run: no temporary output is left behind (medmax_cli.atomic)
+            from medmax_cli.atomic import discard_pending
+
+            discard_pending()
+    except Terminated:
+        return _fail(argv, app, "terminated (SIGTERM); temporary files removed", EXIT_TERMINATED)
     except Exit as exc:
         if isinstance(exc.__cause__, KeyboardInterrupt):  # typer's translation of Ctrl-C
             return _fail(argv, app, "interrupted", EXIT_INTERRUPTED)
@@ -95,6 +106,8 @@ def run(app: Any, argv: Sequence[str] | None = None) -> int:
         return int(exc.exit_code)
     except Abort as exc:  # typer turns EOFError into Abort
         cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, Terminated):
+            return _fail(argv, app, "terminated (SIGTERM); temporary files removed", EXIT_TERMINATED)
         if cause is None or isinstance(cause, KeyboardInterrupt):
             return _fail(argv, app, "interrupted", EXIT_INTERRUPTED)
         return _handle(argv, app, cause)
@@ -103,6 +116,12 @@ def run(app: Any, argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         _silence_stdout()
         return 0
+    except SystemExit as exc:  # click answers EPIPE with sys.exit(1); a gone reader is not a failure
+        cause = exc.__context__
+        if isinstance(cause, OSError) and cause.errno == errno.EPIPE:
+            _silence_stdout()
+            return 0
+        raise
     except Exception as exc:  # noqa: BLE001 - the point of a top-level handler (MemoryError too)
         return _handle(argv, app, exc)
     if result == EXIT_INTERRUPTED:  # typer turned Ctrl-C into Exit(130) and returned its code

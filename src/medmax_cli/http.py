@@ -354,7 +354,7 @@ class HttpClient:
                 )
             keep = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
             if not same_origin:
-                keep = {k: v for k, v in keep.items() if k.lower() not in SECRET_HEADERS}
+                keep = {k: v for k, v in keep.items() if not egress.is_secret_header(k)}
             request = self._client.build_request("GET", target, headers=keep)
         raise HttpError(
             f"{method} {self.redact(url)}: more than {MAX_REDIRECTS} redirects", url=self.redact(url)

@@ -96,14 +96,12 @@ def api_key_from_env(environ: Mapping[str, str] | None = None) -> str | None:
 
 
 def chat_url(url: str) -> str:
-    """The chat-completions URL for a base URL: ".../v1" and "http://host:port" both work."""
-    url = url.rstrip("/")
-    if url.endswith("/chat/completions"):
-        return url
-    if url.endswith("/v1"):
-        return url + "/chat/completions"
-    path = urlsplit(url).path
-    return url + ("/v1/chat/completions" if path in ("", "/") else "/chat/completions")
+    """The chat-completions URL for a base URL: ".../v1" and "http://host:port" both work; a query
+    (Azure's `?api-version=...`) stays the query of the URL requested."""
+    path = urlsplit(url.strip()).path.rstrip("/")
+    if path.endswith("/chat/completions"):
+        return egress.join_url(url)
+    return egress.join_url(url, "chat/completions" if path else "v1/chat/completions")
 
 
 def is_loopback(host: str) -> bool:
@@ -190,7 +188,7 @@ class ChatClient:
         self.malformed = 0
 
     def __repr__(self) -> str:  # never show the key
-        return f"ChatClient(url={self.url!r}, model={self.settings.model!r})"
+        return f"ChatClient(url={egress.redact_url(self.url)!r}, model={self.settings.model!r})"
 
     def close(self) -> None:
         self.http.close()

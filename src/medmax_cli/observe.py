@@ -176,7 +176,9 @@ class _StderrHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            message = self.format(record)
+            from medmax_cli.egress import redact_text
+
+            message = redact_text(self.format(record))
             tqdm_module = sys.modules.get("tqdm")
             if tqdm_module is not None and getattr(tqdm_module.tqdm, "_instances", None):
                 tqdm_module.tqdm.write(message, file=sys.stderr)
@@ -237,10 +239,14 @@ def stage_stats(
 ) -> dict[str, Any]:
     """The `--stats FILE` object: counts, reject reasons, timings, throughput and the settings."""
     from medmax_cli import __version__
+    from medmax_cli.egress import redact, redact_text
 
     seconds = round(report.seconds, 3)
     counts = _safe_copy(report.counts)
-    rejected = _safe_copy(report.dropped)
+    rejected: dict[str, int] = {}
+    for reason, n in _safe_copy(report.dropped).items():  # reasons may quote URLs
+        key = redact_text(reason)
+        rejected[key] = rejected.get(key, 0) + n
     skipped = _safe_copy(getattr(report, "skipped", None) or {})
     return {
         "medmax_stats": STATS_FORMAT,
@@ -259,8 +265,8 @@ def stage_stats(
         "skipped_total": sum(skipped.values()),
         "reject_rate": None if reject_rate is None else round(reject_rate, 6),
         "throughput": {k: round(v / seconds, 3) if seconds > 0 else None for k, v in counts.items()},
-        "settings": settings,
-        "argv": argv if argv is not None else sys.argv[1:],
+        "settings": redact(settings),  # --llm-url with a key, a proxy password: the one rule of egress
+        "argv": redact(list(argv if argv is not None else sys.argv[1:])),
         **dict(getattr(report, "extra", None) or {}),
     }
 

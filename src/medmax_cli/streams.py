@@ -257,6 +257,9 @@ class ErrorPolicy:
                 error.where, error.record_id = where, record_id
                 raise error
             raise RecordError(reason, record_id=record_id, where=where, cls=cls) from error
+        from medmax_cli.egress import redact_text
+
+        reason = redact_text(reason)  # a reason can quote a URL with its key (docs/security.md)
         self.report.drop(reason, cls=cls)
         self.write_entry(cls, reason, raw, where=where, record_id=record_id)
 
@@ -272,8 +275,10 @@ class ErrorPolicy:
         """Set aside a row that is not an error (a user's filter said no, a video figure): never
         raises; counted under `cls` as skipped, apart from rejects, and listed in the rejects
         file (with `"skipped": true`) so nothing disappears silently."""
+        from medmax_cli.egress import redact_text
+
         self.report.skip(cls)
-        self.write_entry(cls, detail or cls, raw, where=where, record_id=record_id, skipped=True)
+        self.write_entry(cls, redact_text(detail or cls), raw, where=where, record_id=record_id, skipped=True)
 
     def write_entry(
         self,

@@ -94,13 +94,19 @@ def register(app: typer.Typer) -> None:
         resume_new_data: bool = _opt(
             None, "--resume-new-data", help="With --resume: continue although the shards changed."
         ),
+        overwrite: bool = typer.Option(
+            False,
+            "--overwrite",
+            help="Replace the run already in -o (its config, metrics, checkpoints and exports); without "
+            "it (or --resume) a folder holding a run is refused.",
+        ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     ) -> None:
         flags = dict(locals())  # first: every option, None where not given
-        for name in ("config", "quiet", "attn", "output", "shards"):
+        for name in ("config", "quiet", "attn", "output", "shards", "overwrite"):
             flags.pop(name)
         from medmax_cli.train.config import ConfigError, build_config, read_config_file
-        from medmax_cli.train.launcher import needs_launch, relaunch, slurm_settings
+        from medmax_cli.train.launcher import needs_launch, slurm_settings
 
         if output is None:
             raise fail("--output/-o RUN is required")
@@ -121,27 +127,75 @@ def register(app: typer.Typer) -> None:
 
         if torch.cuda.is_available() and cfg.gpus > torch.cuda.device_count():
             raise fail(f"--gpus {cfg.gpus}: this node has {torch.cuda.device_count()} CUDA devices")
-        if needs_launch(cfg):
-            relaunch(cfg, sys.argv[1:])
         from medmax_cli.model.resolve import NoModelError
-        from medmax_cli.train.recipe import NonFiniteLoss, resolve_training_model, train
+        from medmax_cli.train.recipe import resolve_training_model
 
-        try:
-            model_dir = resolve_training_model(cfg)
-        except NoModelError as exc:  # bad usage, not bad input: exit 2
+        try:  # before the run folder is made: a model-less run is bad usage (exit 2), nothing written
+            resolve_training_model(cfg)
+        except NoModelError as exc:
             raise fail(str(exc)) from None
         except (ConfigError, FileNotFoundError, ValueError) as exc:
             raise fail(str(exc), code=1) from None
+        with _run_folder(cfg, overwrite=overwrite, launching=needs_launch(cfg)):
+            _train(cfg, output, quiet)
+
+
+def _run_folder(cfg, *, overwrite: bool, launching: bool):
+    """The run folder's lock, and the check that it holds no run unless --resume/--overwrite
+    (medmax_cli.train.runfolder); taken where files are written: this process, or before torchrun."""
+    import os
+    from contextlib import contextmanager
+
+    from medmax_cli.train.launcher import in_worker
+    from medmax_cli.train.runfolder import (
+        RunFolderBusy,
+        RunFolderError,
+        lock_held_by_launcher,
+        lock_run,
+        prepare_run,
+    )
+
+    run = Path(cfg.output)
+
+    @contextmanager
+    def held():
+        writer = not lock_held_by_launcher(run) and (
+            os.environ.get("RANK", "0") == "0" if in_worker() else cfg.node_rank == 0
+        )
+        if not writer:  # the launcher holds the lock, or another rank/node writes the files
+            yield
+            return
         try:
-            summary = train(cfg, model_dir, show_progress=not quiet)
-        except (ConfigError, FileNotFoundError, ValueError) as exc:
+            with lock_run(run, inheritable=launching):
+                prepare_run(run, resume=bool(cfg.resume), overwrite=overwrite)
+                yield
+        except RunFolderBusy as exc:
             raise fail(str(exc), code=1) from None
-        except NonFiniteLoss as exc:
-            raise fail(str(exc), code=1) from None
-        if not quiet and summary.get("is_main", True):
-            done = "finished" if summary["finished"] else f"stopped at step {summary['steps']}"
-            typer.echo(
-                f"medmax finetune: {done} ({summary['steps']}/{summary['total_steps']} steps); "
-                f"outputs in {output}/ (loss plot: {output}/loss.png)",
-                err=True,
-            )
+        except RunFolderError as exc:
+            raise fail(str(exc)) from None
+
+    return held()
+
+
+def _train(cfg, output: Path, quiet: bool) -> None:
+    from medmax_cli.train.launcher import needs_launch, relaunch
+
+    if needs_launch(cfg):
+        relaunch(cfg, sys.argv[1:])
+    from medmax_cli.train.config import ConfigError
+    from medmax_cli.train.recipe import NonFiniteLoss, resolve_training_model, train
+
+    try:
+        model_dir = resolve_training_model(cfg)
+        summary = train(cfg, model_dir, show_progress=not quiet)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        raise fail(str(exc), code=1) from None
+    except NonFiniteLoss as exc:
+        raise fail(str(exc), code=1) from None
+    if not quiet and summary.get("is_main", True):
+        done = "finished" if summary["finished"] else f"stopped at step {summary['steps']}"
+        typer.echo(
+            f"medmax finetune: {done} ({summary['steps']}/{summary['total_steps']} steps); "
+            f"outputs in {output}/ (loss plot: {output}/loss.png)",
+            err=True,
+        )

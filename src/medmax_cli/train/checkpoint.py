@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from medmax_cli.atomic import atomic_write_bytes
+from medmax_cli.egress import redact
 from medmax_cli.train.config import ConfigError, TrainConfig, resume_mismatches
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ def latest_dir(run: str | Path) -> Path | None:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_bytes(path, text.encode("utf-8"), sweep=True)  # and a killed run's temp of it
 
 
 def save_config(run: Path, cfg: TrainConfig, model_dir: str) -> None:
@@ -109,7 +110,7 @@ def save_config(run: Path, cfg: TrainConfig, model_dir: str) -> None:
 
     run.mkdir(parents=True, exist_ok=True)
     saved = {**cfg.to_dict(), "model": str(model_dir), "model_random": model_is_random(model_dir)}
-    _write_text_atomic(run / "config.json", json.dumps(saved, indent=2) + "\n")
+    _write_text_atomic(run / "config.json", json.dumps(redact(saved), indent=2) + "\n")
 
 
 def copy_model_extras(model_dir: str | Path, out: Path) -> None:
@@ -179,7 +180,7 @@ def save(
             "step": step,
             "position": position,
             "world_size": _world(env),
-            "config": cfg.to_dict(),
+            "config": redact(cfg.to_dict()),
             "model": str(model_dir),
             "data": data,
         }

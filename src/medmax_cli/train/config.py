@@ -211,7 +211,9 @@ def check_config(cfg: TrainConfig) -> None:
 
 def resume_mismatches(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
     """Keys whose value differs between a checkpoint's config and this run's (see RESUME_LOCKED)."""
-    now = cfg.to_dict()
+    from medmax_cli.egress import redact
+
+    now = redact(cfg.to_dict())  # as saved: a checkpoint holds the redacted config
     out = []
     for key in RESUME_LOCKED:
         if key in saved and saved[key] != now[key]:

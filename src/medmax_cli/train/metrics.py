@@ -142,11 +142,38 @@ def open_trackers(
     return trackers
 
 
+class MetricsError(ValueError):
+    """metrics.jsonl has a damaged line before its last one (not a crash mid-write: refuse)."""
+
+
 def read_metrics(run: str | Path) -> list[dict[str, Any]]:
+    """The rows of RUN/metrics.jsonl. A torn last line (the run died mid-write) is dropped with a
+    warning naming the file; a damaged line before it is a MetricsError naming file and line."""
     path = Path(run) / METRICS_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = path.read_bytes().split(b"\n")
+    rows: list[dict[str, Any]] = []
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    for number, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                raise ValueError("not a metrics row with an integer step")
+        except (ValueError, UnicodeDecodeError) as exc:
+            if number == last:
+                log.warning(
+                    "%s: dropped its torn last line %d (a run stopped while writing it): %.60r",
+                    path,
+                    number + 1,
+                    line,
+                )
+                continue
+            raise MetricsError(f"{path}: line {number + 1} is not a metrics row ({exc})") from None
+        rows.append(row)
+    return rows
 
 
 class MetricsLog:
@@ -161,7 +188,7 @@ class MetricsLog:
         self.run.mkdir(parents=True, exist_ok=True)
         path = self.run / METRICS_FILE
         kept = [m for m in read_metrics(self.run) if m["step"] <= start_step]
-        atomic_write_bytes(path, "".join(json.dumps(m) + "\n" for m in kept).encode("utf-8"))
+        atomic_write_bytes(path, "".join(json.dumps(m) + "\n" for m in kept).encode("utf-8"), sweep=True)
         self.handle = open(path, "a", encoding="utf-8")
         self.trackers = open_trackers(loggers, self.run, start_step, config)
 
