@@ -19,6 +19,7 @@ import orjson
 import pytest
 
 from medmax_cli.generate.config import GenerateConfig
+from medmax_cli.streams import parse_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 EVAL_SH = ROOT / "examples" / "eval.sh"
@@ -120,7 +121,7 @@ def test_make_eval_mm_out_settings_draw_an_image(tiny_model_dir, tmp_path, medma
         "generate", "--model", str(model), *flags, "--seed", "0", "--media-dir", str(media), "-q",
         input=orjson.dumps(record) + b"\n",
     )  # fmt: skip
-    (pred,) = [orjson.loads(line) for line in result.stdout.splitlines()]
+    (pred,) = parse_jsonl(result.stdout)
     generation = pred["generation"]
     images = [part["image"] for part in pred["prediction"] if "image" in part]
     assert images, f"no image in the mm_out answer: {generation}"
