@@ -134,8 +134,8 @@ def register(app: typer.Typer) -> None:
             resolve_training_model(cfg)
         except NoModelError as exc:
             raise fail(str(exc)) from None
-        except (ConfigError, FileNotFoundError, ValueError) as exc:
-            raise fail(str(exc), code=1) from None
+        except (ConfigError, FileNotFoundError, ValueError):
+            pass  # bad shards or model: reported by the run itself, after the run-folder check
         with _run_folder(cfg, overwrite=overwrite, launching=needs_launch(cfg)):
             _train(cfg, output, quiet)
 
