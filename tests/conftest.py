@@ -46,7 +46,25 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "examples" / "sample"
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (loadgroup)
 def pytest_collection_modifyitems(config, items):
+    _group_module_fixtures(items)
+    _skip_gpu(items)
+
+
+def _group_module_fixtures(items) -> None:
+    """Tests that use a module- or class-scoped fixture (a loaded engine, a trained run) go to one
+    xdist worker, so that the fixture is built once, not once per worker; the rest spread freely."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        if info is None or item.get_closest_marker("xdist_group"):
+            continue
+        scopes = {d.scope for defs in info.name2fixturedefs.values() for d in defs}
+        if scopes & {"module", "class", "package"}:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+
+def _skip_gpu(items) -> None:
     try:
         import torch
 
@@ -63,7 +81,8 @@ def pytest_collection_modifyitems(config, items):
 
 def shared_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
     """A folder every xdist worker of this run sees (the run's base temp dir; the session's own
-    base temp dir without xdist). Build into it under `shared_build`."""
+    base temp dir without xdist). Build into it so that racing workers cannot see half a result:
+    under a lock, then a rename, as `tiny_model_dir` does."""
     base = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         base = base.parent  # workers get <run>/popen-gwN; <run> is common to them
