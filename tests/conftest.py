@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import io
+import json
 import logging
 import os
 import random
@@ -46,22 +47,49 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "examples" / "sample"
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (loadgroup)
 def pytest_collection_modifyitems(config, items):
-    _group_module_fixtures(items)
     _skip_gpu(items)
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:  # tell the scheduler (below) which tests must share a worker
+        groups = {item.nodeid: group for item in items if (group := _fixture_group(item))}
+        folder = shared_dir(config._tmp_path_factory, "xdist-groups")
+        tmp = folder / f".{worker}.json.tmp"
+        tmp.write_text(json.dumps(groups))
+        tmp.replace(folder / f"{worker}.json")
 
 
-def _group_module_fixtures(items) -> None:
+def _fixture_group(item) -> str | None:
     """Tests that use a module- or class-scoped fixture (a loaded engine, a trained run) go to one
-    xdist worker, so that the fixture is built once, not once per worker; the rest spread freely."""
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        if info is None or item.get_closest_marker("xdist_group"):
-            continue
-        scopes = {d.scope for defs in info.name2fixturedefs.values() for d in defs}
-        if scopes & {"module", "class", "package"}:
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    xdist worker, so that the fixture is built once, not once per worker: their file is their group."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return None
+    scopes = {d.scope for defs in info.name2fixturedefs.values() for d in defs}
+    return item.nodeid.split("::")[0] if scopes & {"module", "class", "package"} else None
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadgroup` with the groups of `_fixture_group` (what the workers wrote at collection);
+    every other test is its own unit. (xdist's own loadgroup reads `xdist_group` marks through a node
+    id suffix that pytest 9 no longer shows, so it would spread a module's tests over the workers.)"""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    folder = shared_dir(config._tmp_path_factory, "xdist-groups")
+
+    class FixtureGroupScheduling(LoadGroupScheduling):
+        groups: dict[str, str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.groups is None:  # read once all workers have collected
+                self.groups = {}
+                for path in sorted(folder.glob("*.json")):
+                    self.groups.update(json.loads(path.read_text()))
+            return self.groups.get(nodeid) or super()._split_scope(nodeid)
+
+    return FixtureGroupScheduling(config, log)
 
 
 def _skip_gpu(items) -> None:

@@ -92,3 +92,20 @@ def test_inprocess_call_restores_the_process(tmp_path):
 def test_inprocess_check_raises_like_the_subprocess_runner():
     with pytest.raises(AssertionError, match=r"medmax cat exited 1"):
         run_medmax_inprocess("cat", input=b"not json\n")
+
+
+@pytest.fixture(scope="module")
+def built_once():
+    return object()
+
+
+def test_tests_of_a_module_fixture_share_an_xdist_group(request, built_once):
+    from conftest import _fixture_group
+
+    assert _fixture_group(request.node) == request.node.nodeid.split("::")[0]
+
+
+def test_other_tests_are_spread_one_by_one(request, tmp_path):
+    from conftest import _fixture_group
+
+    assert _fixture_group(request.node) is None
