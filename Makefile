@@ -33,8 +33,15 @@ $(STAMP): pyproject.toml
 demo: install
 	bash examples/demo/run.sh
 
+# The whole suite in TEST_JOBS pytest-xdist workers (default: the cores, at most 4; each worker holds
+# torch and the tiny model), one torch thread each. --dist loadgroup with the scheduler of
+# tests/conftest.py: the tests of a file that use a module-scoped fixture stay on one worker (built
+# once), the rest spread one by one. --maxfail=1 is -x: the first failure stops the run (tests
+# already started finish). `make test TEST_JOBS=1` runs them all in one worker.
+TEST_JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n < 4 ? n : 4 )))
 test: install
-	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q -x -rs --durations=15 tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q --maxfail=1 -rs --durations=15 \
+	  -n $(TEST_JOBS) --dist loadgroup tests
 
 # The report in a real browser: headless Chromium (Debian package `chromium`), installed when missing.
 # `make test` runs the same test but skips it, saying so, where no Chromium exists.

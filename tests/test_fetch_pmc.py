@@ -180,10 +180,11 @@ def _command(fake, tmp_path, name, env, *extra):
     ]
 
 
-def test_kill_and_resume_gives_the_same_records(pmc, tmp_path):
+def test_kill_and_resume_gives_the_same_records(pmc, tmp_path, medmax_inproc):
+    """Only the killed run needs a process of its own; the full and the resumed runs are in-process."""
     server, fake = pmc
     env = {**os.environ, "MEDMAX_MEDIA": str(tmp_path / "media")}
-    subprocess.run(_command(fake, tmp_path, "full", env), env=env, check=True, timeout=120)
+    medmax_inproc(*_command(fake, tmp_path, "full", env)[3:], env=env)
     full = (tmp_path / "full.jsonl").read_bytes().splitlines()
     assert sorted(orjson.loads(line)["id"] for line in full) == sorted(expected_ids())
 
@@ -201,7 +202,7 @@ def test_kill_and_resume_gives_the_same_records(pmc, tmp_path):
     partial = out.read_bytes().splitlines()
     assert 3 <= len(partial) < len(full)
     hits_before = Counter(e["path"] for e in server.log)
-    subprocess.run(cmd, env=env, check=True, timeout=120)
+    medmax_inproc(*cmd[3:], env=env)
     resumed = out.read_bytes().splitlines()
     assert sorted(resumed) == sorted(full)
     assert len({orjson.loads(line)["id"] for line in resumed}) == len(resumed)
@@ -210,10 +211,10 @@ def test_kill_and_resume_gives_the_same_records(pmc, tmp_path):
     assert hits_after["/pmc-oa-opendata/PMC100001.1/PMC100001.1.xml"] == 0
 
 
-def test_command_reports_a_dead_search_cleanly(tmp_path, medmax):
+def test_command_reports_a_dead_search_cleanly(tmp_path, medmax_inproc):
     with FakeHttpServer() as server:
         server.route("/rest/search", "<html>maintenance</html>", headers={"Content-Type": "text/html"})
-        result = medmax(
+        result = medmax_inproc(
             "fetch",
             "pmc",
             "--query",
@@ -228,7 +229,7 @@ def test_command_reports_a_dead_search_cleanly(tmp_path, medmax):
             env={"MEDMAX_MEDIA": str(tmp_path / "m")},
         )
     assert result.returncode == 1 and b"not JSON" in result.stderr and b"Traceback" not in result.stderr
-    both = medmax("fetch", "pmc", "--query", "x", "--ids", str(tmp_path / "ids"), check=False)
+    both = medmax_inproc("fetch", "pmc", "--query", "x", "--ids", str(tmp_path / "ids"), check=False)
     assert both.returncode == 2 and b"exactly one of --query or --ids" in both.stderr
     state = {
         "version": 1,
@@ -238,7 +239,7 @@ def test_command_reports_a_dead_search_cleanly(tmp_path, medmax):
         "output_bytes": 100,
     }
     (tmp_path / "s.json").write_bytes(orjson.dumps(state))
-    lost = medmax(
+    lost = medmax_inproc(
         "fetch",
         "pmc",
         "--query",
@@ -261,7 +262,7 @@ def real_shape(pmcid: str) -> bytes:
     )
 
 
-def test_real_metadata_shape_md5_checked_and_flags_kept(media, tmp_path, medmax):
+def test_real_metadata_shape_md5_checked_and_flags_kept(media, tmp_path, medmax_inproc):
     """The bucket's metadata as published: string URLs with ?md5=, the JSON possibly only under
     metadata/, licence codes incl. TDM, author-manuscript flag; a wrong md5 is a reject with that reason."""
     good, bad = png(21), png(22)
@@ -302,7 +303,7 @@ def test_real_metadata_shape_md5_checked_and_flags_kept(media, tmp_path, medmax)
         assert policy.report.dropped["md5 mismatch for http"] == 2
         assert all(not e["query"] for e in server.log if e["path"].endswith((".jpg", ".xml")))
         # the command's summary counts each reason
-        result = medmax(
+        result = medmax_inproc(
             "fetch", "pmc", "--ids", str(_ids(tmp_path, ["PMC200001", "PMC200003"])),
             "--europepmc-url", fake.epmc, "--pmc-cloud-url", fake.cloud, "--on-error", "skip",
             "--rejects", str(tmp_path / "r.jsonl"), "--backoff-base", "0.001",
@@ -311,7 +312,7 @@ def test_real_metadata_shape_md5_checked_and_flags_kept(media, tmp_path, medmax)
         assert len(result.stdout.splitlines()) == 1
         assert b"rejected 2 (md5 mismatch for http: 2)" in result.stderr, result.stderr
         # the mission's first pipe now gets figures from the bucket's real shape
-        synth = medmax(
+        synth = medmax_inproc(
             "synthesize", "--tasks", "captioning,image_generation", input=result.stdout,
             env={"MEDMAX_MEDIA": str(tmp_path / "m2")},
         )  # fmt: skip

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import shlex
 import subprocess
 import sys
 
@@ -455,7 +456,7 @@ def test_adapter_changes_output_and_merged_equals_unmerged(engine, tiny_model_di
     assert not torch.allclose(heads[0], heads[2], atol=1e-2)
 
 
-def test_command_in_a_pipe(tiny_model_dir, tmp_path, adapter_dir):
+def test_command_in_a_pipe(tiny_model_dir, tmp_path, adapter_dir, medmax_inproc):
     from conftest import SAMPLE
     from medmax_cli.media import MediaStore
 
@@ -469,10 +470,13 @@ def test_command_in_a_pipe(tiny_model_dir, tmp_path, adapter_dir):
     ]
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    args = [
+        "generate", "--model", str(tiny_model_dir), "--adapter", str(adapter_dir), "--max-new-tokens", "4",
+        "--batch-size", "2", "--task", "vqa", "--task", "image_generation", "--limit", "1",
+        "--preset", "medmax-eval", "--media-dir", str(media.root), "-q", str(src),
+    ]  # fmt: skip
     cmd = (
-        f"{sys.executable} -m medmax_cli generate --model {tiny_model_dir} --adapter {adapter_dir} "
-        f"--max-new-tokens 4 --batch-size 2 --task vqa --task image_generation --limit 1 --preset medmax-eval "
-        f"--media-dir {media.root} -q {src} | tee {tmp_path}/out.jsonl "
+        f"{shlex.join([sys.executable, '-m', 'medmax_cli', *args])} | tee {tmp_path}/out.jsonl "
         f"| {sys.executable} -m medmax_cli validate --media-dir {media.root} --json"
     )
     res = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, timeout=300)
@@ -486,15 +490,12 @@ def test_command_in_a_pipe(tiny_model_dir, tmp_path, adapter_dir):
     assert [o["generation"]["preset"] for o in outs] == ["medmax-eval"] * 2
     assert outs[0]["generation"]["settings"]["temperature"] == 0.0  # greedy, as MedMax's eval scripts
     assert media.path_of(outs[1]["images"][-1]).is_file()
-    # same input, model and seed: byte-identical output (no timings in the records)
-    again = subprocess.run(
-        ["bash", "-o", "pipefail", "-c", cmd.split(" | tee ")[0]], capture_output=True, timeout=300
-    )
-    assert again.returncode == 0 and again.stdout == (tmp_path / "out.jsonl").read_bytes()
+    # same input, model and seed, run again (in this process, same thread count): byte-identical
+    # output (no timings in the records)
+    again = medmax_inproc(*args)
+    assert again.stdout == (tmp_path / "out.jsonl").read_bytes()
     # a bad flag combination exits 2 before reading input
-    bad = subprocess.run(
-        [sys.executable, "-m", "medmax_cli", "generate", "--no-merge"], capture_output=True, timeout=120
-    )
+    bad = medmax_inproc("generate", "--no-merge", check=False)
     assert bad.returncode == 2 and b"--no-merge needs --adapter" in bad.stderr
 
 

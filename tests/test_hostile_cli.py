@@ -1,5 +1,5 @@
-"""Hostile-input sweep: every command, run as a user would (`python -m medmax_cli <cmd>`), on bad
-input made here: garbage bytes, an empty file, JSON of the wrong types, a missing model directory,
+"""Hostile-input sweep: every command, through the entry `python -m medmax_cli <cmd>` runs (in this
+process; a sample of each kind also in a real subprocess), on bad input made here: garbage bytes, an empty file, JSON of the wrong types, a missing model directory,
 an output path that cannot be created. Each must fail with exit status != 0, no Python traceback,
 and a message naming the offending file. (Empty input is fine for a stream stage: zero records in,
 zero out, exit 0; it only must not trace back.)
@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
-pytestmark = pytest.mark.slow
 
 # Garbage: not UTF-8, NULs, a stray newline or two.
 GARBAGE = bytes(range(256)) * 3 + b"\n\xff\xfe\x00{\n" + bytes(range(255, -1, -1))
@@ -203,8 +201,8 @@ def _write_shards(out: Path) -> None:
     write_manifest(out, build_manifest(settings={"seq_len": 16}, model={}, stats=stats, shards=writer.shards))
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_bad_input_fails_cleanly_naming_the_file(case: Case, tmp_path: Path, tiny_model_dir: Path):
+def _prepare(case: Case, tmp_path: Path, tiny_model_dir: Path) -> tuple[list[str], dict[str, str]]:
+    """The case's files under tmp_path; its command line and placeholder values."""
     for rel, data in case.setup:
         (tmp_path / rel).write_bytes(data)
     input_path = tmp_path / case.input_name
@@ -219,7 +217,46 @@ def test_bad_input_fails_cleanly_naming_the_file(case: Case, tmp_path: Path, tin
         else:
             input_path.write_bytes(case.input)
     fill = {"tmp": str(tmp_path), "model": str(tiny_model_dir), "input": str(input_path)}
-    args = [a.format(**fill) for a in case.args]
+    return [a.format(**fill) for a in case.args], fill
+
+
+def _check(case: Case, args: list[str], fill: dict[str, str], returncode: int, stderr: bytes) -> None:
+    err = stderr.decode("utf-8", "replace")
+    assert "Traceback" not in err, f"medmax {' '.join(args)}: traceback:\n{err[-3000:]}"
+    if case.empty_ok and returncode == 0:
+        return
+    assert returncode != 0, f"medmax {' '.join(args)} exited 0 on bad input:\n{err[-2000:]}"
+    named = case.names.format(**fill) if "{" in case.names else case.names
+    assert named in err, f"medmax {' '.join(args)}: stderr does not name {named!r}:\n{err[-2000:]}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input_fails_cleanly_naming_the_file(
+    case: Case, tmp_path: Path, tiny_model_dir: Path, medmax_inproc
+):
+    """In this process (the same top-level handler as `python -m medmax_cli`, without the start-up)."""
+    args, fill = _prepare(case, tmp_path, tiny_model_dir)
+    env = {"OMP_NUM_THREADS": "1", "MEDMAX_MEDIA": str(tmp_path / "media")}
+    result = medmax_inproc(*args, env=env, cwd=tmp_path, check=False)
+    _check(case, args, fill, result.returncode, result.stderr)
+
+
+# One case of each kind of command (stream stage, model stage, trainer, fetcher, model builder)
+# through the real entry point with stdin /dev/null, so that what the interpreter adds (start-up,
+# __main__, shutdown) is covered too.
+AS_A_USER = [
+    "cat: garbage",
+    "pack: missing model",
+    "finetune: wrong-type manifest",
+    "fetch jats: garbage",
+    "init-model: unwritable output",
+]
+
+
+@pytest.mark.parametrize("name", AS_A_USER)
+def test_bad_input_fails_cleanly_as_a_user_runs_it(name: str, tmp_path: Path, tiny_model_dir: Path):
+    (case,) = [c for c in CASES if c.name == name]
+    args, fill = _prepare(case, tmp_path, tiny_model_dir)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MEDMAX_MEDIA": str(tmp_path / "media")}
     result = subprocess.run(
         [sys.executable, "-m", "medmax_cli", *args],
@@ -229,10 +266,4 @@ def test_bad_input_fails_cleanly_naming_the_file(case: Case, tmp_path: Path, tin
         timeout=300,
         stdin=subprocess.DEVNULL,
     )
-    err = result.stderr.decode("utf-8", "replace")
-    assert "Traceback" not in err, f"medmax {' '.join(args)}: traceback:\n{err[-3000:]}"
-    if case.empty_ok and result.returncode == 0:
-        return
-    assert result.returncode != 0, f"medmax {' '.join(args)} exited 0 on bad input:\n{err[-2000:]}"
-    named = case.names.format(**fill) if "{" in case.names else case.names
-    assert named in err, f"medmax {' '.join(args)}: stderr does not name {named!r}:\n{err[-2000:]}"
+    _check(case, args, fill, result.returncode, result.stderr)

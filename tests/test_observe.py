@@ -122,22 +122,22 @@ def test_fetch_pmc_heartbeat_counts_articles_against_the_hit_count(tmp_path):
     assert proc.returncode == 0, log.read_text()
 
 
-def test_all_rejected_exits_1_and_rejects_are_replaced_per_run(tmp_path, medmax):
+def test_all_rejected_exits_1_and_rejects_are_replaced_per_run(tmp_path, medmax_inproc):
     bad = tmp_path / "bad.jsonl"
     bad.write_bytes(b"not json\n{also not\n")
     rejects = tmp_path / "rejects.jsonl"
     args = ("cat", str(bad), "--on-error", "skip", "--rejects", str(rejects), "-o", str(tmp_path / "o.jsonl"))
-    first = medmax(*args, check=False)
+    first = medmax_inproc(*args, check=False)
     assert first.returncode == 1 and b"all 2 records were rejected and none written" in first.stderr
     assert len(rejects.read_bytes().splitlines()) == 2
-    medmax(*args, check=False)
+    medmax_inproc(*args, check=False)
     assert len(rejects.read_bytes().splitlines()) == 2  # replaced, not appended
-    medmax(*args, "--rejects-append", check=False)
+    medmax_inproc(*args, "--rejects-append", check=False)
     assert len(rejects.read_bytes().splitlines()) == 4
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
 
 
-def test_max_reject_rate(tmp_path, medmax):
+def test_max_reject_rate(tmp_path, medmax_inproc):
     mixed = tmp_path / "mixed.jsonl"
     mixed.write_bytes(good(1) + good(2) + good(3) + b"oops\n")
     args = (
@@ -150,16 +150,16 @@ def test_max_reject_rate(tmp_path, medmax):
         "-o",
         "/dev/null",
     )
-    assert medmax(*args).returncode == 0  # default: something was written
-    over = medmax(*args, "--max-reject-rate", "0.2", check=False)
+    assert medmax_inproc(*args).returncode == 0  # default: something was written
+    over = medmax_inproc(*args, "--max-reject-rate", "0.2", check=False)
     assert over.returncode == 1 and b"above --max-reject-rate 0.2" in over.stderr
-    assert medmax(*args, "--max-reject-rate", "0.25").returncode == 0  # 1 of 4
-    assert b"Exit status" in medmax("cat", "--help").stdout
+    assert medmax_inproc(*args, "--max-reject-rate", "0.25").returncode == 0  # 1 of 4
+    assert b"Exit status" in medmax_inproc("cat", "--help").stdout
 
 
-def test_fetch_that_rejects_everything_exits_nonzero(tmp_path, medmax):
+def test_fetch_that_rejects_everything_exits_nonzero(tmp_path, medmax_inproc):
     """Issue 12: a fetch whose every image is missing writes nothing and must not exit 0."""
-    result = medmax(
+    result = medmax_inproc(
         "fetch", "jsonl", str(SAMPLE / "vqa.jsonl"), "--root", str(tmp_path), "--on-error", "skip",
         "--rejects", str(tmp_path / "r.jsonl"), "--media-dir", str(tmp_path / "m"), check=False,
     )  # fmt: skip
@@ -167,14 +167,14 @@ def test_fetch_that_rejects_everything_exits_nonzero(tmp_path, medmax):
     assert b"none written" in result.stderr and (tmp_path / "r.jsonl").read_bytes()
 
 
-def test_stats_files_of_shards_merge_to_the_whole(tmp_path, medmax):
+def test_stats_files_of_shards_merge_to_the_whole(tmp_path, medmax_inproc):
     data = tmp_path / "in.jsonl"
     data.write_bytes(b"".join(good(i) for i in range(20)) + b"broken\n")
-    whole = medmax("cat", str(data), "--on-error", "skip", "--rejects", str(tmp_path / "r"), "-o", "/dev/null",
+    whole = medmax_inproc("cat", str(data), "--on-error", "skip", "--rejects", str(tmp_path / "r"), "-o", "/dev/null",
                    "--stats", str(tmp_path / "whole.json"))  # fmt: skip
     assert whole.returncode == 0
     for i in range(3):
-        medmax("cat", str(data), "--shard", f"{i}/3", "-o", str(tmp_path / f"o{i}"), "--stats",
+        medmax_inproc("cat", str(data), "--shard", f"{i}/3", "-o", str(tmp_path / f"o{i}"), "--stats",
                str(tmp_path / f"s{i}.json"), "--on-error", "skip", "--rejects", str(tmp_path / f"r{i}"))  # fmt: skip
     piece = json.loads((tmp_path / "s0.json").read_text())
     assert (
@@ -188,7 +188,7 @@ def test_stats_files_of_shards_merge_to_the_whole(tmp_path, medmax):
         "started",
     }
     merged_path = tmp_path / "merged.json"
-    medmax("stats", "merge", *(str(tmp_path / f"s{i}.json") for i in range(3)), "-o", str(merged_path))
+    medmax_inproc("stats", "merge", *(str(tmp_path / f"s{i}.json") for i in range(3)), "-o", str(merged_path))
     merged = json.loads(merged_path.read_text())
     written = sum(len((tmp_path / f"o{i}").read_bytes().splitlines()) for i in range(3))
     assert (
@@ -201,60 +201,64 @@ def test_stats_files_of_shards_merge_to_the_whole(tmp_path, medmax):
     assert merged["counts"]["in"] == whole_stats["counts"]["in"] == 20  # each record read by one shard
     assert merged["rejected"] == whole_stats["rejected"] == {"malformed JSON": 1}  # the bad line: shard 0
     assert merged["shards"] == "3/3" and merged["shards_missing"] == []
-    missing = medmax("stats", "merge", str(tmp_path / "s0.json"), str(tmp_path / "s2.json"), check=False)
+    missing = medmax_inproc(
+        "stats", "merge", str(tmp_path / "s0.json"), str(tmp_path / "s2.json"), check=False
+    )
     assert missing.returncode == 1 and b"shards missing: 1/3" in missing.stderr
-    twice = medmax("stats", "merge", str(tmp_path / "s0.json"), str(tmp_path / "s0.json"), check=False)
+    twice = medmax_inproc("stats", "merge", str(tmp_path / "s0.json"), str(tmp_path / "s0.json"), check=False)
     assert twice.returncode == 1 and b"appears twice" in twice.stderr
 
 
-def test_config_file_precedence_and_print_config(tmp_path, medmax):
+def test_config_file_precedence_and_print_config(tmp_path, medmax_inproc):
     config = tmp_path / "run.toml"
     config.write_text('[cat]\nformat = "tar"\non-error = "skip"\n[fetch.pmc]\npage-size = 50\n')
-    shown = medmax("--config", str(config), "cat", "--print-config").stdout.decode()
+    shown = medmax_inproc("--config", str(config), "cat", "--print-config").stdout.decode()
     assert 'format = "tar"  # config file' in shown and 'on-error = "skip"  # config file' in shown
-    flag = medmax("--config", str(config), "cat", "--print-config", "--format", "jsonl").stdout.decode()
+    flag = medmax_inproc(
+        "--config", str(config), "cat", "--print-config", "--format", "jsonl"
+    ).stdout.decode()
     assert 'format = "jsonl"  # flag' in flag  # flags > file > defaults
     assert (
         "page-size = 50  # config file"
-        in medmax("--config", str(config), "fetch", "pmc", "--print-config").stdout.decode()
+        in medmax_inproc("--config", str(config), "fetch", "pmc", "--print-config").stdout.decode()
     )
     # what --print-config prints is a config file that gives the same settings back
     (tmp_path / "back.toml").write_text(shown)
     assert tomllib.loads(shown)["cat"]["format"] == "tar"
-    again = medmax("--config", str(tmp_path / "back.toml"), "cat", "--print-config").stdout.decode()
+    again = medmax_inproc("--config", str(tmp_path / "back.toml"), "cat", "--print-config").stdout.decode()
     assert tomllib.loads(again) == tomllib.loads(shown)
     config.write_text("[cat]\nfromat = 'tar'\n")
-    bad = medmax("--config", str(config), "cat", check=False)
+    bad = medmax_inproc("--config", str(config), "cat", check=False)
     assert bad.returncode == 2 and b"unknown key 'cat.fromat'" in bad.stderr and b"format" in bad.stderr
     config.write_text("[nosuch]\n")
-    assert medmax("--config", str(config), "cat", check=False).returncode == 2
+    assert medmax_inproc("--config", str(config), "cat", check=False).returncode == 2
 
 
-def test_log_levels(tmp_path, medmax):
+def test_log_levels(tmp_path, medmax_inproc):
     # synthesize warns (through logging) that visual_chat needs an LLM endpoint
-    fetched = medmax("fetch", "jats", str(SAMPLE / "jats"), "--media-dir", str(tmp_path / "m")).stdout
+    fetched = medmax_inproc("fetch", "jats", str(SAMPLE / "jats"), "--media-dir", str(tmp_path / "m")).stdout
     args = ("synthesize", "--media-dir", str(tmp_path / "m"), "-o", "/dev/null")
-    assert b"WARNING" in medmax(*args, input=fetched).stderr
-    assert b"WARNING" not in medmax(*args, input=fetched, env={"MEDMAX_LOG": "error"}).stderr
+    assert b"WARNING" in medmax_inproc(*args, input=fetched).stderr
+    assert b"WARNING" not in medmax_inproc(*args, input=fetched, env={"MEDMAX_LOG": "error"}).stderr
     assert (
         b"WARNING"
-        in medmax(*args, "--log-level", "warning", input=fetched, env={"MEDMAX_LOG": "error"}).stderr
+        in medmax_inproc(*args, "--log-level", "warning", input=fetched, env={"MEDMAX_LOG": "error"}).stderr
     )
-    bad = medmax(*args, "--log-level", "loud", input=b"", check=False)
+    bad = medmax_inproc(*args, "--log-level", "loud", input=b"", check=False)
     assert bad.returncode == 2 and b"log level must be one of" in bad.stderr
 
 
-def test_completion_is_on_and_deepspeed_is_hidden(medmax):
-    assert b"--install-completion" in medmax("--help").stdout
-    assert b"--deepspeed" not in medmax("finetune", "--help").stdout
+def test_completion_is_on_and_deepspeed_is_hidden(medmax_inproc):
+    assert b"--install-completion" in medmax_inproc("--help").stdout
+    assert b"--deepspeed" not in medmax_inproc("finetune", "--help").stdout
 
 
-def test_fetch_pmc_dry_run_asks_once_and_fetches_nothing(tmp_path, medmax):
+def test_fetch_pmc_dry_run_asks_once_and_fetches_nothing(tmp_path, medmax_inproc):
     from test_fetch_pmc import fake_articles
 
     with FakeHttpServer() as server:
         fake = PmcFake(server, fake_articles())
-        result = medmax("fetch", "pmc", "--query", "radiology", "--europepmc-url", fake.epmc, "--pmc-cloud-url",
+        result = medmax_inproc("fetch", "pmc", "--query", "radiology", "--europepmc-url", fake.epmc, "--pmc-cloud-url",
                         fake.cloud, "--page-size", "4", "--rate", "2", "--dry-run",
                         env={"MEDMAX_MEDIA": str(tmp_path / "m")})  # fmt: skip
         log = list(server.log)
