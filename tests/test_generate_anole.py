@@ -406,7 +406,7 @@ def test_interleaved_text_run_cap_resets_after_an_image(engine):
         ([9000, 9001, 8710, 9002, 2], "does not start with BOS"),
         ([0, 9000, 0, 9001, 8710, 9002, 2], "2 BOS tokens"),
         # the block closes after the separator: the prompt (up to SEP) ends inside it
-        ([0, 9000, 8197, 4, 5, 8710, 6, 8196, 2], "unfinished image block at token 2"),
+        ([0, 9000, 8197, 4, 5, 8710, 6, 8196, 2], "image block 0 holds a non-image token 8710"),
         (
             [0, 9000, 8197, 4, 5, 6, 8196, 8710, 9002, 2],
             "unfinished image block at token 2",

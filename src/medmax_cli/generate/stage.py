@@ -232,7 +232,16 @@ def _make_row(engine: Engine, record: dict[str, Any], cfg: GenerateConfig) -> Ro
     mode = resolve_mode(record, cfg.mode)
     _check_prompt_tokens(engine, record)
     settings = cfg.settings_for(record, mode)
-    ids = prompt_ids(record, vocab=engine.vocab, tokenizer=engine.tokenizer, prompt_format=cfg.prompt_format)
+    try:
+        ids = prompt_ids(
+            record, vocab=engine.vocab, tokenizer=engine.tokenizer, prompt_format=cfg.prompt_format
+        )
+    except RecordError as exc:  # pack's check of pre-tokenised blocks: still a prompt this stage refuses
+        if exc.reason.startswith("malformed prompt"):
+            raise
+        raise RecordError(
+            f"malformed prompt: {exc.reason}", record_id=exc.record_id, where=exc.where
+        ) from exc
     check_prompt(ids, engine.vocab, engine.tokens_per_image)
     room = engine.context - len(ids)
     block = engine.tokens_per_image + 2
