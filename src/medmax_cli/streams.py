@@ -91,8 +91,8 @@ def markers_for(stream: IO[bytes]) -> bool:
 
 def parse_jsonl(data: bytes) -> list[Any]:
     """The JSON values of a JSONL byte string, stream markers and blank lines left out (for tests and
-    scripts that read a stage's stdout)."""
-    values = (orjson.loads(line) for line in data.splitlines() if line.strip())
+    scripts that read a stage's stdout). An integer beyond 64 bits is a RecordError, not a float."""
+    values = (loads_record(line) for line in data.splitlines() if line.strip())
     return [value for value in values if marker_kind(value) is None]
 
 
@@ -199,7 +199,9 @@ class RunReport:
 
 def _reason_key(reason: str) -> str:
     """A short bucket for a reason: the text before the first colon or parenthesis."""
-    head = reason.split(":", 1)[0].split("(", 1)[0].strip()
+    # ", got <value>" ends the class: the value is the record's content (maybe credentialed), and the
+    # bucket goes to --stats files, the summary line and the report
+    head = reason.split(":", 1)[0].split("(", 1)[0].split(", got ", 1)[0].strip()
     return head[:60] or "error"
 
 

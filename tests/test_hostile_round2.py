@@ -1,0 +1,174 @@
+"""Round two of the hostile sweep (issue 24): each merged class probed one command or field to the side.
+
+Every input is built here at test time; every case ran the real command and failed before its fix.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import orjson
+import pytest
+
+from medmax_cli.records import RecordError
+from medmax_cli.report.lineage import reason_class
+from medmax_cli.streams import ErrorPolicy, RunReport, parse_jsonl
+
+SECRET = "PHI-Jane-Doe-1970"
+
+
+# ------------------------------------------------------------------ class 5: >64-bit integers
+
+
+def test_parse_jsonl_refuses_integers_beyond_64_bits():
+    """The documented helper for reading a stage's stdout rounded 2**70 to a float."""
+    data = b'{"medmax_stream":{"version":1}}\n{"id":"a","n":1180591620717411303424}\n'
+    with pytest.raises(RecordError, match="beyond 64 bits"):
+        parse_jsonl(data)
+    assert parse_jsonl(b'{"id":"a","n":18446744073709551615}\n') == [{"id": "a", "n": 2**64 - 1}]
+
+
+# ------------------------------------------------------------------ class 3: reasons carry no content
+
+
+def test_reject_buckets_and_report_classes_leave_out_the_value():
+    """A reason such as "field 'answer' must be a string, got list ['<text>']" put the record's text
+    (credentialed or not) into --stats files, the summary line and the report's reasons table."""
+    reason = f"field 'answer' must be a string, got list [{SECRET!r}]"
+    report = RunReport("t")
+    report.drop(reason)
+    assert list(report.dropped) == ["field 'answer' must be a string"]
+    assert reason_class(reason) == "field 'answer' must be a string"
+
+
+def test_stats_file_of_a_skip_run_holds_no_record_text(medmax, tmp_path):
+    record = {"id": "r1", "kind": "qa", "credential": True, "question": "q", "answer": [SECRET]}
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(orjson.dumps(record) + b"\n" + orjson.dumps({"id": "ok", "kind": "figure"}) + b"\n")
+    stats = tmp_path / "stats.json"
+    result = medmax(
+        "cat", str(src), "-o", str(tmp_path / "out.jsonl"), "--on-error", "skip",
+        "--rejects", str(tmp_path / "rej.jsonl"), "--stats", str(stats),
+    )  # fmt: skip
+    assert SECRET not in stats.read_text()
+    assert SECRET not in result.stderr.decode()
+    assert json.loads(stats.read_text())["rejected_total"] == 1
+    policy = ErrorPolicy("skip")
+    policy.reject(RecordError(f"x, got str {SECRET!r}"), {})
+    assert SECRET not in "".join(policy.report.dropped)
+
+
+# ------------------------------------------------------------------ class 10: stats merge pieces
+
+
+def _stats_piece(medmax, tmp_path: Path) -> dict:
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(orjson.dumps({"id": "a", "kind": "figure"}) + b"\n")
+    stats = tmp_path / "piece.json"
+    medmax("cat", str(src), "-o", str(tmp_path / "o.jsonl"), "--stats", str(stats), "-q")
+    return json.loads(stats.read_text())
+
+
+@pytest.mark.parametrize(
+    ("change", "expect"),
+    [
+        ({"settings": None}, None),  # null settings: merged (was: internal error TypeError)
+        ({"started": "2026-01-01T00:00:00"}, "'started'"),  # naive time: was a TypeError on subtraction
+        ({"counts": {"in": 2**62 + 1}}, "'counts.in'"),  # the sum of three overflows 64 bits
+    ],
+)
+def test_stats_merge_names_the_field_of_a_bad_piece(medmax, tmp_path, change, expect):
+    piece = {**_stats_piece(medmax, tmp_path), **change}
+    paths = []
+    for i in range(3):
+        path = tmp_path / f"p{i}.json"
+        path.write_text(json.dumps(piece))
+        paths.append(str(path))
+    result = medmax("stats", "merge", *paths, "-o", str(tmp_path / "m.json"), check=False)
+    err = result.stderr.decode()
+    assert "internal error" not in err and "Traceback" not in err
+    if expect is None:
+        assert result.returncode == 0, err
+        assert json.loads((tmp_path / "m.json").read_text())["counts"]["in"] == 3
+    else:
+        assert result.returncode == 1, err
+        assert expect in err
+
+
+# ------------------------------------------------------------------ class 9 and 5: score --compare
+
+
+def _scores(n: int = 4, score: object = 1.0) -> list[dict]:
+    return [
+        {"id": f"i{k}", "eval_task": "vqa_rad_closed", "score": score, "status": "scored"} for k in range(n)
+    ]
+
+
+def _marked(rows: list[dict]) -> bytes:
+    body = b"".join(orjson.dumps(r) + b"\n" for r in rows)
+    return b'{"medmax_stream":{"version":1}}\n' + body + b'{"medmax_end":{"records":%d}}\n' % len(rows)
+
+
+def test_compare_reads_a_gzipped_marked_stream(medmax, tmp_path):
+    """`score - | tee s.jsonl | gzip` kept: --compare refused the gzip as 'malformed JSON'."""
+    plain = tmp_path / "a.jsonl"
+    plain.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in _scores()))
+    packed = tmp_path / "b.jsonl.gz"
+    packed.write_bytes(gzip.compress(_marked(_scores())))
+    result = medmax("score", "--compare", str(plain), str(packed), check=False)
+    assert result.returncode == 0, result.stderr.decode()
+    assert json.loads(result.stdout)["tasks"]["vqa_rad_closed"]["n_paired"] == 4
+
+
+@pytest.mark.parametrize(
+    ("tail", "expect"),
+    [
+        (b"[1, 2]\n", "a record must be a JSON object"),  # was: internal error TypeError
+        (b'{"id":"x","eval_task":"vqa_rad_closed","score":1180591620717411303424}\n', "beyond 64 bits"),
+        (b'{"id":"x","eval_task":"vqa_rad_closed","score":true}\n', "'score' is not a number"),
+        (b'{"id":"x","eval_task":"vqa_rad_closed","score":"0.5"}\n', "'score' is not a number"),
+    ],
+)
+def test_compare_names_a_bad_line(medmax, tmp_path, tail, expect):
+    good = tmp_path / "a.jsonl"
+    good.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in _scores()))
+    bad = tmp_path / "b.jsonl"
+    bad.write_bytes(good.read_bytes() + tail)
+    result = medmax("score", "--compare", str(good), str(bad), check=False)
+    err = result.stderr.decode()
+    assert result.returncode == 1, err
+    assert expect in err and "internal error" not in err
+
+
+def test_compare_refuses_a_cut_stream(medmax, tmp_path):
+    good = tmp_path / "a.jsonl"
+    good.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in _scores()))
+    cut = tmp_path / "b.jsonl"
+    cut.write_bytes(_marked(_scores()).rsplit(b"\n", 2)[0] + b"\n")  # the trailer is gone
+    result = medmax("score", "--compare", str(good), str(cut), check=False)
+    assert result.returncode == 1
+    assert "stream cut upstream" in result.stderr.decode()
+
+
+# ------------------------------------------------------------------ class 10: --config values
+
+
+@pytest.mark.parametrize(
+    ("text", "expect"),
+    [
+        ("[pack]\nseq-len = true\n", "takes a value, not true"),  # was: seq-len = 1
+        ("[cat]\noutput = false\n", "takes a value, not false"),  # was: a file named "False"
+        ("[pack]\nseq-len = 100\nseq_len = 200\n", "given twice"),  # was: 200, silently
+    ],
+)
+def test_config_refuses_a_value_it_would_rewrite(medmax, tmp_path, text, expect):
+    config = tmp_path / "c.toml"
+    config.write_text(text)
+    result = medmax("--config", str(config), "pack", "-o", str(tmp_path / "s"), "--print-config", check=False)
+    if "[cat]" in text:
+        result = medmax("--config", str(config), "cat", "--print-config", check=False)
+    err = result.stderr.decode()
+    assert result.returncode == 2, err
+    assert "--config" in err and expect in err
