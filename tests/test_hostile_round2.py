@@ -172,3 +172,28 @@ def test_config_refuses_a_value_it_would_rewrite(medmax, tmp_path, text, expect)
     err = result.stderr.decode()
     assert result.returncode == 2, err
     assert "--config" in err and expect in err
+
+
+# ------------------------------------------------------------------ class 9: the report is a terminal stage
+
+
+def test_report_notes_a_tee_d_stream_that_was_cut(tmp_path):
+    """`generate | tee predictions.jsonl | ...` killed mid-run left a marked file without its trailer:
+    the report showed its figures as a finished run's."""
+    from medmax_cli.report.collect import iter_jsonl
+
+    rows = [{"id": f"p{k}", "prediction": [{"text": "yes"}]} for k in range(3)]
+    cut = tmp_path / "predictions.jsonl"
+    cut.write_bytes(_marked(rows).rsplit(b"\n", 2)[0] + b"\n")
+    notes: list[str] = []
+    assert [r["id"] for r in iter_jsonl(cut, notes)] == ["p0", "p1", "p2"]
+    list(iter_jsonl(cut, notes))  # read twice (as report sections do): one note
+    assert len(notes) == 1 and "cut upstream after 3 records" in notes[0]
+    whole = tmp_path / "whole.jsonl"
+    whole.write_bytes(_marked(rows))
+    clean: list[str] = []
+    assert len(list(iter_jsonl(whole, clean))) == 3 and clean == []
+    short = tmp_path / "short.jsonl"
+    short.write_bytes(_marked(rows).replace(b'"records":3', b'"records":5'))
+    list(iter_jsonl(short, clean))
+    assert clean and "trailer counts 5" in clean[0]
