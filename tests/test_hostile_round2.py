@@ -225,3 +225,26 @@ def test_tar_refusals_count_under_one_bucket_not_one_per_sample(medmax, tmp_path
     rejected = json.loads(stats.read_text())["rejected"]
     assert sum(rejected.values()) == 3 and len(rejected) == 1, rejected
     assert not any("s0" in key for key in rejected)
+
+
+# ------------------------------------------------------------------ issue 25 item 2: the model chooser's file
+
+
+@pytest.mark.parametrize(
+    ("content", "expect"),
+    [
+        (b"model = \n", "not valid TOML"),
+        (b"\xff\xfe", "not UTF-8"),
+        (b"model = 5\n", "'model' must be a string"),
+    ],
+)
+@pytest.mark.parametrize("command", ["pack", "tokenize-images", "detokenize"])
+def test_a_broken_medmax_toml_is_bad_usage_not_an_internal_error(medmax, tmp_path, content, expect, command):
+    (tmp_path / "medmax.toml").write_bytes(content)
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(orjson.dumps({"id": "a", "kind": "figure"}) + b"\n")
+    extra = ["-o", str(tmp_path / "out")]
+    result = medmax(command, str(src), *extra, cwd=tmp_path, env={"MEDMAX_MODEL": ""}, check=False)
+    err = result.stderr.decode()
+    assert result.returncode == 2, err
+    assert "medmax.toml" in err and expect in err and "internal error" not in err
