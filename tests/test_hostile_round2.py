@@ -248,3 +248,31 @@ def test_a_broken_medmax_toml_is_bad_usage_not_an_internal_error(medmax, tmp_pat
     err = result.stderr.decode()
     assert result.returncode == 2, err
     assert "medmax.toml" in err and expect in err and "internal error" not in err
+
+
+# ------------------------------------------------------------------ class 3: scored lines keep the flag
+
+
+def test_scored_lines_of_credentialed_items_say_so(medmax, tmp_path):
+    """A scored line holds the item's output and gold text; it dropped `credential: true`."""
+    rows = []
+    for k, credential in enumerate((True, False)):
+        rows.append(
+            {
+                "id": f"q{k}",
+                "task": "vqa",
+                "credential": credential,
+                "answer": "yes",
+                "question_type": "closed",
+                "turns": [
+                    {"role": "user", "content": [{"text": "Is it?"}]},
+                    {"role": "assistant", "content": [{"text": "yes"}]},
+                ],
+                "prediction": [{"text": f"{SECRET} yes"}],
+            }
+        )
+    src = tmp_path / "pred.jsonl"
+    src.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    lines = {r["id"]: r for r in parse_jsonl(medmax("score", str(src), "-q").stdout)}
+    assert lines["q0"]["credential"] is True
+    assert "credential" not in lines["q1"]
