@@ -43,7 +43,9 @@ def test_a_sample_over_the_total_size_cap_is_rejected_with_a_reason(monkeypatch,
     entry = orjson.loads(rejects.getvalue())
     assert entry["where"] == "in.tar:big" and entry["record_id"] == "big"
     assert "more than 20000 bytes" in entry["reason"] and "MEDMAX_MAX_SAMPLE_BYTES" in entry["reason"]
-    with pytest.raises(RecordError, match="in.tar:big: record 'big': tar sample big holds more than"):
+    with pytest.raises(
+        RecordError, match="in.tar:big: record 'big': tar sample over the size limit: big holds more than"
+    ):
         list(read_records(io.BytesIO(data), name="in.tar", media=media))
 
 

@@ -117,12 +117,11 @@ def _check_scalar(value: Any, param: Any, where: str) -> None:
         raise ConfigFileError(f"{where}: integer {str(value)[:20]}... is beyond 64 bits")
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigFileError(f"{where}: must be a finite number; got {value}")
-    if (
-        getattr(param, "is_flag", False)
-        and not getattr(param, "count", False)
-        and not isinstance(value, bool)
-    ):
+    flag = getattr(param, "is_flag", False) and not getattr(param, "count", False)
+    if flag and not isinstance(value, bool):
         raise ConfigFileError(f"{where}: must be true or false; got {value!r}")
+    if isinstance(value, bool) and not flag:  # click would read true as 1 or "True": a value rewritten
+        raise ConfigFileError(f"{where}: takes a value, not {str(value).lower()}")
 
 
 def _check_value(value: Any, param: Any, command: Any, where: str) -> Any:
@@ -178,6 +177,8 @@ def read_config(path: Path, group: Any) -> dict[str, Any]:
             if param is None:
                 known = ", ".join(sorted({_config_key(p) for p in keys.values()}))
                 raise ConfigFileError(f"--config {path}: unknown key {here!r} (known: {known})")
+            if param.name in out:  # `seq-len` and `seq_len` both given: which one runs would be a guess
+                raise ConfigFileError(f"--config {path}: [{where}] {key}: the same setting is given twice")
             out[param.name] = _check_value(value, param, command, f"--config {path}: [{where}] {key}")
         return out
 

@@ -311,8 +311,9 @@ def merge_stats(pieces: list[tuple[str, dict[str, Any]]], *, allow_partial: bool
             contamination[(row["eval_source"], row["match"])] += int(row["count"])
         seconds += float(piece.get("seconds") or 0)
         statuses[piece.get("status", "?")] += 1
-        for key in set(first.get("settings", {})) | set(piece.get("settings", {})):
-            if key not in PER_PIECE and first["settings"].get(key) != piece["settings"].get(key):
+        first_settings, settings = first.get("settings") or {}, piece.get("settings") or {}  # null: none
+        for key in set(first_settings) | set(settings):
+            if key not in PER_PIECE and first_settings.get(key) != settings.get(key):
                 differ.add(key)
         spec = piece.get("shard")
         if spec:
@@ -333,11 +334,16 @@ def merge_stats(pieces: list[tuple[str, dict[str, Any]]], *, allow_partial: bool
             )
         if len(shards) != len(pieces):
             raise StatsError("some pieces have --shard and some do not")
-    starts = sorted(p["started"] for _, p in pieces if p.get("started"))
-    ends = sorted(p["finished"] for _, p in pieces if p.get("finished"))
+    # ordered as times, not as text: pieces written under different UTC offsets compare correctly
+    starts = sorted((p["started"] for _, p in pieces if p.get("started")), key=datetime.fromisoformat)
+    ends = sorted((p["finished"] for _, p in pieces if p.get("finished")), key=datetime.fromisoformat)
     wall = None
     if starts and ends:
         wall = (datetime.fromisoformat(ends[-1]) - datetime.fromisoformat(starts[0])).total_seconds()
+    for field, table in (("counts", counts), ("rejected", rejected)):
+        for key, value in table.items():
+            if value >= 1 << 63:  # beyond what a count is (check_stats_piece's bound): a bogus piece
+                raise StatsError(f"field '{field}.{key}': the sum over the pieces is beyond 64 bits")
     rejected_total = sum(rejected.values())
     return {
         "medmax_stats": STATS_FORMAT,
@@ -358,7 +364,7 @@ def merge_stats(pieces: list[tuple[str, dict[str, Any]]], *, allow_partial: bool
         "skipped": dict(skipped),
         "skipped_total": sum(skipped.values()),
         "throughput": {k: round(v / seconds, 3) if seconds > 0 else None for k, v in counts.items()},
-        "settings": {k: v for k, v in first.get("settings", {}).items() if k not in PER_PIECE},
+        "settings": {k: v for k, v in (first.get("settings") or {}).items() if k not in PER_PIECE},
         "settings_differ": sorted(differ),
         **(
             {
@@ -421,6 +427,8 @@ def check_stats_piece(name: str, piece: Any) -> None:
         if value is None:
             continue
         try:
-            datetime.fromisoformat(value)
+            when = datetime.fromisoformat(value)
         except (TypeError, ValueError):
             raise bad(field, f"not an ISO time: {str(value)[:40]!r}") from None
+        if when.tzinfo is None:  # a stage writes UTC with its offset; a naive time cannot be compared
+            raise bad(field, f"an ISO time without its UTC offset: {value[:40]!r}")

@@ -47,7 +47,8 @@ def reason_class(reason: str) -> str:
     """The short class a reason is counted under when its raiser named none: the text before the
     first colon or parenthesis, with quoted values, [indices] and numbers taken out, so that the
     run summary and `--stats` hold one key per rule, not one per row."""
-    head = str(reason).split(":", 1)[0].split("(", 1)[0]
+    # ", got <value>" ends the class too: the value is the record's content (maybe credentialed)
+    head = str(reason).split(":", 1)[0].split("(", 1)[0].split(", got ", 1)[0]
     head = " ".join(_VARIABLE.sub("", head).split())
     return head[:60] or "error"
 

@@ -22,7 +22,7 @@ class Run:
     """Consecutive tokens of one kind (text, special, image) with the same label state."""
 
     trained: bool
-    kind: str  # "text" | "special" | "image"
+    kind: str  # "text" | "special" | "image" | "outside" (ids beyond the vocabulary)
     ids: list[int]
     text: str
     mismatched: int = 0  # trained tokens whose label is not the token itself
@@ -52,7 +52,9 @@ def runs(ids: np.ndarray, labels: np.ndarray, vocab: Any, decode) -> list[Run]:
     for token, label in zip(ids.tolist(), labels.tolist(), strict=True):
         trained = label != IGNORE
         kind = (
-            "special"
+            "outside"  # a tampered row: shown, never decoded as if it were text
+            if not 0 <= token < vocab.vocab_size
+            else "special"
             if token in specials
             else "image"
             if 0 <= token < len(vocab.id_to_image_code) and vocab.id_to_image_code[token] >= 0
@@ -69,6 +71,8 @@ def runs(ids: np.ndarray, labels: np.ndarray, vocab: Any, decode) -> list[Run]:
             run.text = specials[run.ids[0]]
         elif run.kind == "image":
             run.text = f"<image: {len(run.ids)} codes>"
+        elif run.kind == "outside":
+            run.text = f"<{len(run.ids)} ids outside the vocabulary of {vocab.vocab_size}: {run.ids[:4]}>"
         else:
             run.text = decode(run.ids)
     return out

@@ -91,8 +91,8 @@ def markers_for(stream: IO[bytes]) -> bool:
 
 def parse_jsonl(data: bytes) -> list[Any]:
     """The JSON values of a JSONL byte string, stream markers and blank lines left out (for tests and
-    scripts that read a stage's stdout)."""
-    values = (orjson.loads(line) for line in data.splitlines() if line.strip())
+    scripts that read a stage's stdout). An integer beyond 64 bits is a RecordError, not a float."""
+    values = (loads_record(line) for line in data.splitlines() if line.strip())
     return [value for value in values if marker_kind(value) is None]
 
 
@@ -626,8 +626,8 @@ def _read_tar(
                     "symbolic link" if member.issym() else "hard link" if member.islnk() else "special file"
                 )
                 target = f" to {member.linkname!r}" if member.linkname else ""
-                value = _Refused(
-                    f"tar member {member.name} is a {kind}{target}: links and special files are refused "
+                value = _Refused(  # the class before the colon, the member after it (one bucket)
+                    f"tar member is a link or special file: {member.name} is a {kind}{target} "
                     "(a sample's members must be regular files)"
                 )
             elif member.size > (line_cap if rest == "json" else member_cap):
@@ -635,7 +635,8 @@ def _read_tar(
                     (line_cap, MAX_LINE_BYTES_ENV) if rest == "json" else (member_cap, MAX_MEMBER_BYTES_ENV)
                 )
                 value = _Refused(
-                    f"tar member {member.name} is {member.size} bytes, over the {cap}-byte limit (env {env})"
+                    f"tar member over the size limit: {member.name} is {member.size} bytes, over the "
+                    f"{cap}-byte limit (env {env})"
                 )
             else:
                 handle = archive.extractfile(member)
@@ -651,8 +652,8 @@ def _read_tar(
                 # the sample is refused; its members' data is dropped as it comes (memory stays bounded)
                 group = dict.fromkeys(group, _SKIPPED)
                 group[_OVER_CAP] = _Refused(
-                    f"tar sample {key} holds more than {sample_cap} bytes in its members "
-                    f"(env {MAX_SAMPLE_BYTES_ENV})"
+                    f"tar sample over the size limit: {key} holds more than {sample_cap} bytes in its "
+                    f"members (env {MAX_SAMPLE_BYTES_ENV})"
                 )
             group[rest] = _SKIPPED if _OVER_CAP in group else value
         end = archive.offset
@@ -691,7 +692,7 @@ def _tar_sample(
     raw = group.get("json")
     if raw is None:
         policy.reject(
-            RecordError(f"tar sample has no {key}.json member (has: {sorted(group)})"),
+            RecordError(f"tar sample has no .json member: {key} has {sorted(group)}"),
             None,
             where=where,
             record_id=key.rpartition("/")[2],

@@ -216,17 +216,19 @@ def register(app: typer.Typer) -> None:
         from medmax_cli.records import RecordError
         from medmax_cli.score.compare import compare, markdown_compare
         from medmax_cli.score.stage import Scorer, score_records
-        from medmax_cli.streams import parse_jsonl, read_records
+        from medmax_cli.streams import StreamError, read_records
 
         sides = []
         for path in paths:
-            if not Path(path).exists():
-                raise fail(f"--compare file {path} does not exist")
+            if not Path(path).is_file():
+                raise fail(f"--compare file {path} does not exist or is not a regular file")
+            # the stage reader: gzip, stream markers (a tee'd pipe), a cut stream, >64-bit integers,
+            # lines that are not objects and duplicate ids are all named errors, never a traceback
             with open(path, "rb") as handle:
                 try:
-                    rows = parse_jsonl(handle.read())  # stream markers (a tee'd pipe) left out
-                except orjson.JSONDecodeError as exc:
-                    raise fail(f"{path}: malformed JSON ({exc})", 1) from None
+                    rows = list(read_records(handle, name=str(path), check=False))
+                except (RecordError, StreamError) as exc:
+                    raise fail(str(exc), 1) from None
             if rows and "prediction" in rows[0]:  # predictions: score them first (rules only, offline)
                 with open(path, "rb") as handle:
                     try:
@@ -238,7 +240,7 @@ def register(app: typer.Typer) -> None:
                                 ),
                             )
                         )
-                    except RecordError as exc:
+                    except (RecordError, StreamError) as exc:
                         raise fail(str(exc), 1) from None
             sides.append(rows)
         try:

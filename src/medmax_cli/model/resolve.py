@@ -73,13 +73,20 @@ def _read_toml_model(config: Path) -> str | None:
         import tomllib
     except ModuleNotFoundError as exc:  # Python 3.10
         raise RuntimeError(f"{config}: reading medmax.toml needs Python 3.11+ (tomllib)") from exc
+    # ModelDirError (what the commands catch) for every fault of the file: usage, exit 2, never a traceback
     try:
         data = tomllib.loads(config.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{config}: not valid TOML: {exc}") from exc
+        raise ModelDirError(f"{config}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ModelDirError(f"{config}: not UTF-8 text (byte {exc.start}); TOML files are UTF-8") from None
+    except RecursionError:
+        raise ModelDirError(f"{config}: nested too deeply to be a settings file") from None
+    except OSError as exc:
+        raise ModelDirError(f"{config}: cannot read ({exc.strerror or exc})") from None
     value = data.get("model")
     if value is not None and not isinstance(value, str):
-        raise ValueError(f"{config}: 'model' must be a string (a model directory), got {value!r}")
+        raise ModelDirError(f"{config}: 'model' must be a string (a model directory), got {value!r:.60}")
     return value
 
 

@@ -124,18 +124,52 @@ class PackedShards:
                     continue
                 handle = archive.extractfile(member)
                 parts[index][rest] = handle.read() if handle else b""
-        rows = {}
-        for index, members in parts.items():
-            try:
-                rows[index] = PackedRow(
-                    input_ids=np.load(io.BytesIO(members["input_ids.npy"])),
-                    labels=np.load(io.BytesIO(members["labels.npy"])),
-                    boundaries=np.load(io.BytesIO(members["boundaries.npy"])),
-                    meta=orjson.loads(members["json"]),
-                )
-            except KeyError as exc:
-                raise ValueError(f"{self.shards[shard]['name']}: row {index} lacks member {exc}") from None
-        return rows
+        name = self.shards[shard]["name"]
+        return {
+            index: checked_row(members, f"{name}: row {index}", self.seq_len)
+            for index, members in parts.items()
+        }
+
+
+def _array(members: dict[str, bytes], member: str, where: str) -> np.ndarray:
+    if member not in members:
+        raise ValueError(f"{where} lacks member {member!r}")
+    try:
+        array = np.load(io.BytesIO(members[member]), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:  # not .npy, truncated, or pickled objects
+        raise ValueError(f"{where}: member {member!r} is not a numpy array file ({exc})") from None
+    if not isinstance(array, np.ndarray) or array.ndim != 1 or array.dtype.kind not in "iu":
+        raise ValueError(
+            f"{where}: member {member!r} must be a 1-D integer array, got {array.dtype} {array.shape}"
+        )
+    return array
+
+
+def checked_row(members: dict[str, bytes], where: str, seq_len: int | None = None) -> PackedRow:
+    """A row from its tar members, or ValueError naming the row and what is wrong with it: a tampered
+    or foreign shard must not reach training (or `medmax inspect`) as a row of wrong shape."""
+    ids = _array(members, "input_ids.npy", where)
+    labels = _array(members, "labels.npy", where)
+    bounds = _array(members, "boundaries.npy", where)
+    if len(labels) != len(ids):
+        raise ValueError(f"{where}: {len(labels)} labels for {len(ids)} input ids")
+    if seq_len is not None and len(ids) > seq_len:
+        raise ValueError(f"{where}: {len(ids)} tokens, more than the manifest's seq_len {seq_len}")
+    if len(ids) and int(ids.min()) < 0:
+        raise ValueError(f"{where}: a negative token id ({int(ids.min())})")
+    if len(labels) and np.any((labels < 0) & (labels != IGNORE)):
+        raise ValueError(f"{where}: a negative label other than {IGNORE}")
+    if len(bounds) < 1 or bounds[0] != 0 or bounds[-1] != len(ids) or np.any(np.diff(bounds) < 0):
+        raise ValueError(f"{where}: boundaries must rise from 0 to the row's length {len(ids)}")
+    if "json" not in members:
+        raise ValueError(f"{where} lacks member 'json'")
+    try:
+        meta = orjson.loads(members["json"])
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"{where}: member 'json' is not JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{where}: member 'json' must be a JSON object")
+    return PackedRow(input_ids=ids, labels=labels, boundaries=bounds, meta=meta)
 
 
 def positions_and_documents(boundaries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -190,6 +190,8 @@ def iter_jsonl(path: Path, notes: list[str] | None = None) -> Iterator[dict[str,
     A line that is not a JSON object is skipped; the first such line of a file leaves a note naming
     the file, the line and how many were skipped, so a torn or foreign file still gives a report."""
     bad, first_bad = 0, ""
+    segment: int | None = None  # lines since a medmax stream header, while one is open
+    cut: list[str] = []  # a tee'd stream whose writer stopped early: its figures are not the run's
     try:
         with open(path, "rb") as handle:
             for number, line in enumerate(_lines(handle), 1):
@@ -203,15 +205,42 @@ def iter_jsonl(path: Path, notes: list[str] | None = None) -> Iterator[dict[str,
                     record, why = None, f"not valid JSON ({exc})"
                 else:
                     why = f"a JSON {type(record).__name__}, not an object"
+                marker = marker_kind(record)  # stream markers are not records (docs/records.md)
+                if marker == "header":
+                    if segment is not None:
+                        cut.append(f"after {segment} records (a new stream begins at line {number})")
+                    segment = 0
+                    continue
+                if marker == "trailer":
+                    count = (
+                        record["medmax_end"].get("records")
+                        if isinstance(record["medmax_end"], dict)
+                        else None
+                    )
+                    if segment is None or count != segment:
+                        cut.append(f"at line {number} (its trailer counts {count!r}, {segment} arrived)")
+                    segment = None
+                    continue
+                if segment is not None:
+                    segment += 1
                 if isinstance(record, dict):
-                    if marker_kind(record) is None:  # stream markers are not records (docs/records.md)
-                        yield record
+                    yield record
                     continue
                 bad += 1
                 first_bad = first_bad or f"line {number}: {why}"
     except OSError as exc:
         if notes is not None:
             notes.append(f"{path}: reading stopped ({exc.strerror or exc})")
+    if segment is not None:
+        cut.append(f"after {segment} records (no end trailer)")
+    message = (
+        f"{path}: a medmax stream cut upstream {cut[0]}: the stage that wrote it stopped early, "
+        "so what is shown from it is incomplete (docs/records.md, 'End of stream')"
+        if cut
+        else None
+    )
+    if message and notes is not None and message not in notes:  # sections read a file more than once
+        notes.append(message)
     if bad and notes is not None:
         notes.append(f"{path}: {bad} line(s) skipped, the first at {first_bad}")
 

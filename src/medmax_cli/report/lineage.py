@@ -111,7 +111,8 @@ def reason_class(reason: Any) -> str:
     """The short class of a reason: `class: details` keeps the class (issue 22's classes); a bare
     legacy message keeps its text before the first colon or parenthesis."""
     text = str(reason if reason is not None else "?")
-    return text.split(":", 1)[0].split("(", 1)[0].strip()[:80] or "error"
+    # ", got <value>" is the record's content (maybe credentialed): the page shows the class only
+    return text.split(":", 1)[0].split("(", 1)[0].split(", got ", 1)[0].strip()[:80] or "error"
 
 
 def flat_counts(value: Any, prefix: str = "") -> Counter:

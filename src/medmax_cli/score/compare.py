@@ -7,6 +7,7 @@ same per-task seed as the summary, so the macro CI is stratified the same way.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -97,6 +98,17 @@ def _by_id(lines: Iterable[Mapping[str, Any]], side: str) -> dict[str, Mapping[s
     for line in lines:
         if line["id"] in out:
             raise ValueError(f"--compare {side}: duplicate id {line['id']!r}")
+        score = line.get("score")  # a hand-edited line must not pair as a number it is not (true -> 1.0)
+        if score is not None and (
+            isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score)
+        ):
+            raise ValueError(
+                f"--compare {side}: record {line['id']!r}: 'score' is not a number: {score!r:.40}"
+            )
+        if "eval_task" not in line:
+            raise ValueError(
+                f"--compare {side}: record {line['id']!r} has no 'eval_task' (not a scored line)"
+            )
         out[line["id"]] = line
     return out
 

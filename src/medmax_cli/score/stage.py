@@ -1,7 +1,8 @@
 """The score stage: predictions in, one scored line per item out.
 
 A scored line: {"id", "eval_task", "task", "question_type", "metric", "rules", "score",
-"status", "output", "gold", "parsed"?, "cluster"?, "judge"?, "reason"?, "extra"?} ("extra":
+"status", "output", "gold", "parsed"?, "cluster"?, "judge"?, "reason"?, "extra"?, "credential"?}
+("credential": true only when the item is credentialed; "extra":
 second scores of the same item, each its own summary bucket: the text half of an interleaved
 answer, the per-domain visual-chat score), where status is
 - "scored": the rule (or judge / CLIP) gave a score;
@@ -176,6 +177,7 @@ def _rejected_line(item: Mapping[str, Any], scorer: Scorer, reason: str) -> dict
         "gold": item.get("answer") if task == "vqa" else None,
         "cluster": _cluster(item),
         "reason": f"prediction rejected: {reason}",
+        **_credential(item),
     }
 
 
@@ -253,6 +255,12 @@ def _cluster(record: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _credential(record: Mapping[str, Any]) -> dict[str, Any]:
+    """`credential: true` carried onto the scored line, which holds the item's output and gold text:
+    without it a scores file of a credentialed eval set reads as open data (the report, a share)."""
+    return {"credential": True} if record.get("credential") is True else {}
+
+
 def score_one(record: Mapping[str, Any], scorer: Scorer) -> dict[str, Any]:
     """The scored line of one prediction (or of an expected item with no prediction)."""
     task = str(record.get("task") or "vqa")
@@ -270,6 +278,7 @@ def score_one(record: Mapping[str, Any], scorer: Scorer) -> dict[str, Any]:
         "output": output,
         "gold": record.get("answer") if task == "vqa" else None,
         "cluster": _cluster(record),
+        **_credential(record),
     }
     if output is None:
         line.update(score=0.0, status="missing")
