@@ -120,8 +120,11 @@ PROCESSOR_CONFIG: dict[str, Any] = {
 }
 
 
-def anole_config(layers: int, vocabulary_map: dict[str, int]):
-    """`ChameleonConfig` of Anole-7B with `layers` decoder layers, stored as bf16."""
+def anole_config(layers: int, vocabulary_map: dict[str, int], text_overrides: dict[str, Any] | None = None):
+    """`ChameleonConfig` of Anole-7B with `layers` decoder layers, stored as bf16.
+
+    `text_overrides` replaces language-model widths (tests build a narrow variant that keeps the
+    real vocabulary, VQ-GAN and layout); the real shape has none."""
     from transformers import ChameleonConfig
 
     if layers < 1:
@@ -130,7 +133,7 @@ def anole_config(layers: int, vocabulary_map: dict[str, int]):
         num_hidden_layers=layers,
         vocabulary_map=dict(vocabulary_map),
         vq_config=dict(ANOLE_7B_VQ),
-        **ANOLE_7B_TEXT,
+        **{**ANOLE_7B_TEXT, **(text_overrides or {})},
     )
     config.architectures = ["ChameleonForConditionalGeneration"]
     config.dtype = "bfloat16"
@@ -204,7 +207,9 @@ def plan_shards(shapes: dict[str, tuple[int, ...]], max_bytes: int = MAX_SHARD_B
     return shards
 
 
-def write_safetensors_stream(path: Path, names: list[str], shapes: dict[str, tuple[int, ...]], seed: int) -> int:
+def write_safetensors_stream(
+    path: Path, names: list[str], shapes: dict[str, tuple[int, ...]], seed: int
+) -> int:
     """Write one bf16 safetensors file, tensor by tensor; returns its data size in bytes."""
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
@@ -236,6 +241,7 @@ def build_anole_shape_model(
     seed: int = 0,
     sample_dir: str | Path | None = None,
     max_shard_bytes: int = MAX_SHARD_BYTES,
+    text_overrides: dict[str, Any] | None = None,
 ) -> Path:
     """Write the random Anole-7B-shaped model with `layers` decoder layers to `out_dir`."""
     from transformers import GenerationConfig
@@ -250,7 +256,7 @@ def build_anole_shape_model(
     tokenizer_json, names = chameleon_tokenizer_json(train_text_tokenizer(texts))
     _write_tokenizer(out, tokenizer_json)
 
-    config = anole_config(layers, {name: i for i, name in enumerate(names)})
+    config = anole_config(layers, {name: i for i, name in enumerate(names)}, text_overrides)
     config.save_pretrained(out)
     GenerationConfig.from_model_config(config).save_pretrained(out)
     _write_json(out / "preprocessor_config.json", PREPROCESSOR_CONFIG)
@@ -265,13 +271,15 @@ def build_anole_shape_model(
         total += write_safetensors_stream(out / fname, shard, shapes, seed)
         weight_map.update({name: fname for name in shard})
         log.debug("wrote %s (%d tensors)", fname, len(shard))
-    _write_json(out / INDEX_FILE, {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))})
+    _write_json(
+        out / INDEX_FILE, {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    )
 
     n_text = sum(1 for n in names[FIRST_TEXT_ID:] if not n.startswith("<reserved"))
     info = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "shape": "anole-7b",
+        "shape": "anole-7b" if not text_overrides else "anole-7b (narrowed for tests)",
         "layers": layers,
         "random_weights": True,
         "seed": seed,
