@@ -162,3 +162,46 @@ def test_init_model_cli_refuses_bad_shape(medmax, tmp_path):
     res = medmax("init-model", "--tiny", "--layers", "3", "-o", str(tmp_path / "m"), check=False)
     assert res.returncode != 0 and "--shape" in _err(res)
     assert not (tmp_path / "m").exists()
+
+
+def _gpu_plan(tmp_path: Path, dry: str) -> tuple[str, str]:
+    """bench/gpu.sh's rehearsal plan with a stub interpreter that only records its arguments."""
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    stub = tmp_path / "python"
+    stub.write_text('#!/bin/sh\necho "stub-python $*"\n')
+    stub.chmod(0o755)
+    out = tmp_path / f"out-{dry}"
+    env = {**os.environ, "OUT": str(out), "GPU_PLAN": "rehearsal", "GPU_DRY_RUN": dry, "PYTHON": str(stub)}
+    env["GPU_WORK"] = str(tmp_path / "work")
+    env.pop("MODEL", None)
+    res = subprocess.run(
+        ["bash", str(root / "bench" / "gpu.sh")], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 0, res.stderr
+    return (out / "summary.txt").read_text(), (out / "env.log").read_text()
+
+
+def test_gpu_rehearsal_plan_builds_the_real_shape_and_runs_the_chain_on_cuda(tmp_path):
+    import re
+
+    summary, envlog = _gpu_plan(tmp_path, "0")
+    steps = re.findall(r"^== (\S+) \(limit (\d+)s\) \S+: (.*)$", summary, re.M)
+    assert [s[0] for s in steps] == ["model", "rehearsal"]
+    assert "init-model --shape anole-7b --layers 32" in steps[0][2]
+    assert "examples/rehearsal/run.py --model" in steps[1][2] and "--device cuda" in steps[1][2]
+    assert int(re.search(r"step limits total (\d+)s", envlog).group(1)) < 540  # one device command
+
+
+def test_gpu_rehearsal_dry_run_takes_the_same_steps_on_the_cpu(tmp_path):
+    import re
+
+    summary, _ = _gpu_plan(tmp_path, "1")
+    steps = re.findall(r"^== (\S+) \(limit (\d+)s\) \S+: (.*)$", summary, re.M)
+    assert [s[0] for s in steps] == ["model", "rehearsal"]
+    assert "init-model --tiny" in steps[0][2]
+    assert "--layers tiny" in steps[1][2] and "--device cpu" in steps[1][2]
+    assert "bench/_harness.py --stub" not in summary  # the real commands, not stubs
+    assert re.findall(r"^rc=(\d+)", summary, re.M) == ["0", "0"]

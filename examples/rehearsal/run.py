@@ -113,7 +113,10 @@ def run_stage(name: str, script: str, env: dict[str, str], out: Path) -> dict:
     """One stage in a fresh measuring child, so RUSAGE_CHILDREN covers this stage alone."""
     result_file = out / f".stage-{name}.json"
     result_file.unlink(missing_ok=True)
-    cmd = [sys.executable, __file__, MEASURE, str(result_file), "bash", "-c", f"set -euo pipefail\n{script}"]
+    # `medmax` is this interpreter's module: no console script on PATH needed (a GPU machine has
+    # the package on PYTHONPATH only).
+    prelude = 'set -euo pipefail\nmedmax() { "$REHEARSAL_PYTHON" -m medmax_cli "$@"; }\n'
+    cmd = [sys.executable, __file__, MEASURE, str(result_file), "bash", "-c", prelude + script]
     rc = subprocess.call(cmd, cwd=ROOT, env=env)
     if result_file.is_file():
         result = json.loads(result_file.read_text())
@@ -205,11 +208,9 @@ def main() -> int:
         shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
-    venv_bin = ROOT / ".venv" / "bin"
-    if venv_bin.is_dir():
-        env["PATH"] = f"{venv_bin}:{env['PATH']}"
     env.update(
         R=str(out),
+        REHEARSAL_PYTHON=sys.executable,
         LAYERS=str(args.layers),
         FT_STEPS=str(args.finetune_steps),
         DEVICE=args.device,
