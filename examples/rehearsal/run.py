@@ -69,10 +69,13 @@ medmax synthesize "$R/eval-sources.jsonl" --tasks vqa -q -o "$R/eval-instances.j
         """medmax generate "$R/instances.tok.jsonl" --adapter "$R/run" --dtype "$GEN_DTYPE" --device "$DEVICE" \\
   --task image_generation --limit 1 --mode image --seed 0 -q -o "$R/generated-image.jsonl\"""",
     ),
+    # A 24-token budget: the 2-layer random model hardly ever samples BOI, so a budget that could
+    # hold an image (>= 1,026) would decode ~1,100 text steps through the 65,536-wide head for
+    # nothing; the full CFG image is the stage above.
     (
         "generate-interleaved",
         """medmax generate "$R/instances.tok.jsonl" --adapter "$R/run" --dtype "$GEN_DTYPE" --device "$DEVICE" \\
-  --task interleaved --limit 1 --mode interleaved --max-new-tokens 1100 --min-new-tokens 1 --seed 0 -q \\
+  --task interleaved --limit 1 --mode interleaved --max-new-tokens 24 --min-new-tokens 1 --seed 0 -q \\
   -o "$R/generated-interleaved.jsonl\"""",
     ),
     (
@@ -85,7 +88,7 @@ medmax synthesize "$R/eval-sources.jsonl" --tasks vqa -q -o "$R/eval-instances.j
     ),
     (
         "report",
-        'medmax report "$R" -o "$R/report" --device "$DEVICE"',
+        'medmax report "$R" -o "$R/report" --gallery 2 --device "$DEVICE"',
     ),
 ]
 
@@ -199,7 +202,12 @@ def main() -> int:
     ap.add_argument("--finetune-steps", type=int, default=2)
     ap.add_argument("--budget-s", type=float, default=1200.0)
     ap.add_argument("--budget-gb", type=float, default=16.0)
-    ap.add_argument("--only", default="", help="comma-separated stages to run (debugging; skips checks)")
+    ap.add_argument(
+        "--only",
+        default="",
+        help="comma-separated stages to rerun in an existing OUT (merged into its stages.json)",
+    )
+    ap.add_argument("--checks", action="store_true", help="with --only: run the checks too")
     args = ap.parse_args()
 
     out = (ROOT / args.out).resolve() if not Path(args.out).is_absolute() else Path(args.out)
@@ -244,7 +252,16 @@ def main() -> int:
     total = round(time.monotonic() - total_start, 1)
     peak = max((r["peak_rss_mb"] or 0) for r in results) if results else 0
     failed: list[str] = []
-    if status == 0 and not only:
+    if only and (out / "stages.json").is_file():  # keep the other stages' figures of the earlier run
+        earlier = json.loads((out / "stages.json").read_text()).get("stages", [])
+        rerun = {r["stage"] for r in results}
+        order = [name for name, _ in STAGES]
+        results = sorted(
+            [r for r in earlier if r["stage"] not in rerun] + results, key=lambda r: order.index(r["stage"])
+        )
+        total = round(sum(r["wall_s"] or 0 for r in results), 1)
+        peak = max((r["peak_rss_mb"] or 0) for r in results)
+    if status == 0 and (not only or args.checks):
         failed = checks(out, Path(env["MEDMAX_MODEL"]), real_shape=args.layers != "tiny")
         if total > args.budget_s:
             failed.append(f"total {total} s over the budget {args.budget_s} s")
