@@ -161,7 +161,7 @@ def checks(out: Path, model_dir: Path, real_shape: bool) -> list[str]:
         size = Image.open(png).size
         if size != (side, side):
             failed.append(f"generate-image {rec['id']}: {png} is {size}, want {(side, side)}")
-    adapters = {rec.get("generation", {}).get("adapter") for rec in gen}
+    adapters = {rec.get("generation", {}).get("settings", {}).get("adapter") for rec in gen}
     if None in adapters or not adapters:
         failed.append(f"generate-image: records do not name the adapter they used ({adapters})")
 
