@@ -210,3 +210,15 @@ def test_gpu_rehearsal_dry_run_takes_the_same_steps_on_the_cpu(tmp_path):
     assert "--layers tiny" in steps[1][2] and "--device cpu" in steps[1][2]
     assert "bench/_harness.py --stub" not in summary  # the real commands, not stubs
     assert re.findall(r"^rc=(\d+)", summary, re.M) == ["0", "0"]
+
+
+def test_threaded_weights_are_the_same_bytes(tmp_path):
+    """The 32-layer build draws its random values on every core: the bytes must not depend on it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    shapes = {"lm_head.weight": (3, anole.CHUNK_ELEMENTS + 5)}  # two chunks
+    one, many = tmp_path / "one.safetensors", tmp_path / "many.safetensors"
+    anole.write_safetensors_stream(one, list(shapes), shapes, seed=1)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        anole.write_safetensors_stream(many, list(shapes), shapes, seed=1, pool=pool)
+    assert one.read_bytes() == many.read_bytes()
