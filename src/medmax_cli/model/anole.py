@@ -19,8 +19,9 @@ takes the path real weights take:
 - medmax_model.json saying the weights are random.
 
 Weights are generated tensor by tensor straight into the shard files (normal(0, 0.02) for
-matrices, 1 for norm weights, 0 for biases; each tensor seeded from `seed` and its name), so the
-peak memory is one chunk of one tensor, not the model: a 32-layer build needs well under 1 GB of RAM.
+matrices, 1 for norm weights, 0 for biases; each 4M-value chunk seeded from `seed`, the tensor
+name and the chunk index, drawn on every core), so the peak memory is a few chunks, not the model:
+a 32-layer build needs well under 1 GB of RAM.
 """
 
 from __future__ import annotations
