@@ -8,7 +8,7 @@ TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo test test-browser test-gpu lint format bench bench-quick bench-gpu gpu-wheels eval clean
+.PHONY: install demo rehearsal test test-browser test-gpu lint format bench bench-quick bench-gpu gpu-wheels eval clean
 
 install: $(STAMP)
 
@@ -32,6 +32,12 @@ $(STAMP): pyproject.toml
 
 demo: install
 	bash examples/demo/run.sh
+
+# The demo chain at real size: a random model of Anole-7B's exact shape with 2 layers, 512 px images
+# (1,024 codes), 4,096-token rows, CFG image generation; per-stage wall time and peak RSS are printed
+# and written to rehearsal-out/stages.json (budget: 20 min and 16 GB on 2 cores).
+rehearsal: install
+	OMP_NUM_THREADS=2 $(BIN)/python examples/rehearsal/run.py --out rehearsal-out
 
 # The whole suite in TEST_JOBS pytest-xdist workers (default: the cores, at most 4; each worker holds
 # torch and the tiny model), one torch thread each. --dist loadgroup with the scheduler of
@@ -88,4 +94,4 @@ eval: install
 	MODEL="$(MODEL)" ADAPTER="$(ADAPTER)" EVAL="$(EVAL)" bash examples/eval.sh
 
 clean:
-	rm -rf demo-out eval-out .pytest_cache
+	rm -rf demo-out eval-out rehearsal-out .pytest_cache

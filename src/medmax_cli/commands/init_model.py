@@ -1,4 +1,4 @@
-"""`medmax init-model`: write a model directory (only the tiny random model can be built)."""
+"""`medmax init-model`: write a random model directory (the tiny model, or Anole-7B's shape)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,18 @@ from pathlib import Path
 
 import typer
 
-HELP = """Write a tiny randomly initialised Chameleon model directory with the real vocabulary
-layout (65,536 ids), a byte-level BPE tokenizer trained on the bundled sample corpus and a tiny VQ
-encoder (32x32 images, 64 tokens each). Same --seed, byte-identical files. Prints the directory.
+HELP = """Write a randomly initialised Chameleon model directory with the real vocabulary layout
+(65,536 ids) and a byte-level BPE tokenizer trained on the bundled sample corpus. Same --seed,
+byte-identical files. Prints the directory.
+
+  --tiny: hidden 64, 2 layers, a tiny VQ encoder (32x32 images, 64 tokens each): seconds.
+  --shape anole-7b [--layers N]: exactly Anole-7B's configuration (hidden 4096, 32 heads,
+  intermediate 11008, the real VQ-GAN: 512x512 images, 1,024 tokens each) except the number of
+  decoder layers (default 32), in the HF conversion's layout (sharded bf16 safetensors + index,
+  tokenizer, processor and generation configs); 2 layers = 1.9 GB, 32 layers = 14 GB on disk.
 
   medmax init-model --tiny -o models/tiny && medmax tokenize-images --model models/tiny < recs.jsonl
+  medmax init-model --shape anole-7b --layers 2 -o models/anole-2l
 
 Real Anole/Chameleon weights are not built here: download or convert them to a local Hugging Face
 directory and pass it with --model DIR (or $MEDMAX_MODEL, or model = "DIR" in medmax.toml)."""
@@ -19,7 +26,13 @@ directory and pass it with --model DIR (or $MEDMAX_MODEL, or model = "DIR" in me
 def register(app: typer.Typer) -> None:
     @app.command("init-model", help=HELP)
     def init_model(
-        tiny: bool = typer.Option(False, "--tiny", help="Build the tiny random model (the only builder)."),
+        tiny: bool = typer.Option(False, "--tiny", help="Build the tiny random model."),
+        shape: str = typer.Option(
+            None, "--shape", help="Build a random model of this real shape (anole-7b)."
+        ),
+        layers: int = typer.Option(
+            None, "--layers", help="Decoder layers of the --shape model (default: the real 32)."
+        ),
         out: Path = typer.Option(
             None, "--out", "-o", help="Directory to create (must not exist, or be empty)."
         ),
@@ -28,11 +41,21 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from medmax_cli.cliutil import fail
 
-        if not tiny:
+        if tiny == (shape is not None):
             raise fail(
-                "only the tiny model can be built (--tiny); for real weights download or convert "
+                "pass exactly one of --tiny or --shape anole-7b; for real weights download or convert "
                 "Anole/Chameleon to a local Hugging Face directory and pass --model DIR"
             )
+        if shape is not None:
+            from medmax_cli.model.anole import ANOLE_7B_LAYERS, SHAPES
+
+            if shape not in SHAPES:
+                raise fail(f"unknown --shape {shape!r}; known: {', '.join(SHAPES)}")
+            layers = ANOLE_7B_LAYERS if layers is None else layers
+            if layers < 1:
+                raise fail(f"--layers must be at least 1, got {layers}")
+        elif layers is not None:
+            raise fail("--layers goes with --shape (the tiny model has 2 layers)")
         if out is None:
             raise fail("--out/-o DIR is required")
         if out.exists() and not out.is_dir():
@@ -46,12 +69,19 @@ def register(app: typer.Typer) -> None:
         elif out.is_dir():
             out.rmdir()
 
-        from medmax_cli.model.resolve import build_tiny_model_atomic
-        from medmax_cli.model.tiny import IMAGE_SIZE, TOKENS_PER_IMAGE
+        if shape is not None:
+            from medmax_cli.model.anole import IMAGE_SIZE, TOKENS_PER_IMAGE, build_anole_shape_model_atomic
 
-        build_tiny_model_atomic(out, seed=seed, lock=False)
+            build_anole_shape_model_atomic(out, seed=seed, layers=layers)
+            what = f"random {shape} model with {layers} layers"
+        else:
+            from medmax_cli.model.resolve import build_tiny_model_atomic
+            from medmax_cli.model.tiny import IMAGE_SIZE, TOKENS_PER_IMAGE
+
+            build_tiny_model_atomic(out, seed=seed, lock=False)
+            what = "tiny model"
         typer.echo(
-            f"medmax: tiny model (seed {seed}, {IMAGE_SIZE}x{IMAGE_SIZE} images, "
+            f"medmax: {what} (seed {seed}, {IMAGE_SIZE}x{IMAGE_SIZE} images, "
             f"{TOKENS_PER_IMAGE} tokens each) written to {out}",
             err=True,
         )

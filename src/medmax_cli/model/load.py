@@ -23,6 +23,7 @@ TOKENIZER_FILES = (
     "added_tokens.json",
 )
 FINGERPRINT_LENGTH = 16
+ANOLE_DECODER_KEYS = r"^model\.vqmodel\.decoder\."
 
 
 class ModelDirError(FileNotFoundError):
@@ -72,9 +73,16 @@ def load_model(model_dir: str | Path, dtype: Any = "float32", device: Any = "cpu
     from transformers import ChameleonForConditionalGeneration
 
     path = check_model_dir(model_dir)
-    model = ChameleonForConditionalGeneration.from_pretrained(
-        path, dtype=_torch_dtype(dtype), local_files_only=True, **kwargs
-    )
+    # Anole's HF conversion keeps the VQ decoder (`model.vqmodel.decoder.*`, read by
+    # vision/decoder.py) beside the model: transformers would list each of its ~150 tensors as
+    # UNEXPECTED in a load report on stderr at every load. Those keys, and only those, are expected.
+    cls = ChameleonForConditionalGeneration
+    before = cls._keys_to_ignore_on_load_unexpected
+    cls._keys_to_ignore_on_load_unexpected = [*(before or []), ANOLE_DECODER_KEYS]
+    try:
+        model = cls.from_pretrained(path, dtype=_torch_dtype(dtype), local_files_only=True, **kwargs)
+    finally:
+        cls._keys_to_ignore_on_load_unexpected = before
     return model.to(device).eval()
 
 
