@@ -276,3 +276,23 @@ def test_scored_lines_of_credentialed_items_say_so(medmax, tmp_path):
     lines = {r["id"]: r for r in parse_jsonl(medmax("score", str(src), "-q").stdout)}
     assert lines["q0"]["credential"] is True
     assert "credential" not in lines["q1"]
+
+
+def test_read_time_rejects_count_as_read_and_dash_is_not_a_rejects_file(medmax, tmp_path):
+    """in = out + rejected: a line refused while reading was read (lead, after h1's sweep); and
+    `--rejects -` / `--stats -` are refused instead of writing a file named '-'."""
+    import orjson
+
+    src = tmp_path / "in.jsonl"
+    good = b'{"id": "a", "source": "t", "license": "cc0", "kind": "qa", "question": "q?", "answer": "yes", "images": []}'
+    src.write_bytes(good + b'\nnot json\n[1, 2]\n{"no": "id"}\n')
+    stats = tmp_path / "s.json"
+    run = medmax("cat", str(src), "--on-error", "skip", "--rejects", str(tmp_path / "r.jsonl"),
+                 "--stats", str(stats))  # fmt: skip
+    data = orjson.loads(stats.read_bytes())
+    assert data["counts"]["in"] == 4 and data["counts"]["out"] == 1 and data["rejected_total"] == 3, data
+    assert run.returncode == 0
+    for flag in ("--rejects", "--stats"):
+        bad = medmax("cat", str(src), flag, "-", check=False, cwd=tmp_path)
+        assert bad.returncode == 2 and f"{flag} -".encode() in bad.stderr
+        assert not (tmp_path / "-").exists()

@@ -254,13 +254,16 @@ class StageIO:
             typer.echo(self.report.summary(), err=True)
 
     def _reject_check(self) -> tuple[float | None, bool]:
-        """(reject rate, over the limit?). The rate is rejected / (records read + rejected), or
-        rejected / (written + rejected) for a stage without input; with no --max-reject-rate a run
-        fails only when it rejected records and wrote none."""
+        """(reject rate, over the limit?). The rate is rejected / records read (`in` counts the
+        lines rejected while reading too), or rejected / (written + rejected) for a stage without
+        input; with no --max-reject-rate a run fails only when it rejected records and wrote none."""
         rejected = sum(self.report.dropped.values())
         written = self.report.counts.get(self.written_key, 0)
-        seen = self.report.counts.get("in", 0) if self.input is not None else written
-        rate = rejected / (seen + rejected) if seen + rejected else 0.0
+        if self.input is not None:
+            seen = max(self.report.counts.get("in", 0), rejected)
+            rate = rejected / seen if seen else 0.0
+        else:
+            rate = rejected / (written + rejected) if written + rejected else 0.0
         limit = self.run.max_reject_rate
         if limit is None:
             over = rejected > 0 and written == 0
@@ -478,7 +481,8 @@ class _ShardInputPolicy(ErrorPolicy):
     Every `--shard i/n` run reads the whole input; a bad record belongs to the shard its id hashes
     to, a line without an id (malformed JSON) to shard 0. In skip mode the other shards pass over
     it (its owner rejects it); in fail mode every shard stops, as the input is broken for all.
-    Records read are counted after the shard filter (in `StageIO._counted`), not here.
+    Records read are counted after the shard filter (in `StageIO._counted`); a line this shard
+    rejects while reading is counted under `in` here, so in = out + rejected + skipped.
     """
 
     def __init__(self, inner: ErrorPolicy, shard: tuple[int, int] | None):
@@ -496,6 +500,7 @@ class _ShardInputPolicy(ErrorPolicy):
             owner = in_shard(rid, self.shard) if rid else self.shard[0] == 0
             if not owner:
                 return
+        self.inner.report.count("in")  # a line rejected while reading was read: in = out + rejected
         self.inner.reject(error, raw, where=where, record_id=record_id)
 
 

@@ -197,6 +197,9 @@ def _owned_within(folder: _Resolved, patterns: tuple[str, ...], item: _Resolved)
 
 def check(paths: CommandPaths) -> None:
     """Raise PathCollision naming both paths of the first collision found."""
+    for label, value in paths.outputs:
+        if value == "-" and label in ("--rejects", "--stats"):  # would make a file named "-"
+            raise PathCollision(f"{label} -: stdout carries the records and stderr the log; give a file")
     inputs = [_resolve(label, v, std="stdin") for label, v in paths.inputs]
     outputs = [_resolve(label, v, std="stdout") for label, v in paths.outputs]
     folders = [(_resolve(label, v, std=None), pats) for label, v, pats in paths.folders]

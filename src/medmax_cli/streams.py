@@ -396,7 +396,7 @@ def read_records(
 
     `unique_ids`: a second record with an id already seen is a record error (sent to `policy`).
     """
-    policy = policy or ErrorPolicy()
+    policy = _ReadRejects(policy or ErrorPolicy())  # type: ignore[assignment]
     seen = SeenIds() if unique_ids else None
     reader = _peekable(stream)
     fmt = detect_format(reader)
@@ -412,6 +412,22 @@ def read_records(
         )
     else:
         yield from _read_jsonl(reader, name=name, policy=policy, check=check, seen=seen)
+
+
+class _ReadRejects:
+    """The reader's view of a policy: a line rejected while reading was still read, so it counts
+    under `in` too and every summary adds up (in = out + rejected + skipped)."""
+
+    def __init__(self, policy: ErrorPolicy):
+        self.policy = policy
+        self.report = policy.report
+
+    def reject(self, error: Exception, raw: Any = None, **where: Any) -> None:
+        self.report.count("in")
+        self.policy.reject(error, raw, **where)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.policy, name)
 
 
 def _unique(record: Any, seen: SeenIds | None, policy: ErrorPolicy, where: str) -> bool:
