@@ -136,7 +136,7 @@ def test_malformed_reply_is_retried_with_the_next_seed_then_rejected(media, tmp_
                 [fig(media, "bad", seed=5)], policy=policy, tasks=["visual_chat"], client=client, media=media
             )
         )
-        assert out == [] and policy.report.dropped == {"llm reply malformed after 3 attempts": 1}
+        assert out == [] and policy.report.dropped == {"llm reply malformed": 1}
         # A rerun decides the same from the cache: no request at all.
         before = len(llm.requests)
         again = client_for(llm.url, tmp_path)

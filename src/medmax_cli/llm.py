@@ -239,7 +239,7 @@ class ChatClient:
                 with self._lock:
                     self.malformed += 1
                 log.debug("malformed reply (attempt %d): %s", attempt + 1, last)
-        raise ReplyRejected(f"llm reply malformed after {self.settings.attempts} attempts: {last}")
+        raise ReplyRejected(f"llm reply malformed: gave up after {self.settings.attempts} attempts: {last}")
 
     def _raw_reply(self, body: dict[str, Any], prompt_version: str, credential: bool | None = None) -> str:
         key = ReplyCache.key(self.url, self.settings.model, prompt_version, body)
