@@ -198,7 +198,8 @@ def test_stats_files_of_shards_merge_to_the_whole(tmp_path, medmax_inproc):
         == json.loads((tmp_path / "whole.json").read_text())["counts"]["out"]
     )
     whole_stats = json.loads((tmp_path / "whole.json").read_text())
-    assert merged["counts"]["in"] == whole_stats["counts"]["in"] == 20  # each record read by one shard
+    # each line read by one shard; the broken one was read too (in = out + rejected)
+    assert merged["counts"]["in"] == whole_stats["counts"]["in"] == 21
     assert merged["rejected"] == whole_stats["rejected"] == {"malformed JSON": 1}  # the bad line: shard 0
     assert merged["shards"] == "3/3" and merged["shards_missing"] == []
     missing = medmax_inproc(
