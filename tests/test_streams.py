@@ -100,7 +100,9 @@ def test_skip_writes_reject_and_counts(media):
     assert [e["where"] for e in entries] == ["in:2", "in:3"]
     assert entries[0]["raw"] == "{oops"
     assert "no dots" in entries[1]["reason"] and entries[1]["record_id"] == "b.c"
-    assert sum(policy.report.dropped.values()) == 2 and policy.report.counts["in"] == 1
+    assert (
+        sum(policy.report.dropped.values()) == 2 and policy.report.counts["in"] == 3
+    )  # rejected lines were read too
     assert "rejected 2" in policy.report.summary()
 
 
