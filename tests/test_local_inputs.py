@@ -76,7 +76,7 @@ def test_fetch_jsonl_refuses_fifo_records_and_images(tmp_path, medmax):
     lines = [{**record, "images": [{"path": "a.png"}]}, {**record, "id": "r2", "images": [{"path": "b.png"}]}]
     (tmp_path / "ok.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in lines))
     run = medmax("fetch", "jsonl", str(tmp_path / "ok.jsonl"), "--root", str(tmp_path), "--on-error", "skip",
-                 env=env, timeout=60)  # fmt: skip
+                 env=env, cwd=tmp_path, timeout=60)  # fmt: skip
     assert [line["id"] for line in parse_jsonl(run.stdout)] == ["r2"]
     assert b"not a regular file: 1" in run.stderr
 
