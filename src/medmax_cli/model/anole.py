@@ -26,6 +26,7 @@ a 32-layer build needs well under 1 GB of RAM.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -45,6 +46,7 @@ from medmax_cli.model.tiny import (
     sample_corpus_text,
     train_text_tokenizer,
 )
+from medmax_cli.vision.spec import DEFAULTS as VQ_DEFAULTS
 
 log = logging.getLogger(__name__)
 
@@ -81,20 +83,8 @@ ANOLE_7B_TEXT: dict[str, Any] = {
     "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
 }
 ANOLE_7B_LAYERS = 32
-ANOLE_7B_VQ: dict[str, Any] = {
-    "embed_dim": 256,
-    "num_embeddings": 8192,
-    "double_latent": False,
-    "latent_channels": 256,
-    "resolution": 512,
-    "in_channels": 3,
-    "base_channels": 128,
-    "channel_multiplier": [1, 1, 2, 2, 4],
-    "num_res_blocks": 2,
-    "attn_resolutions": None,
-    "dropout": 0.0,
-    "attn_type": "vanilla",
-}
+# The real VQ-GAN is transformers' ChameleonVQVAEConfig default (the one table, in vision/spec.py).
+ANOLE_7B_VQ: dict[str, Any] = copy.deepcopy(VQ_DEFAULTS)
 IMAGE_SIZE = 512
 TOKENS_PER_IMAGE = (IMAGE_SIZE // 2 ** (len(ANOLE_7B_VQ["channel_multiplier"]) - 1)) ** 2  # 1,024
 
