@@ -150,7 +150,10 @@ class FakeHttpServer:
             handler.send_header(key, value)
         handler.send_header("Content-Length", str(len(payload)))
         handler.end_headers()
-        handler.wfile.write(payload)
+        try:
+            handler.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client stopped reading on purpose (a size cap, a closed stream): not a server fault
 
 
 @dataclass
