@@ -296,3 +296,17 @@ def test_read_time_rejects_count_as_read_and_dash_is_not_a_rejects_file(medmax, 
         bad = medmax("cat", str(src), flag, "-", check=False, cwd=tmp_path)
         assert bad.returncode == 2 and f"{flag} -".encode() in bad.stderr
         assert not (tmp_path / "-").exists()
+
+
+def test_validate_stats_count_what_it_found(medmax, tmp_path):
+    """`validate --stats` wrote empty counts and `rejected_total: 0` whatever it found (h1)."""
+    import orjson
+
+    good = b'{"id": "a", "source": "t", "license": "cc0", "kind": "qa", "question": "q?", "answer": "yes", "images": []}'
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(good + b"\nnot json\n" + good + b"\n")
+    stats = tmp_path / "s.json"
+    run = medmax("validate", str(src), "--stats", str(stats), check=False)
+    assert run.returncode == 1
+    data = orjson.loads(stats.read_bytes())
+    assert data["counts"]["in"] == 3 and data["counts"]["out"] == 1 and data["rejected_total"] == 2, data

@@ -105,6 +105,7 @@ class RunOptions:
     rejects_append: bool = False
     heartbeat: float | None = None
     stats_written: bool = False  # a StageIO wrote --stats; otherwise the command wrapper does
+    report: Any = None  # a command without a StageIO that counts what it read (validate) puts it here
     started_at: float = field(default_factory=time.time)
 
 
@@ -686,7 +687,9 @@ def _command_stats(options: RunOptions, status: str) -> None:
     from medmax_cli.observe import stage_stats
     from medmax_cli.streams import RunReport
 
-    report = RunReport(options.command.split()[1] if " " in options.command else options.command)
+    report = options.report or RunReport(
+        options.command.split()[1] if " " in options.command else options.command
+    )
     report.started = time.monotonic() - (time.time() - options.started_at)
     stats = stage_stats(
         report,

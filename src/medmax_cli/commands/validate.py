@@ -34,6 +34,7 @@ def register(app: typer.Typer) -> None:
                     error.where = where or error.where
                     error.record_id = record_id or error.record_id
                 errors.append(str(error))
+                self.report.drop(str(error))  # counted by class, so --stats says what was found
 
         from medmax_cli.media import MediaStore, default_media_dir
 
@@ -51,6 +52,9 @@ def register(app: typer.Typer) -> None:
                 raise fail(f"input file {input} does not exist")
             stream, name = open(input, "rb"), input
         seen_ids: set[str] = set()
+        from medmax_cli.cliutil import run_options
+
+        run_options().report = policy.report  # --stats holds what was read and found, not empty counts
         progress = start_progress("validate", policy.report)
         try:
             for record in read_records(
@@ -59,6 +63,9 @@ def register(app: typer.Typer) -> None:
                 progress.update()
                 if record["id"] in seen_ids:
                     errors.append(f"{name}: record {record['id']!r}: duplicate id")
+                    policy.report.drop("duplicate id")
+                else:
+                    policy.report.count("out")
                 seen_ids.add(record["id"])
                 kinds[record_kind(record)] += 1
                 if "task" in record:
