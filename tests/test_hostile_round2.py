@@ -310,3 +310,16 @@ def test_validate_stats_count_what_it_found(medmax, tmp_path):
     assert run.returncode == 1
     data = orjson.loads(stats.read_bytes())
     assert data["counts"]["in"] == 3 and data["counts"]["out"] == 1 and data["rejected_total"] == 2, data
+
+
+def test_pmc_base_urls_keep_their_query_where_it_belongs():
+    """A mirror or signed base URL (`--pmc-cloud-url https://m/x?sig=...`) keeps its query after the
+    path is joined, as --llm-url does (issue 24 class 4, one step to the side)."""
+    from medmax_cli.fetch.pmc import _with_slash, s3_to_https
+
+    base = "https://mirror.example/pmc?sig=abc"
+    assert s3_to_https("s3://pmc-oa-opendata/PMC1.1/PMC1.1.xml?md5=00", base) == (
+        "https://mirror.example/pmc/PMC1.1/PMC1.1.xml?sig=abc"
+    )
+    assert _with_slash(base) == "https://mirror.example/pmc/?sig=abc"
+    assert s3_to_https("s3://pmc-oa-opendata/K.json", "http://127.0.0.1:9/") == "http://127.0.0.1:9/K.json"

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from medmax_cli.egress import join_url
 from medmax_cli.http import HttpClient
 
 REQUESTS_PER_ARTICLE = 3  # S3 ListObjectsV2, PMC{n}.{v}.json, the JATS xml (figures come on top)
@@ -82,7 +83,7 @@ def plan_pmc(
     else:
         assert query is not None
         data: dict[str, Any] = client.get_json(
-            f"{base}/search",
+            join_url(base, "search"),
             {
                 "query": query,
                 "format": "json",

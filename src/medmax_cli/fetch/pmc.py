@@ -26,6 +26,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from lxml import etree
 
+from medmax_cli.egress import join_url
 from medmax_cli.fetch.figures import article_admitted, figure_records, skip
 from medmax_cli.fetch.jats import Article, Figure, JatsError, candidate_names, parse_jats
 from medmax_cli.fetch.local import apply_cloud_metadata
@@ -84,7 +85,7 @@ def search(
     `on_hit_count` hears the query's `hitCount` from the first page (for progress and ETA)."""
     while True:
         data = client.get_json(
-            f"{base}/search",
+            join_url(base, "search"),
             {
                 "query": query,
                 "format": "json",
@@ -119,6 +120,12 @@ def split_md5(url: str) -> tuple[str, str | None]:
     return urlunsplit(parts._replace(query="", fragment="")), (md5.lower() if md5 else None)
 
 
+def _with_slash(url: str) -> str:
+    """The bucket's root listing is `{cloud_url}/` (a query, if the base has one, stays after it)."""
+    split = urlsplit(url)
+    return urlunsplit(split._replace(path=split.path.rstrip("/") + "/"))
+
+
 def s3_to_https(url: str, cloud_url: str) -> str:
     """s3://pmc-oa-opendata/KEY -> {cloud_url}/KEY, NCBI's documented HTTPS form of the bucket
     (https://pmc-oa-opendata.s3.amazonaws.com/KEY); `cloud_url` lets mirrors and tests stand in.
@@ -128,7 +135,7 @@ def s3_to_https(url: str, cloud_url: str) -> str:
         key = url[len(f"s3://{BUCKET}/") :]
         if not key or ".." in PurePosixPath(key).parts:
             raise RecordError(f"URL {url} does not name a file in the {BUCKET} bucket")
-        return f"{cloud_url.rstrip('/')}/{key}"
+        return join_url(cloud_url, key)
     if url.startswith("s3://"):
         raise RecordError(f"URL {url} is outside the {BUCKET} bucket")
     return url
@@ -138,7 +145,7 @@ def latest_version(client: HttpClient, cloud_url: str, pmcid: str) -> int | None
     """The highest PMC{n}.{v}/ prefix in the bucket (S3 ListObjectsV2 with a delimiter), or None."""
     try:
         response = client.get(
-            f"{cloud_url.rstrip('/')}/", {"list-type": "2", "prefix": f"{pmcid}.", "delimiter": "/"}
+            _with_slash(join_url(cloud_url)), {"list-type": "2", "prefix": f"{pmcid}.", "delimiter": "/"}
         )
     except HttpError as exc:
         if exc.status in (403, 404):
@@ -191,13 +198,12 @@ def _download_image(
 
 def cloud_metadata(client: HttpClient, cloud_url: str, prefix: str) -> dict[str, Any]:
     """`PMC{n}.{v}/PMC{n}.{v}.json`, or the copy under `metadata/` the bucket also keeps."""
-    base = cloud_url.rstrip("/")
     try:
-        meta = client.get_json(f"{base}/{prefix}/{prefix}.json")
+        meta = client.get_json(join_url(cloud_url, prefix, f"{prefix}.json"))
     except HttpError as exc:
         if exc.status not in (403, 404):
             raise
-        meta = client.get_json(f"{base}/metadata/{prefix}.json")
+        meta = client.get_json(join_url(cloud_url, "metadata", f"{prefix}.json"))
     if not isinstance(meta, dict):
         raise RecordError(f"{prefix}: PMC Cloud metadata is not a JSON object")
     return meta
@@ -234,7 +240,7 @@ def fetch_article(
         media_index = _media_index(meta, cloud_url)
     else:
         log.info("%s is not in the PMC Cloud bucket; text from Europe PMC fullTextXML", pmcid)
-        article = _parse(client.get_bytes(f"{europepmc_url.rstrip('/')}/{pmcid}/fullTextXML"), where)
+        article = _parse(client.get_bytes(join_url(europepmc_url, pmcid, "fullTextXML")), where)
         article.pmcid = article.pmcid or pmcid
     policy.report.count("articles")
     if not article_admitted(article, policy=policy, licenses=licenses, where=where):
@@ -338,7 +344,7 @@ def fetch_articles(
             assert query is not None
             yield from search(
                 client,
-                europepmc_url.rstrip("/"),
+                europepmc_url,
                 query,
                 page_size=page_size,
                 cursor=state.cursor or "*",
