@@ -323,3 +323,18 @@ def test_pmc_base_urls_keep_their_query_where_it_belongs():
     )
     assert _with_slash(base) == "https://mirror.example/pmc/?sig=abc"
     assert s3_to_https("s3://pmc-oa-opendata/K.json", "http://127.0.0.1:9/") == "http://127.0.0.1:9/K.json"
+
+
+def test_only_a_digit_run_that_can_be_a_number_gets_the_exact_parse():
+    """The exact 64-bit check re-parses a line only where a 19+ digit run can be a JSON number; a
+    hex digest's run of zeros inside a string cost every such line a second, stdlib parse."""
+    from medmax_cli.records import RecordError, _long_number, loads_record
+
+    big = "99999999999999999999"  # beyond 64 bits (2**64 - 1 is 18446744073709551615)
+    for text in (f'{{"a": {big}}}', f'{{"a":-{big}}}', f"[1,{big}]", big):
+        assert _long_number(text.encode())
+        with pytest.raises(RecordError, match="beyond 64 bits"):
+            loads_record(text)
+    digest = '{"sha256": "' + "0" * 40 + 'abc", "path": "ab/' + "0" * 30 + '.png"}'
+    assert not _long_number(digest.encode()) and loads_record(digest)["path"].startswith("ab/")
+    assert _long_number(('{"s": "' + "0" * 30 + f'x", "n": {big}}}').encode())

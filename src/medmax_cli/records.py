@@ -104,7 +104,7 @@ def loads_record(raw: bytes | str) -> Any:
     find out; everything else costs one byte-translate scan."""
     value = orjson.loads(raw)
     data = raw.encode() if isinstance(raw, str) else raw
-    if _LONG_RUN in data.translate(_DIGIT_MAP):
+    if _long_number(data):
         try:
             _check_int_range(data)
         except RecordError as exc:
@@ -112,6 +112,28 @@ def loads_record(raw: bytes | str) -> Any:
             exc.record_id = rid if isinstance(rid, str) else None
             raise
     return value
+
+
+_NUMBER_BEFORE = frozenset(b" \t\r\n:,[")  # what may precede a JSON number (after its sign)
+
+
+def _long_number(data: bytes) -> bool:
+    """Whether a run of 19+ digits may be a JSON number: a run inside a string (a hex digest's
+    zeros, a long id) follows a quote, a letter or another character no number can follow, so
+    the exact second parse is spent only where a number could be that long."""
+    mapped = data.translate(_DIGIT_MAP)
+    at = mapped.find(_LONG_RUN)
+    while at != -1:  # `at` is where a run starts: find gives the leftmost match
+        before = at - 1
+        if before >= 0 and data[before] == 0x2D:  # a minus sign
+            before -= 1
+        if before < 0 or data[before] in _NUMBER_BEFORE:
+            return True
+        end = mapped.find(b"x", at)
+        if end == -1:
+            return False
+        at = mapped.find(_LONG_RUN, end)
+    return False
 
 
 def _check_int_range(data: bytes) -> None:
