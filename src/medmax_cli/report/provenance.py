@@ -11,7 +11,6 @@ recorded (stats `version`, the score summary's provenance) are listed beside the
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -52,19 +51,11 @@ def clean(value: Any) -> str:
 
 
 def decoder_is_random(model_dir: Path | None) -> bool:
-    """Whether the model the report decodes with is one medmax built with random weights: such a
-    directory carries medmax_model.json, without `"random_weights": false` (the rule of i25a's
-    model.load.model_is_random, kept here so the report does not load the model package)."""
-    if model_dir is None:
-        return False
-    info_file = Path(model_dir) / "medmax_model.json"
-    if not info_file.is_file():
-        return False
-    try:
-        info = json.loads(info_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return True
-    return not (isinstance(info, dict) and info.get("random_weights") is False)
+    """Whether the model the report decodes with is one medmax built with random weights
+    (model.load's rule; that module imports no torch)."""
+    from medmax_cli.model.load import model_is_random
+
+    return model_dir is not None and model_is_random(model_dir)
 
 
 def _is_random(*objects: Any) -> bool:
