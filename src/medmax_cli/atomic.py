@@ -20,12 +20,14 @@ that writes the same output (`sweep=True`, which the stages' outputs use): its P
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
 import secrets
 import stat
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -250,3 +252,32 @@ def atomic_write_bytes(
     with AtomicFile(path, "wb", fsync=fsync, sweep=sweep) as handle:
         handle.write(data)
     return Path(path)
+
+
+@contextlib.contextmanager
+def pid_lock(
+    folder: Path, name: str, busy: Callable[[str], Exception], *, inheritable: bool = False
+) -> Iterator[int]:
+    """Hold an exclusive, non-blocking `flock` on `folder/name` for the block, the holder's pid
+    written in it for the message of the next comer (`busy(pid)` is raised). The kernel releases
+    the lock when its holder dies, so a killed run never blocks the rerun that cleans up after it;
+    the file is never deleted (unlinking a lock file races with a run that has just opened it).
+    `inheritable`: the descriptor survives exec (a launcher that becomes torchrun keeps it)."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | (0 if inheritable else os.O_CLOEXEC)
+    fd = os.open(folder / name, flags, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise busy(os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        if inheritable:
+            os.set_inheritable(fd, True)
+        yield fd
+        os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # releases the lock

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from medmax_cli.atomic import pid_lock
 from medmax_cli.pack.sequence import Sample
 
 SHARD_PATTERN = "shard-%06d.tar"
@@ -180,26 +181,16 @@ def lock_output_dir(out_dir: str | os.PathLike[str]) -> Iterator[Path]:
     cleans up after it. The file holds the holder's pid, for the message; it is never deleted
     (unlinking a lock file races with a run that has just opened it).
     """
-    import fcntl
-
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            raise OutputDirLocked(
-                f"{out} is being written by another pack run (pid {holder}); wait for it to finish "
-                "or write to another directory"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+    def busy(holder: str) -> OutputDirLocked:
+        return OutputDirLocked(
+            f"{out} is being written by another pack run (pid {holder}); wait for it to finish "
+            "or write to another directory"
+        )
+
+    with pid_lock(out, LOCK, busy):
         yield out
-        os.ftruncate(fd, 0)
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def clear_outputs(out_dir: Path) -> None:

@@ -13,12 +13,13 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from medmax_cli.atomic import pid_lock
 
 LOCK = ".lock"
 LOCK_ENV = "MEDMAX_RUN_LOCKED"
@@ -78,23 +79,14 @@ def lock_held_by_launcher(run: Path) -> bool:
 def lock_run(run: Path, *, inheritable: bool = False) -> Iterator[int]:
     """Hold RUN/.lock for the block (see the module docstring); `inheritable` keeps it across exec.
     Raises RunFolderError when another process holds it."""
-    run.mkdir(parents=True, exist_ok=True)
-    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | (0 if inheritable else os.O_CLOEXEC)
-    fd = os.open(run / LOCK, flags, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            raise RunFolderBusy(
-                f"{run} is being written by another finetune run (pid {holder}); wait for it to finish "
-                "or write to another folder"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+    def busy(holder: str) -> RunFolderBusy:
+        return RunFolderBusy(
+            f"{run} is being written by another finetune run (pid {holder}); wait for it to finish "
+            "or write to another folder"
+        )
+
+    with pid_lock(run, LOCK, busy, inheritable=inheritable) as fd:
         if inheritable:
-            os.set_inheritable(fd, True)
             os.environ[LOCK_ENV] = _key(run)
         yield fd
-    finally:
-        os.close(fd)  # releases the lock
